@@ -1,0 +1,43 @@
+"""gnnrec: a DGL-based distributed trainer for graph recommendation models.
+
+Stages (each a plain function and a `gnnrec` subcommand): synth, ingest, partition, train, mine,
+infer, evaluate; `run` chains them from one config.
+"""
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+class UserError(Exception):
+    """Bad input or bad config: the CLI prints the message on one line and exits with status 2."""
+
+
+@contextlib.contextmanager
+def atomic_dir(path, overwrite=True):
+    """Yield a temporary sibling directory that becomes `path` only when the block completes.
+
+    A crash or error leaves nothing at `path` (and removes the temporary directory), so a directory
+    that exists under its final name is always complete.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"output {path} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)

@@ -1,0 +1,1 @@
+"""The `gnnrec` CLI, the config, the Ray cluster and the stage runner."""

@@ -1,0 +1,159 @@
+"""One typed config for every stage: YAML file + `key.sub=value` overrides, validated by pydantic.
+
+    cfg = load_config("configs/quickstart.yaml", ["synth.edges=1000000", "split.method=temporal"])
+
+Unknown keys and bad values raise `UserError` naming the dotted key. Paths may contain `{workdir}`,
+which is replaced by `workdir` after the overrides are applied.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gnnrec import UserError
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(Section):
+    """Synthetic interaction log: power-law degrees and planted communities."""
+    out: str = "{workdir}/synth"
+    users: int = Field(10_000, ge=1)
+    items: int = Field(5_000, ge=1)
+    edges: int = Field(200_000, ge=1)
+    communities: int = Field(16, ge=1)
+    in_community: float = Field(0.8, ge=0, le=1, description="share of a user's edges inside its community")
+    user_exponent: float = Field(0.9, ge=0, description="Zipf exponent of user activity")
+    item_exponent: float = Field(0.9, ge=0, description="Zipf exponent of item popularity")
+    timestamps: bool = True
+    weights: bool = False
+    social_edges: int = Field(0, ge=0)
+    homophily: float = Field(0.8, ge=0, le=1, description="share of social edges inside a community")
+    item_feature_dim: int = Field(0, ge=0)
+    string_ids: bool = False
+    chunk_edges: int = Field(1_000_000, ge=1, description="edges generated per chunk (bounds memory)")
+    file_edges: int = Field(10_000_000, ge=1, description="edges per Parquet file")
+    seed: int = 0
+
+
+class EdgeInput(Section):
+    """A Parquet edge list: a file, a directory of files, a glob, or a filesystem URI."""
+    path: str
+    src_column: str
+    dst_column: str
+    weight_column: Optional[str] = None
+    timestamp_column: Optional[str] = None
+
+
+class FeatureInput(Section):
+    """A Parquet table of node features keyed by raw id; `columns` defaults to every other column."""
+    path: str
+    id_column: str = "id"
+    columns: Optional[list[str]] = None
+
+
+class IngestConfig(Section):
+    out: str = "{workdir}/dataset"
+    interactions: EdgeInput = EdgeInput(path="{workdir}/synth/interactions", src_column="user_id",
+                                        dst_column="item_id", timestamp_column="timestamp")
+    social: Optional[EdgeInput] = None
+    user_features: Optional[FeatureInput] = None
+    item_features: Optional[FeatureInput] = None
+    nulls: Literal["drop", "reject"] = "drop"
+    duplicate_weight: Literal["max", "sum"] = "max"
+    duplicate_timestamp: Literal["latest", "earliest"] = "latest"
+    batch_rows: int = Field(1_000_000, ge=1)
+
+
+class SplitConfig(Section):
+    """How held-out edges are chosen.
+
+    ratio: per user, a random `ratios[1]` share to validation and `ratios[2]` to test.
+    test_file: `test_path` holds the test edges (raw ids, same columns); `val_ratio` of each user's
+      training edges go to validation.
+    temporal: per user, the last `leave_last` edges to test and the `val_last` before them to validation.
+    """
+    method: Literal["ratio", "test_file", "temporal"] = "ratio"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    test_path: Optional[str] = None
+    val_ratio: float = Field(0.0, ge=0, lt=1)
+    leave_last: int = Field(1, ge=1)
+    val_last: int = Field(0, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
+            raise ValueError("ratios must be three non-negative shares summing to 1")
+        if self.method == "test_file" and not self.test_path:
+            raise ValueError("method=test_file needs test_path")
+        return self
+
+
+class RunConfig(Section):
+    stages: list[Literal["synth", "ingest", "partition", "train", "mine", "infer", "evaluate"]] = [
+        "synth", "ingest"]
+
+
+class Config(Section):
+    workdir: str = "runs/quickstart"
+    synth: SynthConfig = SynthConfig()
+    ingest: IngestConfig = IngestConfig()
+    split: SplitConfig = SplitConfig()
+    run: RunConfig = RunConfig()
+
+    def path(self, template: str) -> Path:
+        """A config path with `{workdir}` filled in."""
+        return Path(template.replace("{workdir}", self.workdir))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, directory) -> None:
+        """Write the resolved config beside an output."""
+        (Path(directory) / "config.yaml").write_text(self.to_yaml())
+
+
+def load_config(path=None, overrides=()) -> Config:
+    """Load YAML (the quickstart default when `path` is None), apply `key=value` overrides, validate."""
+    path = Path(path) if path else QUICKSTART
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise UserError(f"config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path}: expected a mapping at the top level")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r}: expected key.sub=value")
+        _set(data, Config().model_dump(), key.strip().split("."),
+             yaml.safe_load(value) if value.strip() else None, key)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "<top>"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"config key '{key}': {msg}") from None
+
+
+def _set(data: dict, defaults, keys: list[str], value, full_key: str) -> None:
+    """Set data[k1][k2]... = value; a section the file leaves out starts from its defaults."""
+    for k in keys[:-1]:
+        defaults = defaults.get(k) if isinstance(defaults, dict) else None
+        if data.get(k) is None:
+            data[k] = dict(defaults) if isinstance(defaults, dict) else {}
+        if not isinstance(data[k], dict):
+            raise UserError(f"override '{full_key}': '{k}' is not a section")
+        data = data[k]
+    data[keys[-1]] = value

@@ -1,0 +1,1 @@
+"""Parquet ingest, the synthetic generator, partition algorithms and the DGL adapter."""

@@ -1,0 +1,505 @@
+"""Parquet edge lists -> a validated dataset directory.
+
+Two streaming passes over record batches keep memory to the edge arrays themselves: the first
+validates every file and collects the distinct raw IDs, the second maps raw IDs to contiguous int64
+(sorted raw order) into preallocated arrays. Duplicate edges are then collapsed by sorting the key
+user·num_items + item, so no duplicate can reach METIS (DGL aborts the process on one).
+
+Dataset directory (written to a temporary directory, renamed when complete):
+
+    meta.json              format, version, node counts, edge counts per split, columns, feature dims
+    stats.json             rows read, every dropped row by reason, degrees, time, peak RSS
+    config.yaml            the resolved config
+    graph.dgl              training graph: user-interacts->item, item-interacted_by->user, user-follows->user
+    edges/{train,val,test}.parquet   user, item, count[, weight][, timestamp] (new ids, sorted by user)
+    edges/social.parquet   src, dst (when social edges are given)
+    ids/{user,item}.parquet          id (new, int64), raw_id (the input's type)
+    features/{user,item}.npy         float32 [num_nodes, dim] (when feature tables are given)
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from gnnrec import UserError, atomic_dir
+from gnnrec.partition import dgl_adapter
+
+FORMAT, VERSION = "gnnrec-dataset", 1
+SPLITS = ("train", "val", "test")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- reading and validating Parquet inputs
+
+def list_files(path: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The Parquet files behind a file, a directory (recursive), a glob, or a filesystem URI."""
+    try:
+        if "://" in path:
+            fs, root = pafs.FileSystem.from_uri(path)
+        else:
+            fs, root = pafs.LocalFileSystem(), str(Path(path).absolute())
+        if any(ch in root for ch in "*?["):
+            if isinstance(fs, pafs.LocalFileSystem):
+                files = sorted(glob.glob(root, recursive=True))
+            else:
+                parent = root[:min(root.find(ch) for ch in "*?[" if ch in root)].rsplit("/", 1)[0]
+                infos = fs.get_file_info(pafs.FileSelector(parent, recursive=True))
+                files = sorted(i.path for i in infos if fnmatch.fnmatch(i.path, root))
+        else:
+            info = fs.get_file_info(root)
+            if info.type == pafs.FileType.NotFound:
+                raise UserError(f"{path}: no such file or directory")
+            if info.type == pafs.FileType.File:
+                files = [root]
+            else:
+                infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                files = sorted(i.path for i in infos if i.type == pafs.FileType.File
+                               and not Path(i.path).name.startswith((".", "_")))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise UserError(f"{path}: cannot be listed ({e})") from None
+    if not files:
+        raise UserError(f"{path}: no input files found")
+    return fs, files
+
+
+def _open(fs, file: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(fs.open_input_file(file))
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{file}: not a readable Parquet file ({e})") from None
+
+
+def _kind(t: pa.DataType) -> str | None:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "str"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_timestamp(t):
+        return "time"
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    return None
+
+
+# What each column role accepts, and how it is normalized.
+ROLE_KINDS = {"src": ("int", "str"), "dst": ("int", "str"), "weight": ("int", "float"), "timestamp": ("int", "time")}
+
+
+def _normalize(role: str, arr: pa.Array) -> pa.Array:
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    kind = _kind(arr.type)
+    if kind == "str":
+        return arr.cast(pa.large_string())
+    if role == "weight":
+        return arr.cast(pa.float64())
+    if kind == "time":
+        return arr.cast(pa.timestamp("s")).cast(pa.int64())
+    return arr.cast(pa.int64())
+
+
+class EdgeSource:
+    """One edge input (interactions, social, test): its files, columns and validation.
+
+    `columns` maps a role (src, dst, weight, timestamp) to (column name, config key naming it).
+    """
+
+    def __init__(self, name: str, path: str, columns: dict[str, tuple[str, str]], nulls: str, stats: Counter):
+        self.name, self.path, self.columns, self.nulls, self.stats = name, path, columns, nulls, stats
+        self.fs, self.files = list_files(path)
+        self.num_rows = 0  # rows kept, known after the first pass
+        self.kinds: dict[str, str] = {}
+
+    def check_schema(self, file: str, pf: pq.ParquetFile) -> None:
+        schema = pf.schema_arrow
+        for role, (col, key) in self.columns.items():
+            if col not in schema.names:
+                raise UserError(f"{file}: missing column '{col}' ({key})")
+            kind = _kind(schema.field(col).type)
+            if kind not in ROLE_KINDS[role]:
+                raise UserError(f"{file}: column '{col}' has type {schema.field(col).type}; "
+                                f"{role} must be {' or '.join(ROLE_KINDS[role])}")
+            if role in ("src", "dst"):
+                if self.kinds.setdefault(role, kind) != kind:
+                    raise UserError(f"{file}: column '{col}' holds {kind} IDs but earlier files hold "
+                                    f"{self.kinds[role]} IDs")
+
+    def batches(self, batch_rows: int, first_pass: bool = False):
+        """Yield dicts role -> normalized pyarrow array, rows with nulls dropped (or rejected)."""
+        nonnull = Counter()
+        seen = 0
+        for file in self.files:
+            pf = _open(self.fs, file)
+            self.check_schema(file, pf)
+            names = [col for col, _ in self.columns.values()]
+            try:
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=names):
+                    yield self._clean(file, batch, nonnull, first_pass)
+                    seen += batch.num_rows
+            except (OSError, pa.ArrowException) as e:
+                raise UserError(f"{file}: corrupt Parquet data ({e})") from None
+        if first_pass:
+            for role, (col, key) in self.columns.items():
+                if seen and nonnull[role] == 0:
+                    raise UserError(f"{self.path}: column '{col}' ({key}) is entirely null")
+            if self.num_rows == 0:
+                raise UserError(f"{self.path}: no rows (empty input)")
+
+    def _clean(self, file, batch: pa.RecordBatch, nonnull: Counter, first_pass: bool) -> dict[str, pa.Array]:
+        arrays = {role: batch.column(col) for role, (col, _) in self.columns.items()}
+        valid = None
+        for role, arr in arrays.items():
+            if arr.null_count:
+                col, key = self.columns[role]
+                if self.nulls == "reject":
+                    raise UserError(f"{file}: column '{col}' has null values (ingest.nulls=reject)")
+                ok = pc.is_valid(arr)
+                valid = ok if valid is None else pc.and_(valid, ok)
+            nonnull[role] += len(arr) - arr.null_count
+        if valid is not None:
+            dropped = len(batch) - pc.sum(valid).as_py() if len(batch) else 0
+            if first_pass:
+                self.stats[f"{self.name}_rows_with_nulls_dropped"] += dropped
+            arrays = {role: arr.filter(valid) for role, arr in arrays.items()}
+        arrays = {role: _normalize(role, arr) for role, arr in arrays.items()}
+        if "weight" in arrays and len(arrays["weight"]):
+            w = arrays["weight"].to_numpy()
+            if np.isnan(w).any() or (w < 0).any():
+                raise UserError(f"{file}: column '{self.columns['weight'][0]}' has negative or NaN weights")
+        if first_pass:
+            self.num_rows += len(arrays["src"])
+            self.stats[f"{self.name}_rows_read"] += len(batch)
+        return arrays
+
+
+# ---------------------------------------------------------------- raw IDs <-> contiguous ids
+
+class IdCollector:
+    """Distinct raw IDs of one node type, gathered batch by batch with bounded memory."""
+
+    def __init__(self, node_type: str):
+        self.node_type, self.parts, self.size, self.kind = node_type, [], 0, None
+
+    def add(self, arr: pa.Array, where: str) -> None:
+        kind = "str" if pa.types.is_large_string(arr.type) else "int"
+        if self.kind not in (None, kind):
+            raise UserError(f"{where}: {self.node_type} IDs are {kind} here but {self.kind} elsewhere")
+        self.kind = kind
+        u = pc.unique(arr)
+        self.parts.append(u)
+        self.size += len(u)
+        if len(self.parts) > 16:
+            self.parts = [pc.unique(pa.concat_arrays(self.parts))]
+
+    def finish(self) -> "IdMap":
+        merged = pc.unique(pa.concat_arrays(self.parts)) if self.parts else pa.array([], pa.int64())
+        return IdMap(merged.take(pc.sort_indices(merged)))
+
+
+class IdMap:
+    """Sorted distinct raw IDs; the new id of a raw ID is its position."""
+
+    def __init__(self, raw: pa.Array):
+        self.raw = raw
+        self.size = len(raw)
+        self.is_int = not pa.types.is_large_string(raw.type)
+        if self.is_int:
+            self._np = raw.to_numpy()
+            self._contiguous = self.size > 0 and self._np[-1] - self._np[0] + 1 == self.size
+        else:
+            self._index = pd.Index(raw.to_numpy(zero_copy_only=False), dtype=object)
+
+    def lookup(self, arr: pa.Array) -> np.ndarray:
+        """New ids of raw IDs; -1 where the raw ID is unknown."""
+        if not self.is_int:
+            return self._index.get_indexer(arr.to_numpy(zero_copy_only=False)).astype(np.int64)
+        values = arr.to_numpy()
+        if self._contiguous:
+            ids = values - self._np[0]
+            ids[(ids < 0) | (ids >= self.size)] = -1
+            return ids
+        ids = np.searchsorted(self._np, values)
+        ids[ids == self.size] = 0
+        ids[self._np[ids] != values] = -1
+        return ids
+
+    def table(self) -> pa.Table:
+        return pa.table({"id": np.arange(self.size, dtype=np.int64), "raw_id": self.raw})
+
+
+# ---------------------------------------------------------------- edges: map, deduplicate, split
+
+def read_edges(source: EdgeSource, src_map: IdMap, dst_map: IdMap, batch_rows: int) -> dict[str, np.ndarray]:
+    """Second pass: the whole input as new int64 ids (+ float64 weight, int64 timestamp)."""
+    n = source.num_rows
+    out = {"src": np.empty(n, np.int64), "dst": np.empty(n, np.int64)}
+    if "weight" in source.columns:
+        out["weight"] = np.empty(n, np.float64)
+    if "timestamp" in source.columns:
+        out["timestamp"] = np.empty(n, np.int64)
+    pos = 0
+    with tqdm(total=n, desc=f"ingest {source.name}", unit="edge", unit_scale=True, disable=None, leave=False) as bar:
+        for arrays in source.batches(batch_rows):
+            k = len(arrays["src"])
+            out["src"][pos:pos + k] = src_map.lookup(arrays["src"])
+            out["dst"][pos:pos + k] = dst_map.lookup(arrays["dst"])
+            for role in ("weight", "timestamp"):
+                if role in out:
+                    out[role][pos:pos + k] = arrays[role].to_numpy()
+            pos += k
+            bar.update(k)
+    assert pos == n and (n == 0 or (out["src"].min() >= 0 and out["dst"].min() >= 0))
+    return out
+
+
+def deduplicate(edges: dict[str, np.ndarray], num_dst: int, weight_rule: str, time_rule: str) -> dict:
+    """Collapse repeated (src, dst) into one edge sorted by (src, dst), with `count`, weight by
+    `weight_rule` (max|sum) and timestamp by `time_rule` (latest|earliest). Consumes `edges`."""
+    key = edges.pop("src")
+    key *= num_dst
+    key += edges.pop("dst")
+    n = len(key)
+    if edges:
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        edges = {name: values[order] for name, values in edges.items()}
+        del order
+    else:
+        key.sort()
+    first = np.ones(n, dtype=bool)
+    np.not_equal(key[1:], key[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    out = {"count": np.diff(np.append(starts, n)).astype(np.int32)}
+    if "weight" in edges:
+        out["weight"] = (np.maximum if weight_rule == "max" else np.add).reduceat(edges.pop("weight"), starts)
+    if "timestamp" in edges:
+        out["timestamp"] = (np.maximum if time_rule == "latest" else np.minimum).reduceat(edges.pop("timestamp"), starts)
+    del starts
+    key = key[first]
+    out["src"], out["dst"] = key // num_dst, key % num_dst
+    return out
+
+
+def _rank_within_user(user: np.ndarray, order_key: np.ndarray, num_users: int):
+    """Rank of each edge among its user's edges by `order_key` (0 = smallest), and the user's degree."""
+    order = np.lexsort((order_key, user))
+    deg = np.bincount(user, minlength=num_users)
+    start = np.cumsum(deg) - deg
+    rank = np.empty(len(user), np.int64)
+    rank[order] = np.arange(len(user)) - start[user[order]]
+    return rank, deg
+
+
+def split_codes(edges: dict, num_users: int, cfg) -> np.ndarray:
+    """0 = train, 1 = validation, 2 = test for each (deduplicated) edge, per cfg.split."""
+    s, user = cfg.split, edges["src"]
+    if s.method == "temporal":
+        if "timestamp" not in edges:
+            raise UserError("split.method=temporal needs ingest.interactions.timestamp_column")
+        rank, deg = _rank_within_user(user, -edges["timestamp"], num_users)  # rank 0 = latest
+        n_test = np.minimum(s.leave_last, np.maximum(deg - 1, 0))
+        n_val = np.minimum(s.val_last, np.maximum(deg - 1 - n_test, 0))
+    else:
+        ratios = s.ratios if s.method == "ratio" else (1 - s.val_ratio, s.val_ratio, 0.0)
+        rng = np.random.default_rng(s.seed)
+        rank, deg = _rank_within_user(user, rng.random(len(user)), num_users)
+        # RecBole's per-user split: floor shares, but a user with spare training edges gives at
+        # least one to each non-empty held-out split.
+        n_test = np.floor(deg * ratios[2]).astype(np.int64)
+        n_val = np.floor(deg * ratios[1]).astype(np.int64)
+        for n_held, share in ((n_test, ratios[2]), (n_val, ratios[1])):
+            bump = (n_held == 0) & (share > 0) & (deg - n_test - n_val > 1)
+            n_held[bump] = 1
+    codes = np.zeros(len(user), np.int8)
+    codes[rank < (n_test + n_val)[user]] = 1
+    codes[rank < n_test[user]] = 2
+    return codes
+
+
+# ---------------------------------------------------------------- features
+
+def read_features(path: str, spec, id_map: IdMap, node_type: str, batch_rows: int, stats: Counter) -> np.ndarray:
+    """A float32 [num_nodes, dim] matrix from a feature table keyed by raw id; missing nodes are zeros."""
+    fs, files = list_files(path)
+    key = f"ingest.{node_type}_features"
+    feats, seen = None, np.zeros(id_map.size, bool)
+    for file in files:
+        pf = _open(fs, file)
+        schema = pf.schema_arrow
+        columns = spec.columns or [c for c in schema.names if c != spec.id_column]
+        for col in [spec.id_column, *columns]:
+            if col not in schema.names:
+                raise UserError(f"{file}: missing column '{col}' ({key})")
+        for col in columns:
+            if _kind(schema.field(col).type) not in ("int", "float"):
+                raise UserError(f"{file}: feature column '{col}' has type {schema.field(col).type}; "
+                                "features must be numeric")
+        if feats is None:
+            feats = np.zeros((id_map.size, len(columns)), np.float32)
+        elif feats.shape[1] != len(columns):
+            raise UserError(f"{file}: {len(columns)} feature columns, earlier files have {feats.shape[1]}")
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=[spec.id_column, *columns]):
+            raw = _normalize("src", batch.column(0))
+            if raw.null_count or any(batch.column(c).null_count for c in range(1, batch.num_columns)):
+                raise UserError(f"{file}: null values in feature table ({key})")
+            ids = id_map.lookup(raw)
+            known = ids >= 0
+            stats[f"{node_type}_feature_rows_unknown_id"] += int((~known).sum())
+            ids = ids[known]
+            if seen[ids].any() or len(np.unique(ids)) != len(ids):
+                raise UserError(f"{file}: duplicate id in column '{spec.id_column}' ({key})")
+            seen[ids] = True
+            values = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False)
+                                      for c in range(1, batch.num_columns)]).astype(np.float32)
+            if not np.isfinite(values).all():
+                raise UserError(f"{file}: NaN or infinite feature values ({key})")
+            feats[ids] = values[known]
+    stats[f"{node_type}s_without_features"] = int((~seen).sum())
+    return feats
+
+
+# ---------------------------------------------------------------- the stage
+
+def _edge_columns(spec, prefix: str) -> dict[str, tuple[str, str]]:
+    cols = {"src": (spec.src_column, f"{prefix}.src_column"), "dst": (spec.dst_column, f"{prefix}.dst_column")}
+    if spec.weight_column:
+        cols["weight"] = (spec.weight_column, f"{prefix}.weight_column")
+    if spec.timestamp_column:
+        cols["timestamp"] = (spec.timestamp_column, f"{prefix}.timestamp_column")
+    return cols
+
+
+def _write_edges(path, columns: dict[str, np.ndarray]) -> None:
+    pq.write_table(pa.table(columns), path)
+
+
+def ingest(cfg) -> dict:
+    """Turn the Parquet inputs of `cfg.ingest` into a dataset directory; return its summary."""
+    t0 = time.perf_counter()
+    ic, stats = cfg.ingest, Counter()
+    out = cfg.path(ic.out)
+    inter = ic.interactions
+    sources = {"interactions": EdgeSource("interactions", str(cfg.path(inter.path)),
+                                          _edge_columns(inter, "ingest.interactions"), ic.nulls, stats)}
+    if cfg.split.method == "test_file":
+        sources["test"] = EdgeSource("test", str(cfg.path(cfg.split.test_path)),
+                                     {"src": (inter.src_column, "ingest.interactions.src_column"),
+                                      "dst": (inter.dst_column, "ingest.interactions.dst_column")}, ic.nulls, stats)
+    if ic.social:
+        sources["social"] = EdgeSource("social", str(cfg.path(ic.social.path)),
+                                       _edge_columns(ic.social, "ingest.social"), ic.nulls, stats)
+
+    # Pass 1: validate everything and collect the distinct raw IDs of each node type.
+    users, items = IdCollector("user"), IdCollector("item")
+    for name, source in sources.items():
+        for arrays in source.batches(ic.batch_rows, first_pass=True):
+            users.add(arrays["src"], source.path)
+            (users if name == "social" else items).add(arrays["dst"], source.path)
+    user_map, item_map = users.finish(), items.finish()
+    nu, ni = user_map.size, item_map.size
+
+    # Pass 2: new ids, then duplicates collapsed.
+    edges = {}
+    for name, source in sources.items():
+        raw = read_edges(source, user_map, user_map if name == "social" else item_map, ic.batch_rows)
+        if name == "social":
+            loops = raw["src"] == raw["dst"]
+            stats["social_self_loops_dropped"] = int(loops.sum())
+            raw = {k: v[~loops] for k, v in raw.items()}
+        before = len(raw["src"])
+        edges[name] = deduplicate(raw, nu if name == "social" else ni, ic.duplicate_weight, ic.duplicate_timestamp)
+        stats[f"{name}_duplicates_collapsed"] = before - len(edges[name]["src"])
+
+    train = edges["interactions"]
+    codes = split_codes(train, nu, cfg)
+    test = edges.pop("test", None)
+    if test is not None:  # a test edge that is also a training edge would leak the answer
+        in_train = np.isin(test["src"] * ni + test["dst"], train["src"] * ni + train["dst"], assume_unique=True)
+        stats["test_edges_also_in_train_dropped"] = int(in_train.sum())
+        test = {k: v[~in_train] for k, v in test.items()}
+
+    with atomic_dir(out) as tmp:
+        (tmp / "edges").mkdir()
+        (tmp / "ids").mkdir()
+        rename = {"src": "user", "dst": "item"}
+        split_sizes = {}
+        for code, split in enumerate(SPLITS):
+            if split == "test" and test is not None:
+                part = test
+            else:
+                mask = codes == code
+                part = train if mask.all() else {k: v[mask] for k, v in train.items()}
+            split_sizes[split] = len(part["src"])
+            _write_edges(tmp / "edges" / f"{split}.parquet", {rename.get(k, k): v for k, v in part.items()})
+        train_deg_u = np.bincount(train["src"][codes == 0], minlength=nu)
+        train_deg_i = np.bincount(train["dst"][codes == 0], minlength=ni)
+        if test is not None:
+            stats["test_only_users"] = int(np.count_nonzero(train_deg_u[np.unique(test["src"])] == 0))
+            stats["test_only_items"] = int(np.count_nonzero(train_deg_i[np.unique(test["dst"])] == 0))
+        social = edges.get("social")
+        if social is not None:
+            _write_edges(tmp / "edges" / "social.parquet", {"src": social["src"], "dst": social["dst"]})
+        pq.write_table(user_map.table(), tmp / "ids" / "user.parquet")
+        pq.write_table(item_map.table(), tmp / "ids" / "item.parquet")
+
+        feature_dims = {}
+        for node_type, spec, id_map in (("user", ic.user_features, user_map), ("item", ic.item_features, item_map)):
+            if spec is not None:
+                feats = read_features(str(cfg.path(spec.path)), spec, id_map, node_type, ic.batch_rows, stats)
+                (tmp / "features").mkdir(exist_ok=True)
+                np.save(tmp / "features" / f"{node_type}.npy", feats)
+                feature_dims[node_type] = feats.shape[1]
+
+        is_train = codes == 0
+        train_part = train if is_train.all() else {k: v[is_train] for k, v in train.items()}
+        del train, codes, is_train
+        dgl_adapter.save_graph(tmp / "graph.dgl", nu, ni, train_part.pop("src"), train_part.pop("dst"),
+                               train_part, None if social is None else (social["src"], social["dst"]))
+
+        meta = {"format": FORMAT, "version": VERSION, "num_users": nu, "num_items": ni,
+                "edges": split_sizes, "social_edges": 0 if social is None else len(social["src"]),
+                "edge_columns": list(train_part),
+                "id_types": {"user": "int" if user_map.is_int else "str", "item": "int" if item_map.is_int else "str"},
+                "feature_dims": feature_dims}
+        stats.update({"users": nu, "items": ni, **{f"{k}_edges": v for k, v in split_sizes.items()},
+                      "social_edges": meta["social_edges"],
+                      "users_without_train_edges": int(np.count_nonzero(train_deg_u == 0)),
+                      "items_without_train_edges": int(np.count_nonzero(train_deg_i == 0)),
+                      "max_user_degree": int(train_deg_u.max(initial=0)),
+                      "max_item_degree": int(train_deg_i.max(initial=0)),
+                      "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "stats.json").write_text(json.dumps(dict(stats), indent=2))
+        cfg.save(tmp)
+    return {"out": str(out), **stats}
+
+
+def load_meta(directory) -> dict:
+    """meta.json of a dataset directory, checked for completeness and version."""
+    path = Path(directory) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{directory}: not a gnnrec dataset (no readable meta.json)") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise UserError(f"{directory}: dataset format {meta.get('format')} v{meta.get('version')}, "
+                        f"expected {FORMAT} v{VERSION}: ingest it again")
+    return meta

@@ -1,0 +1,1 @@
+"""Neighbour and random-walk samplers, negative samplers, hard-negative mining."""

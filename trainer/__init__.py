@@ -1,0 +1,1 @@
+"""Models, layers, losses, the training loop, checkpoints, evaluation and inference."""

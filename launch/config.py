@@ -97,6 +97,21 @@ class SplitConfig(Section):
         return self
 
 
+class PartitionConfig(Section):
+    """K partitions in DGL's format; `method` names a partitioner in the registry."""
+    out: str = "{workdir}/partitions"
+    dataset: str = "{workdir}/dataset"
+    method: Literal["metis", "random", "random-walk"] = "metis"
+    parts: int = Field(2, ge=1)
+    halo_hops: int = Field(1, ge=0)
+    walks_per_seed: int = Field(4, ge=1)
+    walk_length: int = Field(8, ge=1)
+    restart_prob: float = Field(0.3, ge=0, lt=1)
+    mmap: bool = Field(True, description="memory-map the CSR from disk instead of loading it")
+    workers: int = Field(0, ge=0, description="Ray tasks for the random walks; 0 = in-process")
+    seed: int = 0
+
+
 class RunConfig(Section):
     stages: list[Literal["synth", "ingest", "partition", "train", "mine", "infer", "evaluate"]] = [
         "synth", "ingest"]
@@ -107,6 +122,7 @@ class Config(Section):
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
     split: SplitConfig = SplitConfig()
+    partition: PartitionConfig = PartitionConfig()
     run: RunConfig = RunConfig()
 
     def path(self, template: str) -> Path:

@@ -80,7 +80,7 @@ def list_files(path: str) -> tuple[pafs.FileSystem, list[str]]:
 
 def _open(fs, file: str) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(fs.open_input_file(file))
+        return pq.ParquetFile(fs.open_input_file(file), pre_buffer=False)
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"{file}: not a readable Parquet file ({e})") from None
 
@@ -154,6 +154,8 @@ class EdgeSource:
                 for batch in pf.iter_batches(batch_size=batch_rows, columns=names):
                     yield self._clean(file, batch, nonnull, first_pass)
                     seen += batch.num_rows
+                    del batch
+                    pa.default_memory_pool().release_unused()
             except (OSError, pa.ArrowException) as e:
                 raise UserError(f"{file}: corrupt Parquet data ({e})") from None
         if first_pass:
@@ -223,7 +225,12 @@ class IdMap:
         self.is_int = not pa.types.is_large_string(raw.type)
         if self.is_int:
             self._np = raw.to_numpy()
-            self._contiguous = self.size > 0 and self._np[-1] - self._np[0] + 1 == self.size
+            self._lo = int(self._np[0]) if self.size else 0
+            span = int(self._np[-1]) - self._lo + 1 if self.size else 0
+            self._table = None  # raw - lo -> id, when the raw range is not much larger than the id count
+            if span <= max(4 * self.size, 1 << 20):
+                self._table = np.full(span, -1, np.int64)
+                self._table[self._np - self._lo] = np.arange(self.size)
         else:
             self._index = pd.Index(raw.to_numpy(zero_copy_only=False), dtype=object)
 
@@ -232,10 +239,10 @@ class IdMap:
         if not self.is_int:
             return self._index.get_indexer(arr.to_numpy(zero_copy_only=False)).astype(np.int64)
         values = arr.to_numpy()
-        if self._contiguous:
-            ids = values - self._np[0]
-            ids[(ids < 0) | (ids >= self.size)] = -1
-            return ids
+        if self._table is not None:
+            offset = values - self._lo
+            inside = (offset >= 0) & (offset < len(self._table))
+            return np.where(inside, self._table[np.where(inside, offset, 0)], -1)
         ids = np.searchsorted(self._np, values)
         ids[ids == self.size] = 0
         ids[self._np[ids] != values] = -1
@@ -287,40 +294,54 @@ def deduplicate(edges: dict[str, np.ndarray], num_dst: int, weight_rule: str, ti
     first = np.ones(n, dtype=bool)
     np.not_equal(key[1:], key[:-1], out=first[1:])
     starts = np.flatnonzero(first)
-    out = {"count": np.diff(np.append(starts, n)).astype(np.int32)}
+    count = np.empty(len(starts), np.int32)
+    np.subtract(starts[1:], starts[:-1], out=count[:-1])
+    count[-1:] = n - starts[-1:]
+    out = {"count": count}
     if "weight" in edges:
         out["weight"] = (np.maximum if weight_rule == "max" else np.add).reduceat(edges.pop("weight"), starts)
     if "timestamp" in edges:
         out["timestamp"] = (np.maximum if time_rule == "latest" else np.minimum).reduceat(edges.pop("timestamp"), starts)
     del starts
     key = key[first]
-    out["src"], out["dst"] = key // num_dst, key % num_dst
+    del first
+    out["src"], out["dst"] = np.divmod(key, num_dst)
     return out
 
 
-def _rank_within_user(user: np.ndarray, order_key: np.ndarray, num_users: int):
-    """Rank of each edge among its user's edges by `order_key` (0 = smallest), and the user's degree."""
-    order = np.lexsort((order_key, user))
+def _sort_within_user(user: np.ndarray, order_key: np.ndarray, num_users: int):
+    """Edges (sorted by user) reordered by (user, order_key): the order, each edge's position in its
+    user's list in that order, and each user's degree. `order_key` holds non-negative ints."""
     deg = np.bincount(user, minlength=num_users)
-    start = np.cumsum(deg) - deg
-    rank = np.empty(len(user), np.int64)
-    rank[order] = np.arange(len(user)) - start[user[order]]
-    return rank, deg
+    key_bits = int(order_key.max(initial=0)).bit_length()
+    if int(num_users).bit_length() + key_bits <= 63:  # one int64 sort key: much faster than lexsort
+        key = user << key_bits
+        key |= order_key
+        order = np.argsort(key, kind="stable")
+        del key
+    else:
+        order = np.lexsort((order_key, user))
+    position = np.arange(len(user))
+    position -= (np.cumsum(deg) - deg)[user]  # user[order] == user: the order stays user-major
+    return order, position, deg
 
 
 def split_codes(edges: dict, num_users: int, cfg) -> np.ndarray:
-    """0 = train, 1 = validation, 2 = test for each (deduplicated) edge, per cfg.split."""
+    """0 = train, 1 = validation, 2 = test for each (deduplicated, user-sorted) edge, per cfg.split."""
     s, user = cfg.split, edges["src"]
     if s.method == "temporal":
         if "timestamp" not in edges:
             raise UserError("split.method=temporal needs ingest.interactions.timestamp_column")
-        rank, deg = _rank_within_user(user, -edges["timestamp"], num_users)  # rank 0 = latest
+        ts = edges["timestamp"]
+        order, position, deg = _sort_within_user(user, ts.max() - ts, num_users)  # latest first
         n_test = np.minimum(s.leave_last, np.maximum(deg - 1, 0))
         n_val = np.minimum(s.val_last, np.maximum(deg - 1 - n_test, 0))
     else:
         ratios = s.ratios if s.method == "ratio" else (1 - s.val_ratio, s.val_ratio, 0.0)
-        rng = np.random.default_rng(s.seed)
-        rank, deg = _rank_within_user(user, rng.random(len(user)), num_users)
+        random_bits = min(32, 62 - int(num_users).bit_length())
+        tiebreak = np.random.default_rng(s.seed).integers(0, 1 << random_bits, len(user))
+        order, position, deg = _sort_within_user(user, tiebreak, num_users)
+        del tiebreak
         # RecBole's per-user split: floor shares, but a user with spare training edges gives at
         # least one to each non-empty held-out split.
         n_test = np.floor(deg * ratios[2]).astype(np.int64)
@@ -328,9 +349,12 @@ def split_codes(edges: dict, num_users: int, cfg) -> np.ndarray:
         for n_held, share in ((n_test, ratios[2]), (n_val, ratios[1])):
             bump = (n_held == 0) & (share > 0) & (deg - n_test - n_val > 1)
             n_held[bump] = 1
-    codes = np.zeros(len(user), np.int8)
-    codes[rank < (n_test + n_val)[user]] = 1
-    codes[rank < n_test[user]] = 2
+    in_order = np.zeros(len(user), np.int8)
+    in_order[position < (n_test + n_val)[user]] = 1
+    in_order[position < n_test[user]] = 2
+    del position
+    codes = np.empty_like(in_order)
+    codes[order] = in_order
     return codes
 
 
@@ -348,6 +372,10 @@ def read_features(path: str, spec, id_map: IdMap, node_type: str, batch_rows: in
         for col in [spec.id_column, *columns]:
             if col not in schema.names:
                 raise UserError(f"{file}: missing column '{col}' ({key})")
+        id_type, id_kind = schema.field(spec.id_column).type, "int" if id_map.is_int else "str"
+        if _kind(id_type) != id_kind:  # else a float id is truncated and a str id meets an int map
+            raise UserError(f"{file}: column '{spec.id_column}' has type {id_type}; {node_type} IDs are "
+                            f"{id_kind} ({key}.id_column)")
         for col in columns:
             if _kind(schema.field(col).type) not in ("int", "float"):
                 raise UserError(f"{file}: feature column '{col}' has type {schema.field(col).type}; "
@@ -387,13 +415,25 @@ def _edge_columns(spec, prefix: str) -> dict[str, tuple[str, str]]:
     return cols
 
 
-def _write_edges(path, columns: dict[str, np.ndarray]) -> None:
-    pq.write_table(pa.table(columns), path)
+def _select(edges: dict[str, np.ndarray], mask: np.ndarray, in_place: bool = False) -> dict[str, np.ndarray]:
+    """The edges where `mask` holds; `in_place` compacts the given arrays instead of copying them."""
+    if mask.all():
+        return edges
+    if not in_place:
+        return {k: v[mask] for k, v in edges.items()}
+    kept = int(mask.sum())
+    for k, v in edges.items():
+        v[:kept] = v[mask]
+        edges[k] = v[:kept]
+    return edges
 
 
 def ingest(cfg) -> dict:
     """Turn the Parquet inputs of `cfg.ingest` into a dataset directory; return its summary."""
     t0 = time.perf_counter()
+    # Arrow's default mimalloc pool keeps freed decode buffers, so RSS would grow with the input size;
+    # the system pool, released after every batch, keeps it flat.
+    pa.set_memory_pool(pa.system_memory_pool())
     ic, stats = cfg.ingest, Counter()
     out = cfg.path(ic.out)
     inter = ic.interactions
@@ -428,35 +468,35 @@ def ingest(cfg) -> dict:
         edges[name] = deduplicate(raw, nu if name == "social" else ni, ic.duplicate_weight, ic.duplicate_timestamp)
         stats[f"{name}_duplicates_collapsed"] = before - len(edges[name]["src"])
 
-    train = edges["interactions"]
+    # Splits: held-out edges leave the training graph.
+    train = edges.pop("interactions")
     codes = split_codes(train, nu, cfg)
     test = edges.pop("test", None)
     if test is not None:  # a test edge that is also a training edge would leak the answer
         in_train = np.isin(test["src"] * ni + test["dst"], train["src"] * ni + train["dst"], assume_unique=True)
         stats["test_edges_also_in_train_dropped"] = int(in_train.sum())
-        test = {k: v[~in_train] for k, v in test.items()}
+        test = _select(test, ~in_train)
+    else:
+        test = _select(train, codes == 2)
+    val = _select(train, codes == 1)
+    train = _select(train, codes == 0, in_place=True)
+    del codes
+    deg_u, deg_i = np.bincount(train["src"], minlength=nu), np.bincount(train["dst"], minlength=ni)
+    if cfg.split.method == "test_file":
+        stats["test_only_users"] = int(np.count_nonzero(deg_u[np.unique(test["src"])] == 0))
+        stats["test_only_items"] = int(np.count_nonzero(deg_i[np.unique(test["dst"])] == 0))
+    social = edges.get("social")
 
     with atomic_dir(out) as tmp:
-        (tmp / "edges").mkdir()
-        (tmp / "ids").mkdir()
-        rename = {"src": "user", "dst": "item"}
+        for sub in ("edges", "ids", "features"):
+            (tmp / sub).mkdir()
         split_sizes = {}
-        for code, split in enumerate(SPLITS):
-            if split == "test" and test is not None:
-                part = test
-            else:
-                mask = codes == code
-                part = train if mask.all() else {k: v[mask] for k, v in train.items()}
+        for split, part in zip(SPLITS, (train, val, test)):
             split_sizes[split] = len(part["src"])
-            _write_edges(tmp / "edges" / f"{split}.parquet", {rename.get(k, k): v for k, v in part.items()})
-        train_deg_u = np.bincount(train["src"][codes == 0], minlength=nu)
-        train_deg_i = np.bincount(train["dst"][codes == 0], minlength=ni)
-        if test is not None:
-            stats["test_only_users"] = int(np.count_nonzero(train_deg_u[np.unique(test["src"])] == 0))
-            stats["test_only_items"] = int(np.count_nonzero(train_deg_i[np.unique(test["dst"])] == 0))
-        social = edges.get("social")
+            pq.write_table(pa.table({{"src": "user", "dst": "item"}.get(k, k): v for k, v in part.items()}),
+                           tmp / "edges" / f"{split}.parquet")
         if social is not None:
-            _write_edges(tmp / "edges" / "social.parquet", {"src": social["src"], "dst": social["dst"]})
+            pq.write_table(pa.table({"src": social["src"], "dst": social["dst"]}), tmp / "edges" / "social.parquet")
         pq.write_table(user_map.table(), tmp / "ids" / "user.parquet")
         pq.write_table(item_map.table(), tmp / "ids" / "item.parquet")
 
@@ -464,27 +504,23 @@ def ingest(cfg) -> dict:
         for node_type, spec, id_map in (("user", ic.user_features, user_map), ("item", ic.item_features, item_map)):
             if spec is not None:
                 feats = read_features(str(cfg.path(spec.path)), spec, id_map, node_type, ic.batch_rows, stats)
-                (tmp / "features").mkdir(exist_ok=True)
                 np.save(tmp / "features" / f"{node_type}.npy", feats)
                 feature_dims[node_type] = feats.shape[1]
 
-        is_train = codes == 0
-        train_part = train if is_train.all() else {k: v[is_train] for k, v in train.items()}
-        del train, codes, is_train
-        dgl_adapter.save_graph(tmp / "graph.dgl", nu, ni, train_part.pop("src"), train_part.pop("dst"),
-                               train_part, None if social is None else (social["src"], social["dst"]))
-
+        edge_data = {k: v for k, v in train.items() if k not in ("src", "dst")}
+        dgl_adapter.save_graph(tmp / "graph.dgl", nu, ni, train["src"], train["dst"], edge_data,
+                               None if social is None else (social["src"], social["dst"]))
         meta = {"format": FORMAT, "version": VERSION, "num_users": nu, "num_items": ni,
                 "edges": split_sizes, "social_edges": 0 if social is None else len(social["src"]),
-                "edge_columns": list(train_part),
+                "edge_columns": list(edge_data),
                 "id_types": {"user": "int" if user_map.is_int else "str", "item": "int" if item_map.is_int else "str"},
                 "feature_dims": feature_dims}
         stats.update({"users": nu, "items": ni, **{f"{k}_edges": v for k, v in split_sizes.items()},
                       "social_edges": meta["social_edges"],
-                      "users_without_train_edges": int(np.count_nonzero(train_deg_u == 0)),
-                      "items_without_train_edges": int(np.count_nonzero(train_deg_i == 0)),
-                      "max_user_degree": int(train_deg_u.max(initial=0)),
-                      "max_item_degree": int(train_deg_i.max(initial=0)),
+                      "users_without_train_edges": int(np.count_nonzero(deg_u == 0)),
+                      "items_without_train_edges": int(np.count_nonzero(deg_i == 0)),
+                      "max_user_degree": int(deg_u.max(initial=0)),
+                      "max_item_degree": int(deg_i.max(initial=0)),
                       "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         (tmp / "stats.json").write_text(json.dumps(dict(stats), indent=2))

@@ -198,16 +198,14 @@ class IdCollector:
     """Distinct raw IDs of one node type, gathered batch by batch with bounded memory."""
 
     def __init__(self, node_type: str):
-        self.node_type, self.parts, self.size, self.kind = node_type, [], 0, None
+        self.node_type, self.parts, self.kind = node_type, [], None
 
     def add(self, arr: pa.Array, where: str) -> None:
         kind = "str" if pa.types.is_large_string(arr.type) else "int"
         if self.kind not in (None, kind):
             raise UserError(f"{where}: {self.node_type} IDs are {kind} here but {self.kind} elsewhere")
         self.kind = kind
-        u = pc.unique(arr)
-        self.parts.append(u)
-        self.size += len(u)
+        self.parts.append(pc.unique(arr))
         if len(self.parts) > 16:
             self.parts = [pc.unique(pa.concat_arrays(self.parts))]
 

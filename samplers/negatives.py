@@ -1,0 +1,122 @@
+"""Negative items for (user, positive item) pairs: a registry of samplers over new (contiguous) ids.
+
+    sampler = NEGATIVES["popularity"](item_degree, positives=Positives(train_user, train_item, num_items))
+    neg = sampler.sample(users, pos_items, k, rng)          # int64 [len(users), k]
+
+Hard-negative file (written by `gnnrec mine`, read by `hard`): Parquet with columns
+    user  int64   new user id
+    item  int64   new item id, never one of the user's positives
+    rank  int32   the item's rank in the model's scores for the user (0 = top)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from gnnrec import UserError
+
+HARD_NEGATIVE_COLUMNS = ("user", "item", "rank")
+
+
+class Positives:
+    """Membership test for (user, item) training edges, by binary search over sorted keys."""
+
+    def __init__(self, user: np.ndarray, item: np.ndarray, num_items: int):
+        self.num_items = num_items
+        self.keys = np.unique(np.asarray(user, np.int64) * num_items + item)
+
+    def contains(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+        keys = np.asarray(user, np.int64) * self.num_items + item
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[at] == keys
+
+
+class NegativeSampler:
+    """Base: `draw` proposes candidates; `sample` redraws those that are the user's positives."""
+
+    def __init__(self, num_items: int, positives: Positives | None = None, max_redraws: int = 10):
+        self.num_items, self.positives, self.max_redraws = num_items, positives, max_redraws
+
+    def draw(self, users, pos_items, k, rng) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(self, users: np.ndarray, pos_items: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        neg = self.draw(users, pos_items, k, rng)
+        if self.positives is None:
+            return neg
+        row_users = np.repeat(users, k).reshape(neg.shape)
+        for _ in range(self.max_redraws):
+            bad = self.positives.contains(row_users, neg)
+            if not bad.any():
+                break
+            rows = np.flatnonzero(bad.any(axis=1))
+            redraw = self.draw(users[rows], pos_items[rows], k, rng)
+            neg[rows] = np.where(bad[rows], redraw, neg[rows])
+        else:  # users whose positives cover most of the catalog: fall back to uniform over the rest
+            for r, c in zip(*np.nonzero(self.positives.contains(row_users, neg))):
+                neg[r, c] = self._uniform_non_positive(users[r], rng)
+        return neg
+
+    def _uniform_non_positive(self, user, rng) -> int:
+        start, stop = np.searchsorted(self.positives.keys, [user * self.num_items, (user + 1) * self.num_items])
+        taken = self.positives.keys[start:stop] - user * self.num_items
+        if len(taken) >= self.num_items:
+            raise UserError(f"user {user} has every item as a positive: no negative exists")
+        free = np.setdiff1d(np.arange(self.num_items), taken, assume_unique=True)
+        return int(rng.choice(free))
+
+
+class UniformNegatives(NegativeSampler):
+    def draw(self, users, pos_items, k, rng):
+        return rng.integers(0, self.num_items, (len(users), k))
+
+
+class PopularityNegatives(NegativeSampler):
+    """P(item) ∝ degree^0.75 (word2vec's and PinSage's smoothing)."""
+
+    def __init__(self, item_degree: np.ndarray, positives=None, power: float = 0.75, **kw):
+        super().__init__(len(item_degree), positives, **kw)
+        cdf = np.cumsum(np.power(item_degree.astype(np.float64), power))
+        self.cdf = cdf / cdf[-1]
+
+    def draw(self, users, pos_items, k, rng):
+        return np.minimum(np.searchsorted(self.cdf, rng.random((len(users), k)), side="right"), self.num_items - 1)
+
+
+class InBatchNegatives(NegativeSampler):
+    """The positives of other pairs in the batch (popularity-weighted by construction)."""
+
+    def draw(self, users, pos_items, k, rng):
+        n = len(users)
+        if n < 2:
+            return rng.integers(0, self.num_items, (n, k))
+        other = (np.arange(n)[:, None] + rng.integers(1, n, (n, k))) % n  # never the pair's own row
+        return pos_items[other]
+
+
+class HardNegatives(NegativeSampler):
+    """Negatives mined per user (the file schema above); users without mined items get uniform ones."""
+
+    def __init__(self, path, num_users: int, num_items: int, positives=None, **kw):
+        super().__init__(num_items, positives, **kw)
+        try:
+            table = pq.read_table(path, columns=list(HARD_NEGATIVE_COLUMNS))
+        except Exception as e:  # noqa: BLE001 - any read failure is the user's file
+            raise UserError(f"{path}: cannot read hard negatives ({e})") from None
+        user, item = table["user"].to_numpy(), table["item"].to_numpy()
+        if len(user) and (user.min() < 0 or user.max() >= num_users or item.min() < 0 or item.max() >= num_items):
+            raise UserError(f"{path}: user or item id out of range for this dataset")
+        order = np.argsort(user, kind="stable")
+        self.items = item[order]
+        self.indptr = np.zeros(num_users + 1, np.int64)
+        np.cumsum(np.bincount(user, minlength=num_users), out=self.indptr[1:])
+
+    def draw(self, users, pos_items, k, rng):
+        start, deg = self.indptr[users], self.indptr[users + 1] - self.indptr[users]
+        pick = start[:, None] + (rng.random((len(users), k)) * deg[:, None]).astype(np.int64)
+        mined = self.items[np.minimum(pick, max(len(self.items) - 1, 0))] if len(self.items) else 0
+        return np.where(deg[:, None] > 0, mined, rng.integers(0, self.num_items, (len(users), k)))
+
+
+NEGATIVES = {"uniform": UniformNegatives, "popularity": PopularityNegatives,
+             "in_batch": InBatchNegatives, "hard": HardNegatives}

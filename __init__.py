@@ -23,6 +23,8 @@ def atomic_dir(path, overwrite=True):
     A crash or error leaves nothing at `path` (and removes the temporary directory), so a directory
     that exists under its final name is always complete.
     """
+    if "://" in str(path):
+        raise UserError(f"output {path}: outputs are written to local paths only")
     path = Path(path)
     if path.exists() and not overwrite:
         raise UserError(f"output {path} already exists")

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         else:
             print(format_table(f"{args.stage} summary", run_stage(args.stage, cfg)))
     except UserError as e:
-        print(f"gnnrec {args.stage}: error: {e}", file=sys.stderr)
+        print(f"gnnrec {args.stage}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     return 0
 

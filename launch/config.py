@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gnnrec import UserError
 
@@ -88,10 +88,15 @@ class SplitConfig(Section):
     val_last: int = Field(0, ge=0)
     seed: int = 0
 
+    @field_validator("ratios")
+    @classmethod
+    def _check_ratios(cls, ratios):  # a field validator, so the error names split.ratios
+        if any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+            raise ValueError("ratios must be three non-negative shares summing to 1")
+        return ratios
+
     @model_validator(mode="after")
     def _check(self):
-        if any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
-            raise ValueError("ratios must be three non-negative shares summing to 1")
         if self.method == "test_file" and not self.test_path:
             raise ValueError("method=test_file needs test_path")
         return self
@@ -125,9 +130,11 @@ class Config(Section):
     partition: PartitionConfig = PartitionConfig()
     run: RunConfig = RunConfig()
 
-    def path(self, template: str) -> Path:
-        """A config path with `{workdir}` filled in."""
-        return Path(template.replace("{workdir}", self.workdir))
+    def path(self, template: str) -> Path | str:
+        """A config path with `{workdir}` filled in: a Path, or the string itself for a filesystem
+        URI (s3://b/k, file:///x), which Path would mangle into s3:/b/k."""
+        filled = template.replace("{workdir}", self.workdir)
+        return filled if "://" in filled else Path(filled)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -152,8 +159,7 @@ def load_config(path=None, overrides=()) -> Config:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"override {item!r}: expected key.sub=value")
-        _set(data, Config().model_dump(), key.strip().split("."),
-             yaml.safe_load(value) if value.strip() else None, key)
+        _set(data, Config().model_dump(), key.strip().split("."), _parse_value(value), key)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
@@ -161,6 +167,19 @@ def load_config(path=None, overrides=()) -> Config:
         key = ".".join(str(p) for p in err["loc"]) or "<top>"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise UserError(f"config key '{key}': {msg}") from None
+
+
+def _parse_value(value: str):
+    """An override's value as YAML (typed: 3, 0.5, true, [a, b], null); empty is null. A path
+    template containing `{workdir}`, or text that is not valid YAML, is kept as the string itself."""
+    if not value.strip():
+        return None
+    if "{workdir}" in value:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def _set(data: dict, defaults, keys: list[str], value, full_key: str) -> None:

@@ -486,7 +486,7 @@ def ingest(cfg) -> dict:
     social = edges.get("social")
 
     with atomic_dir(out) as tmp:
-        for sub in ("edges", "ids", "features"):
+        for sub in ("edges", "ids"):
             (tmp / sub).mkdir()
         split_sizes = {}
         for split, part in zip(SPLITS, (train, val, test)):
@@ -502,6 +502,7 @@ def ingest(cfg) -> dict:
         for node_type, spec, id_map in (("user", ic.user_features, user_map), ("item", ic.item_features, item_map)):
             if spec is not None:
                 feats = read_features(str(cfg.path(spec.path)), spec, id_map, node_type, ic.batch_rows, stats)
+                (tmp / "features").mkdir(exist_ok=True)
                 np.save(tmp / "features" / f"{node_type}.npy", feats)
                 feature_dims[node_type] = feats.shape[1]
 

@@ -1,0 +1,96 @@
+"""Shared helpers for the foundation tests: configs rooted in tmp_path, Parquet writers, dataset readers."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gnnrec.launch.config import load_config
+
+# pytest runs with --import-mode=importlib (tests/ is not on sys.path): put it there so test modules
+# can `from conftest import ...` these helpers.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+# Plain interaction input with no social edges, features or timestamps: tests add what they need.
+BARE = ["ingest.social=null", "ingest.item_features=null", "ingest.user_features=null",
+        "ingest.interactions.timestamp_column=null"]
+
+
+def make_cfg(workdir, *overrides, config=None):
+    """The quickstart config (or `config`) with workdir=`workdir` and the given overrides."""
+    return load_config(config, [f"workdir={workdir}", *overrides])
+
+
+def write_parquet(path, columns: dict, schema=None) -> Path:
+    """Write a dict of lists/arrays (or a pa.Table) as one Parquet file; return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = columns if isinstance(columns, pa.Table) else pa.table(columns, schema=schema)
+    pq.write_table(table, path)
+    return path
+
+
+def edge_cfg(tmp_path, path, *overrides, weight=None, timestamp=None):
+    """A config ingesting the interactions at `path` (columns user_id, item_id) into tmp_path/dataset."""
+    return make_cfg(tmp_path, *BARE, f"ingest.interactions.path={path}",
+                    f"ingest.interactions.weight_column={weight or 'null'}",
+                    f"ingest.interactions.timestamp_column={timestamp or 'null'}", *overrides)
+
+
+def read_ids(dataset, node_type) -> np.ndarray:
+    """raw_id by new id (the ids/*.parquet map), as a numpy array (object for strings)."""
+    t = pq.read_table(Path(dataset) / "ids" / f"{node_type}.parquet")
+    ids = t.column("id").to_numpy()
+    assert np.array_equal(ids, np.arange(len(ids))), "ids must be contiguous 0..n-1 in order"
+    return t.column("raw_id").to_numpy(zero_copy_only=False)
+
+
+def read_split(dataset, split) -> dict[str, np.ndarray]:
+    t = pq.read_table(Path(dataset) / "edges" / f"{split}.parquet")
+    return {name: t.column(name).to_numpy() for name in t.column_names}
+
+
+def raw_pairs(dataset, split) -> set[tuple]:
+    """The (raw user, raw item) pairs of one split, mapped back through the ID maps."""
+    users, items = read_ids(dataset, "user"), read_ids(dataset, "item")
+    e = read_split(dataset, split)
+    return set(zip(users[e["user"]].tolist(), items[e["item"]].tolist()))
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def leftovers(directory) -> list[str]:
+    """Temporary directories an atomic write may have left behind in `directory`."""
+    directory = Path(directory)
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+SMALL_SYNTH = ["synth.users=2000", "synth.items=1000", "synth.edges=60000", "synth.communities=8",
+               "synth.social_edges=8000", "synth.item_feature_dim=4", "synth.chunk_edges=20000",
+               "synth.file_edges=20000"]
+
+
+@pytest.fixture(scope="session")
+def small_synth(tmp_path_factory):
+    """One small synthetic run + its ingest (ratio split), shared by the read-only tests."""
+    from gnnrec.partition.ingest import ingest
+    from gnnrec.partition.synth import synth
+    work = tmp_path_factory.mktemp("small")
+    cfg = make_cfg(work, *SMALL_SYNTH)
+    summary = synth(cfg)
+    stats = ingest(cfg)
+    return {"cfg": cfg, "synth": summary, "stats": stats, "work": work,
+            "synth_dir": cfg.path(cfg.synth.out), "dataset": cfg.path(cfg.ingest.out)}

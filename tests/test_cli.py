@@ -1,0 +1,145 @@
+"""The `gnnrec` CLI: help, not-built stages, `run` end to end, errors as one line with exit 2."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gnnrec.launch import cli, stages
+from gnnrec.launch.config import load_config
+from gnnrec.partition.ingest import load_meta
+
+from conftest import REPO, leftovers, make_cfg, read_json
+
+STAGES = ["synth", "ingest", "partition", "train", "mine", "infer", "evaluate", "run"]
+
+
+def _one_error_line(err: str, stage: str) -> str:
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"gnnrec {stage}: error: "), err
+    return lines[0]
+
+
+def test_help_lists_the_stages(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: gnnrec" in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()
+              and line.split()[0] in STAGES]
+    assert listed == STAGES
+    assert list(stages.HELP) == STAGES
+
+
+def test_stage_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["ingest", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "key.sub=value" in out
+
+
+def test_no_stage_or_unknown_stage_is_a_usage_error(capsys):
+    for argv in ([], ["bogus"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+    assert "gnnrec" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", sorted(stages.NOT_BUILT))
+def test_not_built_stage_says_so_and_exits_2(tmp_path, capsys, stage):
+    assert cli.main([stage, f"workdir={tmp_path}"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    line = _one_error_line(err, stage)
+    assert f"'{stage}' is not built yet" in line
+    assert list(tmp_path.iterdir()) == []  # no fake output
+
+
+def test_run_with_a_not_built_stage_does_nothing(tmp_path, capsys):
+    assert cli.main(["run", f"workdir={tmp_path}", "run.stages=[synth, ingest, train]"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "train not built yet" in _one_error_line(err, "run")
+    assert list(tmp_path.iterdir()) == []  # synth did not run before the error
+
+
+def test_run_end_to_end(tmp_path, capsys):
+    assert cli.main(["run", f"workdir={tmp_path}", "synth.edges=5000", "synth.social_edges=500"]) == 0
+    out, err = capsys.readouterr()
+    assert "synth summary" in out and "ingest summary" in out
+    assert out.index("synth summary") < out.index("ingest summary")
+    meta = load_meta(tmp_path / "dataset")
+    stats = read_json(tmp_path / "dataset" / "stats.json")
+    ingest_part = out[out.index("ingest summary"):]
+    for key in ("users", "items", "train_edges", "val_edges", "test_edges", "social_edges"):
+        assert any(line.split() == [key, f"{stats[key]:,}"] for line in ingest_part.splitlines()), key
+    assert sum(meta["edges"].values()) + stats["interactions_duplicates_collapsed"] == 5000
+    assert meta["social_edges"] > 0 and meta["feature_dims"] == {"item": 8}
+    # the resolved config is written beside every output
+    cfg = make_cfg(tmp_path, "synth.edges=5000", "synth.social_edges=500")
+    assert load_config(tmp_path / "synth" / "config.yaml") == cfg
+    assert load_config(tmp_path / "dataset" / "config.yaml") == cfg
+    assert leftovers(tmp_path) == []
+
+
+def test_single_stages_and_config_file(tmp_path, capsys):
+    config = tmp_path / "my.yaml"
+    config.write_text(f"workdir: {tmp_path}\nsynth:\n  users: 300\n  items: 200\n  edges: 2000\n"
+                      "  social_edges: 100\n  item_feature_dim: 2\n")
+    assert cli.main(["synth", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("synth summary\n-------------\n")
+    assert any(line.split() == ["edges", "2,000"] for line in out.splitlines())
+    assert cli.main(["ingest", "--config", str(config), "split.method=temporal"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ingest summary")
+    meta = load_meta(tmp_path / "dataset")
+    assert meta["num_users"] <= 300 and meta["num_items"] <= 200
+    assert load_config(tmp_path / "dataset" / "config.yaml").split.method == "temporal"
+
+
+def test_stages_are_plain_functions(tmp_path):
+    cfg = make_cfg(tmp_path, "synth.users=100", "synth.items=50", "synth.edges=1000", "synth.social_edges=0",
+                   "synth.item_feature_dim=0", "ingest.social=null", "ingest.item_features=null")
+    summary = stages.run_stage("synth", cfg)
+    assert summary["edges"] == 1000 and Path(summary["out"]) == tmp_path / "synth"
+    summaries = stages.run(cfg)
+    assert list(summaries) == ["synth", "ingest"]
+    assert summaries["ingest"]["interactions_rows_read"] == 1000
+
+
+def test_bad_config_file_exits_2(tmp_path, capsys):
+    assert cli.main(["synth", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in _one_error_line(capsys.readouterr().err, "synth")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synth:\n  edges: -5\n")
+    assert cli.main(["synth", "--config", str(bad), f"workdir={tmp_path}"]) == 2
+    assert "'synth.edges'" in _one_error_line(capsys.readouterr().err, "synth")
+    assert not (tmp_path / "synth").exists()
+
+
+def test_format_table():
+    text = cli.format_table("x summary", {"edges": 1234567, "ok": True, "rate": 0.5, "out": "/a"})
+    assert text.splitlines() == ["x summary", "---------", "edges  1,234,567", "ok     True",
+                                 "rate   0.5", "out    /a"]
+
+
+def test_console_script_exit_code_on_bad_key(tmp_path):
+    script = Path(sys.executable).parent / "gnnrec"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "gnnrec.launch.cli"]
+    proc = subprocess.run([*cmd, "ingest", f"workdir={tmp_path}", "ingest.bogus_key=1"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    line = _one_error_line(proc.stderr, "ingest")
+    assert "'ingest.bogus_key'" in line and "unknown key" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_module_entry_point_help():
+    proc = subprocess.run([sys.executable, "-m", "gnnrec.launch.cli", "--help"], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0 and all(name in proc.stdout for name in STAGES)

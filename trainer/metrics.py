@@ -1,0 +1,148 @@
+r"""Full-ranking evaluation: score every item for every user, mask known items, take the top K.
+
+Per user u with held-out items T_u (|T_u| >= 1; users without any are not evaluated) and top-K list R_u:
+
+    Recall@K    = |R_u ∩ T_u| / |T_u|
+    Precision@K = |R_u ∩ T_u| / K
+    HitRate@K   = 1 if R_u ∩ T_u is non-empty else 0
+    NDCG@K      = DCG / IDCG, DCG = sum_{r=1..K} [R_u[r] in T_u] / log2(r + 1),
+                  IDCG = sum_{r=1..min(|T_u|, K)} 1 / log2(r + 1)            (binary relevance)
+    MRR@K       = 1 / (rank of the first hit in R_u), 0 if none in the top K
+
+each averaged over evaluated users; Coverage@K = |union of all R_u| / num_items.
+Per-user item sets (held-out truth, items to mask) are given as CSR `(indptr, indices)` over all users,
+or as an edge index `[2, E]` tensor of (user, item) rows; item ids are local, 0-based.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import Tensor
+
+METRICS = ("recall", "ndcg", "precision", "hit_rate", "mrr")
+
+
+def to_csr(sets, num_users: int):
+    """(indptr [num_users + 1], indices) from a CSR pair or a [2, E] (user, item) edge index."""
+    if isinstance(sets, (tuple, list)):
+        indptr, indices = (torch.as_tensor(t).long() for t in sets)
+        if indptr.numel() != num_users + 1:
+            raise ValueError(f"CSR indptr has {indptr.numel()} entries, expected num_users + 1 = {num_users + 1}")
+        return indptr, indices
+    edges = torch.as_tensor(sets).long()
+    users, order = torch.sort(edges[0], stable=True)
+    counts = torch.bincount(users, minlength=num_users)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), edges[1][order]
+
+
+def csr_rows(indptr: Tensor, indices: Tensor, rows: Tensor):
+    """(position in `rows`, column) for every entry of the given CSR rows."""
+    starts = indptr[rows]
+    lens = indptr[rows + 1] - starts
+    pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), lens)
+    offsets = torch.arange(pos.numel(), device=rows.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+    return pos, indices[starts[pos] + offsets]
+
+
+def _topk(scores: Tensor, k: int) -> Tensor:
+    val, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    top = top.masked_fill(torch.isneginf(val), -1)  # masked items: fewer than k candidates left
+    if top.shape[1] < k:
+        top = torch.cat([top, top.new_full((top.shape[0], k - top.shape[1]), -1)], dim=1)
+    return top
+
+
+def recommend(U: Tensor, I: Tensor, k: int, exclude=None, users: Optional[Tensor] = None,
+              chunk_size: int = 4096) -> Iterable:
+    """Yield (users chunk, top-k item ids [chunk, k], -1 where fewer than k items remain) for `users`
+    (default all rows of U), scoring U @ I^T in user chunks with the `exclude` sets masked out."""
+    device = U.device
+    users = torch.arange(U.shape[0], device=device) if users is None else users.to(device)
+    excl = None if exclude is None else tuple(t.to(device) for t in to_csr(exclude, U.shape[0]))
+    for start in range(0, users.numel(), chunk_size):
+        uc = users[start:start + chunk_size]
+        scores = U[uc] @ I.T
+        if excl is not None:
+            r, c = csr_rows(*excl, uc)
+            scores[r, c] = float("-inf")
+        yield uc, _topk(scores, k)
+
+
+class RankingStats:
+    """Running sums of the metrics over users, mergeable across chunks or workers (sum the `sums`
+    and `count`, OR the `covered` masks), then `result()`."""
+
+    def __init__(self, ks, num_items: int, device=None):
+        self.ks = sorted(set(int(k) for k in ks))
+        self.num_items = num_items
+        self.count = 0
+        self.sums = {f"{m}@{k}": 0.0 for k in self.ks for m in METRICS}
+        self.covered = {k: torch.zeros(num_items, dtype=torch.bool, device=device) for k in self.ks}
+
+    def update(self, top: Tensor, hits: Tensor, n_truth: Tensor) -> None:
+        """top [n, K] item ids (-1 = empty slot), hits [n, K] bool, n_truth [n] (all >= 1)."""
+        device, kmax = top.device, top.shape[1]
+        ranks = torch.arange(1, kmax + 1, device=device, dtype=torch.float64)
+        disc = 1.0 / torch.log2(ranks + 1)
+        ideal = torch.cat([disc.new_zeros(1), disc.cumsum(0)])
+        first = hits & (hits.cumsum(1) == 1)
+        n_truth = n_truth.to(device)
+        for k in self.ks:
+            if k > kmax:
+                raise ValueError(f"K={k} is larger than the top lists ({kmax})")
+            h = hits[:, :k].double()
+            n_hit = h.sum(1)
+            self.sums[f"recall@{k}"] += (n_hit / n_truth).sum().item()
+            self.sums[f"precision@{k}"] += (n_hit / k).sum().item()
+            self.sums[f"hit_rate@{k}"] += (n_hit > 0).sum().item()
+            self.sums[f"ndcg@{k}"] += ((h * disc[:k]).sum(1) / ideal[n_truth.clamp(max=k)]).sum().item()
+            self.sums[f"mrr@{k}"] += (first[:, :k].double() / ranks[:k]).sum().item()
+            items = top[:, :k]
+            self.covered[k][items[items >= 0]] = True
+        self.count += top.shape[0]
+
+    def result(self) -> dict:
+        out = {name: total / max(self.count, 1) for name, total in self.sums.items()}
+        out.update({f"coverage@{k}": self.covered[k].sum().item() / self.num_items for k in self.ks})
+        out["num_users"] = self.count
+        return out
+
+
+def _hits(top: Tensor, truth_csr, users: Tensor, num_items: int) -> Tensor:
+    """hits[r, j] = top[r, j] is one of users[r]'s held-out items (via flattened (row, item) keys)."""
+    r, c = csr_rows(*truth_csr, users)
+    rows = torch.arange(top.shape[0], device=top.device).unsqueeze(1)
+    return torch.isin(rows * num_items + top, r * num_items + c) & (top >= 0)
+
+
+def evaluate(U: Tensor, I: Tensor, truth, exclude=None, ks=(20,), chunk_size: int = 4096,
+             stats: Optional[RankingStats] = None) -> dict:
+    """Full-ranking metrics of the embeddings U [num_users, d], I [num_items, d] against the held-out
+    `truth` sets, with the `exclude` sets (train, and validation when testing) masked from the ranking.
+    Pass `stats` to accumulate into it (a worker's shard), and read `stats.result()` when merged."""
+    num_users, num_items = U.shape[0], I.shape[0]
+    truth_csr = tuple(t.to(U.device) for t in to_csr(truth, num_users))
+    n_truth = truth_csr[0][1:] - truth_csr[0][:-1]
+    users = torch.nonzero(n_truth).squeeze(1)
+    stats = stats or RankingStats(ks, num_items, U.device)
+    for uc, top in recommend(U, I, max(stats.ks), exclude, users, chunk_size):
+        stats.update(top, _hits(top, truth_csr, uc, num_items), n_truth[uc])
+    return stats.result()
+
+
+def evaluate_topk(top: Tensor, truth, num_items: int, ks=(20,), users: Optional[Tensor] = None,
+                  num_users: Optional[int] = None) -> dict:
+    """The same metrics for precomputed top-K lists (e.g. exported recommendations): row r of `top`
+    [n, K] (item ids, -1 for empty slots) is the list of user `users[r]` (default r). Users with no
+    held-out item are skipped; users with held-out items but no list are not counted either."""
+    top = torch.as_tensor(top).long()
+    users = torch.arange(top.shape[0]) if users is None else torch.as_tensor(users).long()
+    num_users = num_users if num_users is not None else int(users.max()) + 1 if users.numel() else 0
+    truth_csr = to_csr(truth, num_users)
+    n_truth = truth_csr[0][1:] - truth_csr[0][:-1]
+    keep = n_truth[users] > 0
+    top, users = top[keep], users[keep]
+    stats = RankingStats(ks, num_items)
+    stats.update(top, _hits(top, truth_csr, users, num_items), n_truth[users])
+    return stats.result()

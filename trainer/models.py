@@ -1,0 +1,193 @@
+"""Recommendation models: a layer stack over blocks, one small class per seed model, and a registry.
+
+Every model is built as `MODELS[name](dim, num_layers, **options)` and called as `model(h0, blocks)`:
+h0 [num_input_nodes, dim] are the input nodes' embeddings (from `NodeInput`, or rows fetched from a
+distributed embedding table), blocks the batch's blocks (first layer first). It returns the
+representations of the last block's dst nodes; a user-item score is their dot product (`score`).
+The exception is the untrained `Popularity` baseline, built from item degrees (see its docstring).
+This module must stay importable without DGL (no dgl, nothing from gnnrec.partition).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import drop_edges, drop_nodes
+from .layers import GATConv, GCNConv, LightGCNConv, NGCFConv, PinSageConv, SAGEConv, SocialConv
+
+
+def score(users: Tensor, items: Tensor) -> Tensor:
+    """Preference score: the dot product of user and item representations (last dimension)."""
+    return (users * items).sum(-1)
+
+
+class NodeInput(nn.Module):
+    """Input embeddings h0 of a set of nodes: a learnable ID embedding, projected features, or their sum.
+
+    The distributed trainer swaps this module for one that fetches rows of a DistEmbedding; models
+    never see the table, only h0. `features` ([num_nodes, f], zero rows for nodes without features) can
+    also be passed per call as `feats` (rows for `nodes`), e.g. fetched from a distributed tensor.
+    """
+
+    def __init__(self, num_nodes: int, dim: int, features: Optional[Tensor] = None, use_id: bool = True,
+                 feat_dim: Optional[int] = None, init_std: float = 0.1):
+        super().__init__()
+        feat_dim = features.shape[1] if features is not None else feat_dim
+        if not use_id and not feat_dim:
+            raise ValueError("NodeInput needs ID embeddings, features, or both")
+        self.emb = nn.Embedding(num_nodes, dim) if use_id else None
+        if self.emb is not None:
+            nn.init.normal_(self.emb.weight, std=init_std)
+        self.proj = nn.Linear(feat_dim, dim) if feat_dim else None
+        self.register_buffer("features", None if features is None else features.float(), persistent=False)
+
+    def forward(self, nodes: Tensor, feats: Optional[Tensor] = None) -> Tensor:
+        h = self.emb(nodes) if self.emb is not None else 0
+        if self.proj is not None:
+            h = h + self.proj(feats if feats is not None else self.features[nodes])
+        return h
+
+
+class GNN(nn.Module):
+    """A stack of convolutions: h^{l+1} = conv_l(block_l, h^l), then a combination of all layers' outputs.
+
+    residual: h^{l+1} += h^l[:num_dst] where the shapes match (against over-smoothing).
+    edge_dropout / node_dropout: drop edges, or src nodes with their messages, in training.
+    """
+
+    def __init__(self, convs: list, residual: bool = False, edge_dropout: float = 0.0,
+                 node_dropout: float = 0.0, head: Optional[nn.Module] = None):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.residual, self.edge_dropout, self.node_dropout = residual, edge_dropout, node_dropout
+        self.head = head
+
+    def forward(self, h0: Tensor, blocks: list) -> Tensor:
+        if len(blocks) != len(self.convs):
+            raise ValueError(f"{type(self).__name__} has {len(self.convs)} layers but got {len(blocks)} blocks")
+        n_out = blocks[-1].num_dst if blocks else h0.shape[0]
+        h, layers = h0, [h0[:n_out]]
+        for conv, block in zip(self.convs, blocks):
+            if self.training:
+                block = drop_nodes(drop_edges(block, self.edge_dropout), self.node_dropout)
+            out = conv(block, h)
+            if self.residual and out.shape[1:] == h.shape[1:]:
+                out = out + h[: block.num_dst]
+            h = out
+            layers.append(h[:n_out])
+        out = self.combine(layers)
+        return self.head(out) if self.head is not None else out
+
+    def combine(self, layers: list) -> Tensor:
+        return layers[-1]
+
+
+class LightGCN(GNN):
+    """LightGCN: `LightGCNConv` layers, combined with alpha_l = 1/(L+1) (the mean of e^(0..L))."""
+
+    def __init__(self, dim: int, num_layers: int = 3, **opts):
+        super().__init__([LightGCNConv() for _ in range(num_layers)], **opts)
+
+    def combine(self, layers):
+        return torch.stack(layers).mean(0)
+
+
+class NGCF(GNN):
+    """NGCF: `NGCFConv` layers; the output concatenates e^(0) with the L2-normalized e^(1..L)
+    (dimension dim * (L + 1)), as in the authors' code."""
+
+    def __init__(self, dim: int, num_layers: int = 3, dropout: float = 0.1, **opts):
+        super().__init__([NGCFConv(dim, dim, dropout) for _ in range(num_layers)], **opts)
+
+    def combine(self, layers):
+        return torch.cat([layers[0]] + [F.normalize(h, dim=-1) for h in layers[1:]], dim=-1)
+
+
+class GraphSAGE(GNN):
+    """GraphSAGE: `SAGEConv` layers (aggr 'mean' or 'pool'), ReLU between layers, optional L2 norm."""
+
+    def __init__(self, dim: int, num_layers: int = 2, aggr: str = "mean", normalize: bool = False, **opts):
+        super().__init__([SAGEConv(dim, dim, aggr, act=i < num_layers - 1, normalize=normalize)
+                          for i in range(num_layers)], **opts)
+
+
+class PinSage(GNN):
+    """PinSage: `PinSageConv` layers over importance-weighted random-walk neighbourhoods (block.weight),
+    then the dense head G2 ReLU(G1 z + g). Trained with the max-margin loss."""
+
+    def __init__(self, dim: int, num_layers: int = 2, hidden: Optional[int] = None, **opts):
+        head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        super().__init__([PinSageConv(dim, dim, hidden) for _ in range(num_layers)], head=head, **opts)
+
+
+class GAT(GNN):
+    """GAT: `GATConv` layers, heads concatenated (ELU) in inner layers and averaged in the last."""
+
+    def __init__(self, dim: int, num_layers: int = 2, heads: int = 4, attn_dropout: float = 0.0,
+                 self_loops: bool = True, **opts):
+        if dim % heads:
+            raise ValueError(f"GAT: dim {dim} must be divisible by heads {heads}")
+        convs = [GATConv(dim, dim // heads, heads, True, attn_dropout, self_loops, act=True)
+                 for _ in range(num_layers - 1)]
+        convs.append(GATConv(dim, dim, heads, False, attn_dropout, self_loops))
+        super().__init__(convs, **opts)
+
+
+class GCN(GNN):
+    """GCN: `GCNConv` layers (symmetric normalization with self-loops), ReLU between layers."""
+
+    def __init__(self, dim: int, num_layers: int = 2, **opts):
+        super().__init__([GCNConv(dim, dim, act=i < num_layers - 1) for i in range(num_layers)], **opts)
+
+
+class SocialGCN(LightGCN):
+    """SocialGCN: `SocialConv` propagation over interaction and social edges combined (block.etype),
+    with optional attention gates on social edges; layers combined as in LightGCN."""
+
+    def __init__(self, dim: int, num_layers: int = 3, attention: bool = True, **opts):
+        GNN.__init__(self, [SocialConv(dim, attention) for _ in range(num_layers)], **opts)
+
+
+class MF(nn.Module):
+    """MF-BPR: no propagation, the representation is the ID embedding itself. Takes no blocks
+    (num_layers must be 0), or ignores their edges."""
+
+    def __init__(self, dim: int, num_layers: int = 0, **opts):
+        super().__init__()
+
+    def forward(self, h0: Tensor, blocks: list) -> Tensor:
+        return h0[: blocks[-1].num_dst] if blocks else h0
+
+
+class Popularity(nn.Module):
+    """Popularity baseline: every user's score for item i is the item's training degree. Not trained:
+    `embeddings()` gives (U [num_users, 1] of ones, I [num_items, 1] = degree) for the evaluator."""
+
+    def __init__(self, num_users: int, item_degree: Tensor):
+        super().__init__()
+        self.num_users = num_users
+        self.register_buffer("item_degree", item_degree.float())
+
+    @classmethod
+    def from_interactions(cls, users: Tensor, items: Tensor, num_users: int, num_items: int) -> "Popularity":
+        return cls(num_users, torch.bincount(items.long(), minlength=num_items))
+
+    def embeddings(self):
+        ones = self.item_degree.new_ones(self.num_users, 1)
+        return ones, self.item_degree.unsqueeze(1)
+
+
+MODELS = {
+    "lightgcn": LightGCN,
+    "ngcf": NGCF,
+    "graphsage": GraphSAGE,
+    "pinsage": PinSage,
+    "gat": GAT,
+    "gcn": GCN,
+    "socialgcn": SocialGCN,
+    "mf": MF,
+    "popularity": Popularity,
+}

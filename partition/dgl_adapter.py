@@ -44,3 +44,107 @@ def load_graph(path):
     """Load a graph written by save_graph."""
     graphs, _ = _dgl().load_graphs(str(path))
     return graphs[0]
+
+
+def type_ids(edge_types) -> tuple[dict[str, int], dict[tuple, int]]:
+    """DGL's node-type and edge-type ids for a heterograph with these canonical edge types."""
+    dgl = _dgl()
+    empty = torch.zeros(0, dtype=torch.int64)
+    g = dgl.heterograph({et: (empty, empty) for et in edge_types})
+    return ({nt: g.get_ntype_id(nt) for nt in g.ntypes},
+            {et: g.get_etype_id(et) for et in g.canonical_etypes})
+
+
+def metis_assignment(num_nodes: int, src: np.ndarray, dst: np.ndarray, node_type: np.ndarray, parts: int) -> np.ndarray:
+    """DGL's METIS on a homogeneous graph (symmetrized inside), balancing node count and in-degree per
+    node type, as partition_graph(balance_ntypes=..., balance_edges=True) does. The graph must have no
+    duplicate edges (DGL's METIS corrupts the heap on them)."""
+    dgl = _dgl()
+    g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=num_nodes, idtype=torch.int64)
+    assignment = dgl.metis_partition_assignment(g, parts, balance_ntypes=torch.from_numpy(node_type),
+                                                balance_edges=True)
+    return assignment.numpy()
+
+
+def save_partition(directory, num_nodes: int, src: np.ndarray, dst: np.ndarray, ndata: dict, edata: dict,
+                   node_feats: dict, edge_feats: dict) -> None:
+    """Write one partition as DGL's partition_graph does: graph.dgl (homogeneous, with _ID/_TYPE/
+    inner_node/part_id node data and _ID/_TYPE/inner_edge edge data), node_feat.dgl, edge_feat.dgl."""
+    dgl = _dgl()
+    from dgl.data.utils import save_tensors
+    g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=num_nodes, idtype=torch.int64)
+    for name, values in ndata.items():
+        g.ndata[name] = torch.from_numpy(values)
+    for name, values in edata.items():
+        g.edata[name] = torch.from_numpy(values)
+    dgl.save_graphs(str(directory / "graph.dgl"), [g])
+    save_tensors(str(directory / "node_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
+                                                   for k, v in node_feats.items()})
+    save_tensors(str(directory / "edge_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
+                                                   for k, v in edge_feats.items()})
+
+
+def partition_graph_metis(graph_path, out, parts: int) -> None:
+    """DGL's own whole-graph path (the memory baseline for bench/partition.py)."""
+    dgl = _dgl()
+    g = load_graph(graph_path)
+    dgl.distributed.partition_graph(g, "gnnrec", parts, str(out), num_hops=1, part_method="metis",
+                                    balance_edges=True)
+
+
+# ---------------------------------------------------------------- DistDGL (servers and clients)
+
+def dist_env(role: str, ip_config, part_config, num_servers: int, num_clients: int, server_id: int = 0,
+             num_samplers: int = 0) -> dict[str, str]:
+    """The environment DistDGL reads in dgl.distributed.initialize (DESIGN.md §3.3)."""
+    return {"DGL_ROLE": role, "DGL_SERVER_ID": str(server_id), "DGL_NUM_SERVER": str(num_servers),
+            "DGL_NUM_CLIENT": str(num_clients), "DGL_CONF_PATH": str(part_config),
+            "DGL_IP_CONFIG": str(ip_config), "DGL_NUM_SAMPLER": str(num_samplers),
+            "DGL_DIST_MODE": "distributed", "DGL_GRAPH_FORMAT": "csc"}
+
+
+def serve(env: dict[str, str]) -> None:
+    """Run a graph server until every client has exited (DGL ends it with SystemExit, caught here)."""
+    import os
+    os.environ.update(env)
+    dgl = _dgl()
+    try:
+        dgl.distributed.initialize(env["DGL_IP_CONFIG"])
+    except SystemExit:
+        pass
+
+
+def connect(env: dict[str, str], graph_name: str):
+    """Connect this process to the graph servers as a client; return the DistGraph."""
+    import os
+    os.environ.update(env)
+    dgl = _dgl()
+    dgl.distributed.initialize(env["DGL_IP_CONFIG"])
+    return dgl.distributed.DistGraph(graph_name)
+
+
+def disconnect() -> None:
+    _dgl().distributed.exit_client()
+
+
+def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.ndarray:
+    """One random out-neighbour over `etype` of each of `nodes` (duplicates draw independently) from
+    a DistGraph; -1 where a node has none. Neighbours are sampled where their partition lives."""
+    dgl = _dgl()
+    out = np.full(len(nodes), -1, np.int64)
+    if not len(nodes):
+        return out
+    # DistDGL's fanout is one int for every edge type leaving the nodes; keep `etype`'s edges
+    frontier = dgl.distributed.sample_neighbors(graph, {node_type: torch.from_numpy(nodes)}, 1, edge_dir="out")
+    src, dst = (t.numpy() for t in frontier.edges(etype=etype))
+    if not len(src):
+        return out
+    # the k-th walker at node v takes the k-th edge sampled from v
+    walkers = np.argsort(nodes, kind="stable")
+    at = nodes[walkers]
+    edges = np.argsort(src, kind="stable")
+    src, dst = src[edges], dst[edges]
+    index = np.minimum(np.searchsorted(src, at) + np.arange(len(at)) - np.searchsorted(at, at), len(src) - 1)
+    ok = src[index] == at
+    out[walkers[ok]] = dst[index[ok]]
+    return out

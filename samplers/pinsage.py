@@ -94,3 +94,18 @@ class PinSageSampler:
         origin, item = random_walk_visits(self.neighbors, seeds, self.num_walks, self.num_traversals,
                                           self.termination_prob, self.rng)
         return top_visited(origin, item, len(seeds), self.num_items, self.num_neighbors, self.rng)
+
+
+class DistNeighbors:
+    """`Neighbors` over a DistDGL DistGraph: each hop of all walkers is one batched sample_neighbors
+    call, answered by the servers of the partitions the nodes live in, so walks cross partitions."""
+
+    RELATIONS = {"item->user": ("item", "interacted_by"), "user->item": ("user", "interacts")}
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def sample_one(self, nodes, relation, rng):  # the servers draw; rng is unused
+        from gnnrec.partition.dgl_adapter import dist_sample_one
+        node_type, etype = self.RELATIONS[relation]
+        return dist_sample_one(self.graph, nodes, node_type, etype)

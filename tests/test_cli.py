@@ -103,7 +103,8 @@ def test_single_stages_and_config_file(tmp_path, capsys):
 
 def test_stages_are_plain_functions(tmp_path):
     cfg = make_cfg(tmp_path, "synth.users=100", "synth.items=50", "synth.edges=1000", "synth.social_edges=0",
-                   "synth.item_feature_dim=0", "ingest.social=null", "ingest.item_features=null")
+                   "synth.item_feature_dim=0", "ingest.social=null", "ingest.item_features=null",
+                   "run.stages=[synth, ingest]")
     summary = stages.run_stage("synth", cfg)
     assert summary["edges"] == 1000 and Path(summary["out"]) == tmp_path / "synth"
     summaries = stages.run(cfg)

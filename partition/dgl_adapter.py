@@ -134,9 +134,12 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     out = np.full(len(nodes), -1, np.int64)
     if not len(nodes):
         return out
-    # DistDGL's fanout is one int for every edge type leaving the nodes; keep `etype`'s edges
-    frontier = dgl.distributed.sample_neighbors(graph, {node_type: torch.from_numpy(nodes)}, 1, edge_dir="out")
-    src, dst = (t.numpy() for t in frontier.edges(etype=etype))
+    # sample_neighbors would draw one edge among all edge types; this draws one of `etype` only
+    canonical = next(c for c in graph.canonical_etypes if c[0] == node_type and c[1] == etype)
+    fanout = {c: int(c == canonical) for c in graph.canonical_etypes}
+    frontier = dgl.distributed.sample_etype_neighbors(graph, {node_type: torch.from_numpy(nodes)}, fanout,
+                                                      edge_dir="out", etype_sorted=False)
+    src, dst = (t.numpy() for t in frontier.edges(etype=canonical))
     if not len(src):
         return out
     # the k-th walker at node v takes the k-th edge sampled from v

@@ -1,0 +1,124 @@
+"""Sampling benchmark on the Gowalla train graph, ours vs raw DGL side by side in one run, as JSON.
+
+    python bench/sampling.py [--batches 40] [--threads 2]
+
+neighbor: edge batches of 1024 training pairs, 1 uniform negative each, 2 layers with fanouts [10, 5],
+    the batch's own edges excluded from message passing. Ours: samplers/neighbor.py on the local CSR,
+    up to a finished `Batch`. DGL: dgl.dataloading.NeighborSampler.sample_blocks (sample_neighbors +
+    to_block per layer) over the same seeds, negatives and exclusions. Figure: training edges per second.
+pinsage: 3 traversals, 100 walks, top-10, batches of 1024 seed items. Ours: samplers/pinsage.py on the
+    local CSR; DGL: dgl.sampling.PinSAGESampler. Figure: seeds per second.
+Ours and DGL alternate batch by batch so that load from other processes hits both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from gnnrec.partition import dgl_adapter
+from gnnrec.samplers.negatives import Positives, UniformNegatives
+from gnnrec.samplers.neighbor import CSRNeighborhoods, NeighborSampler
+from gnnrec.samplers.pinsage import CSRNeighbors, PinSageSampler
+
+GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla" / "train.parquet"
+
+
+def load(path: Path):
+    t = pq.read_table(path, columns=["user_id", "item_id"])
+    users, user = np.unique(t["user_id"].to_numpy(), return_inverse=True)
+    items, item = np.unique(t["item_id"].to_numpy(), return_inverse=True)
+    return user.astype(np.int64), item.astype(np.int64), len(users), len(items)
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def bench_neighbor(user, item, nu, ni, graph, args) -> dict:
+    negatives = UniformNegatives(ni, Positives(user, item, ni))
+    ours = NeighborSampler(CSRNeighborhoods.from_edges(user, item, nu, ni), args.fanouts, nu, ni,
+                           negatives=negatives, num_negatives=1)
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(user))
+    edges = {"ours": [0, 0], "dgl": [0, 0]}  # sampled message edges, batches
+
+    def run_ours(eids):
+        batch = ours.sample(user[eids], item[eids])
+        edges["ours"][0] += sum(b.num_edges for b in batch.blocks)
+        edges["ours"][1] += 1
+
+    def run_dgl(eids):
+        neg = negatives.sample(user[eids], item[eids], 1, rng)
+        seeds = {"user": np.unique(user[eids]), "item": np.unique(np.concatenate([item[eids], neg.ravel()]))}
+        _, blocks = dgl_adapter.neighbor_blocks(graph, seeds, args.fanouts,
+                                                {"interacts": eids, "interacted_by": eids})
+        edges["dgl"][0] += sum(b.num_edges() for b in blocks)
+        edges["dgl"][1] += 1
+
+    seconds = {"ours": 0.0, "dgl": 0.0}
+    for k in range(args.batches + 2):
+        eids = np.sort(order[k * args.batch_size:(k + 1) * args.batch_size])
+        t_ours, t_dgl = timed(run_ours, eids), timed(run_dgl, eids)
+        if k >= 2:  # warm-up
+            seconds["ours"] += t_ours
+            seconds["dgl"] += t_dgl
+    rate = {k: args.batches * args.batch_size / s for k, s in seconds.items()}
+    return {"batch_size": args.batch_size, "fanouts": args.fanouts, "negatives": 1, "batches": args.batches,
+            "ours_edges_per_s": round(rate["ours"]), "dgl_edges_per_s": round(rate["dgl"]),
+            "ratio": round(rate["ours"] / rate["dgl"], 3),
+            "ours_message_edges_per_batch": round(edges["ours"][0] / edges["ours"][1]),
+            "dgl_message_edges_per_batch": round(edges["dgl"][0] / edges["dgl"][1])}
+
+
+def bench_pinsage(user, item, nu, ni, graph, args) -> dict:
+    params = dict(num_traversals=3, termination_prob=0.5, num_walks=100, num_neighbors=10)
+    ours = PinSageSampler(CSRNeighbors.from_edges(user, item, nu, ni), ni, **params)
+    dgl_sampler = dgl_adapter.pinsage_sampler(graph, params["num_traversals"], params["termination_prob"],
+                                              params["num_walks"], params["num_neighbors"])
+    rng = np.random.default_rng(2)
+    seconds = {"ours": 0.0, "dgl": 0.0}
+    for k in range(args.pinsage_batches + 1):
+        seeds = rng.choice(ni, args.batch_size, replace=False)
+        t_ours, t_dgl = timed(ours.sample, seeds), timed(dgl_sampler, seeds)
+        if k >= 1:
+            seconds["ours"] += t_ours
+            seconds["dgl"] += t_dgl
+    rate = {k: args.pinsage_batches * args.batch_size / s for k, s in seconds.items()}
+    return {**params, "batch_size": args.batch_size, "batches": args.pinsage_batches,
+            "ours_seeds_per_s": round(rate["ours"]), "dgl_seeds_per_s": round(rate["dgl"]),
+            "ratio": round(rate["ours"] / rate["dgl"], 3)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=GOWALLA)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--pinsage-batches", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--fanouts", type=int, nargs="+", default=[10, 5])
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    if not args.data.exists():
+        print(json.dumps({"skipped": f"{args.data} not found"}))
+        return 0
+    torch.set_num_threads(args.threads)
+    user, item, nu, ni = load(args.data)
+    graph = dgl_adapter.heterograph(nu, ni, user, item)
+    result = {"dataset": str(args.data), "users": nu, "items": ni, "edges": len(user), "threads": args.threads,
+              "neighbor": bench_neighbor(user, item, nu, ni, graph, args),
+              "pinsage": bench_pinsage(user, item, nu, ni, graph, args)}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -117,6 +117,46 @@ class PartitionConfig(Section):
     seed: int = 0
 
 
+class LaunchConfig(Section):
+    """Where the job runs: an embedded local Ray (address null) or an existing cluster."""
+    address: Optional[str] = Field(None, description="null = embedded local Ray; 'auto' or ray://host:port")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded Ray (null = all)")
+    health_timeout_s: float = Field(60, gt=0, description="a dead server or trainer fails the job within this")
+
+
+class TrainConfig(Section):
+    """Mini-batch training: Ray Train workers are DistDGL clients and DDP ranks."""
+    out: str = "{workdir}/train"
+    partitions: str = "{workdir}/partitions"
+    model: str = "lightgcn"
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=0)
+    sampler: Literal["neighbor", "none"] = "neighbor"
+    fanouts: list[int] = [10, 5]
+    batch_size: int = Field(1024, ge=1)
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    l2: float = Field(1e-4, ge=0)
+    loss: Literal["bpr", "max_margin"] = "bpr"
+    negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
+    num_negatives: int = Field(1, ge=1)
+    exclude_positives: bool = True
+    trainers_per_partition: int = Field(1, ge=1)
+    use_gpu: Optional[bool] = Field(None, description="null = use GPUs when the cluster has them")
+    torch_threads: int = Field(1, ge=1, description="Ray sets OMP_NUM_THREADS=1 in workers; this overrides")
+    prefetch: int = Field(2, ge=0, description="mini-batches sampled ahead of compute")
+    record_visits: bool = Field(False, description="write the training edge ids each trainer visits (audit)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.sampler == "neighbor" and len(self.fanouts) != self.layers:
+            raise ValueError(f"fanouts has {len(self.fanouts)} entries but layers={self.layers}")
+        if any(f == 0 or f < -1 for f in self.fanouts):
+            raise ValueError("fanouts are positive, or -1 for all neighbours")
+        return self
+
+
 class RunConfig(Section):
     stages: list[Literal["synth", "ingest", "partition", "train", "mine", "infer", "evaluate"]] = [
         "synth", "ingest"]
@@ -128,6 +168,8 @@ class Config(Section):
     ingest: IngestConfig = IngestConfig()
     split: SplitConfig = SplitConfig()
     partition: PartitionConfig = PartitionConfig()
+    launch: LaunchConfig = LaunchConfig()
+    train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
 
     def path(self, template: str) -> Path | str:

@@ -99,16 +99,16 @@ class GraphServers:
         return {"env": self._env("client"), "ip_config_text": self.ip_config_text, "graph_name": self.graph_name}
 
     def check(self) -> None:
-        """Raise GraphServerDied if any server has stopped (it must outlive its clients)."""
+        """Raise GraphServerDied if a server process died. A server that returned has ended normally:
+        DistDGL stops a server once every client has disconnected."""
         done, _ = ray.wait(self.serving, num_returns=len(self.serving), timeout=0)
         for ref in done:
-            i = self.serving.index(ref)
             try:
                 ray.get(ref)
-                why = "exited"
             except ray.exceptions.RayError as e:
-                why = f"died ({type(e).__name__})"
-            raise GraphServerDied(f"graph server of partition {i} on {self.addresses[i][0]} {why}")
+                i = self.serving.index(ref)
+                raise GraphServerDied(f"graph server of partition {i} on {self.addresses[i][0]} died "
+                                      f"({type(e).__name__})") from None
 
     def __exit__(self, *exc) -> None:
         if self.serving and exc[0] is None:  # clients have disconnected: servers end by themselves

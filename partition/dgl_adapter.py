@@ -151,3 +151,91 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     ok = src[index] == at
     out[walkers[ok]] = dst[index[ok]]
     return out
+
+
+INTERACTS = ("user", "interacts", "item")
+
+
+def dist_train_edges(graph, rank: int, world: int) -> np.ndarray:
+    """This trainer's share of the user→item training edges (DistGraph edge ids): every edge goes
+    to exactly one trainer, and trainer r takes edges of partition r // (world / parts) first."""
+    dgl = _dgl()
+    mask = torch.ones(graph.num_edges(INTERACTS), dtype=torch.bool)
+    eids = dgl.distributed.edge_split(mask, graph.get_partition_book(), etype=INTERACTS, rank=rank,
+                                      force_even=True, edge_trainer_ids=None)
+    return eids.numpy()
+
+
+def dist_find_edges(graph, eids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) endpoints of user→item edges."""
+    u, i = graph.find_edges(torch.from_numpy(eids), etype=INTERACTS)
+    return u.numpy(), i.numpy()
+
+
+def dist_out_neighbors(graph, nodes: np.ndarray, canonical_etype=INTERACTS) -> tuple[np.ndarray, np.ndarray]:
+    """All (node, neighbour) pairs over `canonical_etype` for the given nodes."""
+    dgl = _dgl()
+    fanout = {c: -1 if c == canonical_etype else 0 for c in graph.canonical_etypes}
+    frontier = dgl.distributed.sample_etype_neighbors(graph, {canonical_etype[0]: torch.from_numpy(nodes)},
+                                                      fanout, edge_dir="out", etype_sorted=False)
+    src, dst = frontier.edges(etype=canonical_etype)
+    return src.numpy(), dst.numpy()
+
+
+# ---------------------------------------------------------------- neighbour sampling (samplers/neighbor.py)
+
+def dist_edge_types(graph) -> list[str]:
+    """The edge type names of a DistGraph."""
+    return [c[1] for c in graph.canonical_etypes]
+
+
+def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str, int]) -> dict:
+    """Up to fanouts[etype] in-edges (-1: all) of each of `nodes` ({node type: per-type ids}) per edge
+    type, drawn by the servers: {etype: (src, dst)} as numpy per-type ids. Edge types missing from
+    `fanouts` get 0 (sample_neighbors with an int fanout would draw across all types at once)."""
+    dgl = _dgl()
+    fanout = {c: int(fanouts.get(c[1], 0)) for c in graph.canonical_etypes}
+    frontier = dgl.distributed.sample_etype_neighbors(
+        graph, {t: torch.from_numpy(np.asarray(ids, np.int64)) for t, ids in nodes.items()}, fanout,
+        edge_dir="in", etype_sorted=False)
+    out = {}
+    for c in graph.canonical_etypes:
+        if c[1] in fanouts and c[2] in nodes:
+            src, dst = frontier.edges(etype=c)
+            out[c[1]] = (src.numpy().astype(np.int64), dst.numpy().astype(np.int64))
+    return out
+
+
+def dist_node_in_degrees(graph, node_type: str, ids: np.ndarray) -> np.ndarray:
+    """In-degree over all edge types of the given nodes (per-type ids), from the servers."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    homo = graph.get_partition_book().map_to_homo_nid(torch.from_numpy(np.asarray(ids, np.int64)), node_type)
+    return graph.in_degrees(homo).numpy().astype(np.int64)
+
+
+def heterograph(num_users: int, num_items: int, user: np.ndarray, item: np.ndarray):
+    """The user-item graph (both directions) in memory, edge ids = pair order (as save_graph writes)."""
+    dgl = _dgl()
+    u, i = torch.from_numpy(user), torch.from_numpy(item)
+    return dgl.heterograph({EDGE_TYPES["interacts"]: (u, i), EDGE_TYPES["interacted_by"]: (i, u)},
+                           num_nodes_dict={"user": num_users, "item": num_items})
+
+
+def neighbor_blocks(graph, seeds: dict[str, np.ndarray], fanouts: list[int], exclude_eids: dict | None = None):
+    """Raw DGL edge-batch neighbour sampling (dgl.dataloading.NeighborSampler.sample_blocks: per layer
+    sample_neighbors + to_block), the anchor of bench/sampling.py: (input_nodes, blocks)."""
+    dgl = _dgl()
+    sampler = dgl.dataloading.NeighborSampler(fanouts)
+    exclude = None if exclude_eids is None else {EDGE_TYPES[k]: torch.from_numpy(v) for k, v in exclude_eids.items()}
+    input_nodes, _, blocks = sampler.sample_blocks(graph, {t: torch.from_numpy(v) for t, v in seeds.items()},
+                                                   exclude_eids=exclude)
+    return input_nodes, blocks
+
+
+def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_walks: int, num_neighbors: int):
+    """dgl.sampling.PinSAGESampler over items (item -> user -> item); call it with item ids (numpy)."""
+    dgl = _dgl()
+    sampler = dgl.sampling.PinSAGESampler(graph, "item", "user", num_traversals, termination_prob, num_walks,
+                                          num_neighbors)
+    return lambda seeds: sampler(torch.from_numpy(np.asarray(seeds, np.int64)))

@@ -60,9 +60,9 @@ def test_not_built_stage_says_so_and_exits_2(tmp_path, capsys, stage):
 
 
 def test_run_with_a_not_built_stage_does_nothing(tmp_path, capsys):
-    assert cli.main(["run", f"workdir={tmp_path}", "run.stages=[synth, ingest, train]"]) == 2
+    assert cli.main(["run", f"workdir={tmp_path}", "run.stages=[synth, ingest, mine]"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and "train not built yet" in _one_error_line(err, "run")
+    assert out == "" and "mine not built yet" in _one_error_line(err, "run")
     assert list(tmp_path.iterdir()) == []  # synth did not run before the error
 
 

@@ -3,6 +3,7 @@ is reported by name instead of hanging the job."""
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
@@ -96,3 +97,32 @@ def test_pinsage_walks_through_graph_servers_match_local_walks(local_ray, partit
     assert all(len(b[s]) == 5 for s in range(30))
     assert np.mean([len(a[s] & b[s]) / 5 for s in range(30)]) >= 0.5  # same distribution, both noisy
     assert abs(local[2].sum() - dist[2].sum()) <= 0.05 * local[2].sum()  # same visit mass
+
+
+def test_servers_load_gnnrec_partitions(local_ray, tmp_path):
+    """The partition stage's output is served as is: node counts and one-hop steps through DistDGL."""
+    from gnnrec.launch.config import load_config
+    from gnnrec.launch.stages import run
+
+    cfg = load_config(None, [f"workdir={tmp_path}", "synth.users=300", "synth.items=200", "synth.edges=3000",
+                             "partition.parts=1", "partition.method=random"])
+    summaries = run(cfg)
+    users = np.arange(summaries["ingest"]["users"])
+
+    @ray.remote(num_cpus=0)
+    def client(info):
+        from gnnrec.launch.graph_servers import connect_client
+        from gnnrec.partition.dgl_adapter import disconnect, dist_sample_one
+        graph = connect_client(info)
+        counts = graph.num_nodes("user"), graph.num_nodes("item")
+        steps = dist_sample_one(graph, users, "user", "interacts")
+        disconnect()
+        return counts, steps
+
+    with GraphServers(summaries["partition"]["config"], num_clients=1) as servers:
+        (num_users, num_items), steps = ray.get(client.remote(servers.client_info), timeout=120)
+    assert (num_users, num_items) == (summaries["ingest"]["users"], summaries["ingest"]["items"])
+    train_users = pq.read_table(tmp_path / "dataset" / "edges" / "train.parquet")["user"].to_numpy()
+    has_edges = np.bincount(train_users, minlength=num_users) > 0
+    assert np.all((steps >= 0) == has_edges)  # one step from every user with a training edge, none otherwise
+    assert steps.max() < num_items

@@ -1,0 +1,62 @@
+"""The Ray cluster: attach to one or start an embedded one, and plan a job on it before it starts.
+
+The plan answers what DistDGL users ask for before a long job: which machines, how many partitions,
+trainers and GPUs, and the memory each machine will need (estimated from the partition stats),
+and refuses a job that cannot fit.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+
+from gnnrec import UserError
+
+BYTES_PER_EDGE = 64  # partition graph in DistDGL's server (ids, CSC, edge data, shared-memory copy)
+BYTES_PER_NODE = 48  # node maps, masks, degrees
+TRAINER_BYTES = 1.5 * 2**30  # one Ray Train worker: torch, dgl, the model and prefetched batches
+
+
+def start_ray(launch) -> None:
+    """Attach to `launch.address`, or start an embedded local Ray (dashboard off)."""
+    if ray.is_initialized():
+        return
+    try:
+        if launch.address:
+            ray.init(address=launch.address, log_to_driver=True)
+        else:
+            ray.init(num_cpus=launch.num_cpus, include_dashboard=False, configure_logging=False)
+    except ConnectionError as e:
+        raise UserError(f"launch.address={launch.address}: cannot connect to Ray ({e})") from None
+
+
+def plan(part_config, trainers_per_partition: int, dim: int, use_gpu) -> dict:
+    """Machines, trainers, GPUs and estimated memory per machine; UserError when it cannot fit."""
+    part_dir = Path(part_config).parent
+    meta = json.loads(Path(part_config).read_text())
+    stats = json.loads((part_dir / "partition_stats.json").read_text())
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    parts = meta["num_parts"]
+    if len(nodes) < parts:
+        raise UserError(f"{parts} partitions need {parts} Ray nodes (one graph server per node); "
+                        f"the cluster has {len(nodes)}: start more nodes or partition.parts={len(nodes)}")
+    gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
+    use_gpu = gpus > 0 if use_gpu is None else use_gpu
+    if use_gpu and gpus < parts * trainers_per_partition:
+        raise UserError(f"train.use_gpu: {parts * trainers_per_partition} trainers need as many GPUs; "
+                        f"the cluster has {gpus}")
+    per_part = stats["per_part"]
+    total_nodes = meta["num_nodes"]
+    embedding = total_nodes * dim * 4 * 3  # table + Adam's two moments, held by every trainer (DDP)
+    need = max(p["edges"] * BYTES_PER_EDGE + p["nodes"] * BYTES_PER_NODE for p in per_part) \
+        + trainers_per_partition * (TRAINER_BYTES + embedding)
+    have = min(n["Resources"].get("memory", 0) for n in nodes)
+    summary = {"machines": len(nodes), "partitions": parts, "trainers": parts * trainers_per_partition,
+               "trainers_per_machine": trainers_per_partition, "gpus": gpus if use_gpu else 0,
+               "backend": "nccl" if use_gpu else "gloo", "est_memory_per_machine_gb": round(need / 2**30, 2),
+               "ray_memory_per_machine_gb": round(have / 2**30, 2)}
+    if have and need > have:
+        raise UserError(f"the job needs ~{need / 2**30:.1f} GB per machine but Ray offers {have / 2**30:.1f} GB: "
+                        "use more partitions, fewer trainers per partition or a smaller train.dim")
+    return summary

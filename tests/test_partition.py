@@ -1,0 +1,243 @@
+"""The partition stage: DGL loads what we write, every training edge is inner in exactly one part,
+balance, stats, bad input. One small synthetic dataset (with social edges and item features) is
+shared by the whole module; each (method, K) is partitioned once."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gnnrec.launch.cli import main
+from gnnrec.launch.config import load_config
+from gnnrec.partition.ingest import ingest, load_meta
+from gnnrec.partition.synth import synth
+
+METHODS = ("metis", "random", "random-walk")
+
+
+def dgl_load(config_json, part_id):
+    """DGL's own loader, untouched: (graph, node_feats, edge_feats, partition book, ntypes, etypes)."""
+    os.environ.setdefault("DGLBACKEND", "pytorch")
+    import dgl
+    g, nfeat, efeat, gpb, _, ntypes, etypes = dgl.distributed.load_partition(str(config_json), part_id)
+    return g, nfeat, efeat, gpb, ntypes, etypes
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("partition")
+    cfg = load_config(None, [f"workdir={tmp}", "synth.edges=20000", "synth.users=1500", "synth.items=800",
+                             "synth.social_edges=3000", "synth.item_feature_dim=4"])
+    synth(cfg)
+    ingest(cfg)
+    return tmp
+
+
+def overrides(dataset, method, parts, out, *more):
+    return [f"workdir={dataset}", f"partition.method={method}", f"partition.parts={parts}",
+            f"partition.out={out}", *more]
+
+
+_cache = {}
+
+
+@pytest.fixture
+def partitioned(dataset, request):
+    """Partition once per (method, parts); the summary and output directory."""
+    from gnnrec.partition.partitioning import partition
+    method, parts = request.param
+    if (method, parts) not in _cache:
+        out = dataset / f"parts-{method}-{parts}"
+        cfg = load_config(None, overrides(dataset, method, parts, out))
+        _cache[method, parts] = (partition(cfg), out)
+    return _cache[method, parts]
+
+
+CASES = [(m, k) for m in METHODS for k in (1, 2, 4)]
+
+
+@pytest.mark.parametrize("partitioned", CASES, indirect=True, ids=[f"{m}-K{k}" for m, k in CASES])
+def test_dgl_loads_partitions_and_every_edge_is_inner_once(dataset, partitioned):
+    summary, out = partitioned
+    meta = load_meta(dataset / "dataset")
+    config = out / "gnnrec.json"
+    parts = summary["parts"]
+    train = pq.read_table(dataset / "dataset" / "edges" / "train.parquet").to_pandas()
+    social = pq.read_table(dataset / "dataset" / "edges" / "social.parquet").to_pandas()
+    orig = {t: np.load(out / "orig_nids" / f"{t}.npy") for t in ("user", "item")}
+    features = np.load(dataset / "dataset" / "features" / "item.npy")
+    seen = {"user:interacts:item": [], "item:interacted_by:user": [], "user:follows:user": []}
+    inner_count = {"user": 0, "item": 0}
+    for p in range(parts):
+        g, nfeat, efeat, gpb, ntypes, etypes = dgl_load(config, p)
+        assert set(ntypes) == {"user", "item"} and len(etypes) == 3
+        inner = g.ndata["inner_node"].numpy().astype(bool)
+        nid, ntype = g.ndata["_ID"].numpy(), g.ndata["_TYPE"].numpy()
+        # inner nodes first, in global order, and the partition book agrees they are ours
+        assert inner[:inner.sum()].all()
+        assert (gpb.nid2partid(g.ndata["_ID"][inner]).numpy() == p).all()
+        assert (g.ndata["part_id"].numpy()[inner] == p).all() and (g.ndata["part_id"].numpy()[~inner] != p).all()
+        if parts == 1:
+            assert (~inner).sum() == 0
+        ie = g.edata["inner_edge"].numpy().astype(bool)
+        assert ie[:ie.sum()].all()
+        assert (gpb.eid2partid(g.edata["_ID"][ie]).numpy() == p).all()
+        src, dst = (x.numpy() for x in g.edges())
+        assert inner[dst[ie]].all(), "an inner edge belongs to the part of its destination"
+        # per-type ids -> dataset ids -> the edge in the dataset
+        for t in ("user", "item"):
+            mask = inner & (ntype == json.loads(config.read_text())["ntypes"][t])
+            _, typed = gpb.map_to_per_ntype(g.ndata["_ID"][mask])
+            inner_count[t] += int(mask.sum())
+            if t == "item":
+                np.testing.assert_array_equal(nfeat["item/feat"].numpy(), features[orig["item"][typed.numpy()]])
+        etype_ids = json.loads(config.read_text())["etypes"]
+        for name, i in etype_ids.items():
+            s_type, _, d_type = name.split(":")
+            m = ie & (g.edata["_TYPE"].numpy() == i)
+            _, s_typed = gpb.map_to_per_ntype(g.ndata["_ID"][src[m]])
+            _, d_typed = gpb.map_to_per_ntype(g.ndata["_ID"][dst[m]])
+            s_orig, d_orig = orig[s_type][s_typed.numpy()], orig[d_type][d_typed.numpy()]
+            if name == "item:interacted_by:user":
+                s_orig, d_orig = d_orig, s_orig
+            seen[name].append(np.stack([s_orig, d_orig], 1))
+            # orig_eids: new per-type edge id -> dataset edge (row of train.parquet / social.parquet)
+            _, typed_eids = gpb.map_to_per_etype(g.edata["_ID"][m])
+            rows = np.load(out / "orig_eids" / f"{name}.npy")[typed_eids.numpy()]
+            table = social[["src", "dst"]] if "follows" in name else train[["user", "item"]]
+            np.testing.assert_array_equal(table.to_numpy()[rows], np.stack([s_orig, d_orig], 1))
+            if name == "user:interacts:item":
+                np.testing.assert_array_equal(efeat[f"{name}/count"].numpy(), train["count"].to_numpy()[rows])
+            if name != "user:follows:user":
+                assert len(efeat[f"{name}/count"]) == m.sum()
+        assert np.isfinite(summary["edge_cut"])
+    users, items = meta["num_users"], meta["num_items"]
+    assert inner_count == {"user": users, "item": items}
+    for name, pairs in seen.items():
+        pairs = np.concatenate(pairs)
+        expected = social[["src", "dst"]].to_numpy() if "follows" in name else train[["user", "item"]].to_numpy()
+        got = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        np.testing.assert_array_equal(got, expected)  # each edge exactly once, none missing
+    stats = json.loads((out / "partition_stats.json").read_text())
+    assert len(stats["per_part"]) == parts
+    assert sum(s["train_edges"] for s in stats["per_part"]) == meta["edges"]["train"]
+    assert sum(s["val_edges"] for s in stats["per_part"]) == meta["edges"]["val"]
+    if parts > 1 and summary["method"] != "random":
+        assert summary["imbalance"] <= 0.10, summary
+
+
+@pytest.mark.parametrize("partitioned", [("metis", 2)], indirect=True)
+def test_id_maps_resolve_raw_ids_and_held_out_edges_follow_users(dataset, partitioned):
+    _, out = partitioned
+    for t in ("user", "item"):
+        ids = pq.read_table(out / "ids" / f"{t}.parquet").to_pandas()
+        raw = pq.read_table(dataset / "dataset" / "ids" / f"{t}.parquet").to_pandas()
+        np.testing.assert_array_equal(ids["id"], np.arange(len(ids)))
+        np.testing.assert_array_equal(ids["raw_id"], raw["raw_id"].to_numpy()[ids["dataset_id"]])
+        np.testing.assert_array_equal(ids["dataset_id"], np.load(out / "orig_nids" / f"{t}.npy"))
+    config = json.loads((out / "gnnrec.json").read_text())
+    user_ranges = config["node_map"]["user"]
+    users_before = np.cumsum([0] + [b - a for a, b in user_ranges])
+    test = pq.read_table(dataset / "dataset" / "edges" / "test.parquet").to_pandas()
+    total = 0
+    for p in range(2):
+        held = pq.read_table(out / f"part{p}" / "edges" / "test.parquet").to_pandas()
+        total += len(held)
+        assert ((held["user"] >= users_before[p]) & (held["user"] < users_before[p + 1])).all()
+    assert total == len(test)
+
+
+def test_halo_hops_two_adds_halo_edges(dataset):
+    from gnnrec.partition.partitioning import partition
+    out = dataset / "parts-halo2"
+    summary = partition(load_config(None, overrides(dataset, "random", 2, out, "partition.halo_hops=2")))
+    one = _cache.get(("random", 2))
+    for p in range(2):
+        g = dgl_load(out / "gnnrec.json", p)[0]
+        halo_edges = (g.edata["inner_edge"] == 0).sum().item()
+        assert halo_edges > 0
+        src, dst = g.edges()
+        inner = g.ndata["inner_node"].bool()
+        assert not inner[dst[g.edata["inner_edge"] == 0]].any()
+    if one is not None:
+        assert summary["halo_fraction"] >= one[0]["halo_fraction"]
+
+
+def test_random_walk_over_ray_workers(dataset):
+    from gnnrec.partition.partitioning import partition
+    out = dataset / "parts-ray"
+    summary = partition(load_config(None, overrides(dataset, "random-walk", 2, out, "partition.workers=2",
+                                                    "partition.mmap=true")))
+    assert summary["imbalance"] <= 0.10 and summary["edge_cut"] < 0.5
+    assert (out / "gnnrec.json").exists()
+
+
+DIST_CHECK = """
+import os, sys
+os.environ["DGL_DIST_MODE"] = "standalone"
+os.environ["DGLBACKEND"] = "pytorch"
+import dgl, torch
+dgl.distributed.initialize(None)
+g = dgl.distributed.DistGraph("gnnrec", part_config=sys.argv[1])
+print(g.num_nodes("user"), g.num_nodes("item"), g.num_edges(("user", "interacts", "item")))
+assert g.nodes["item"].data["feat"][torch.arange(2)].shape == (2, 4)
+frontier = dgl.distributed.sample_neighbors(g, {"user": torch.arange(5)}, 3)
+assert frontier.num_edges() > 0
+dgl.distributed.exit_client()
+"""
+
+
+@pytest.mark.parametrize("partitioned", [("random-walk", 1)], indirect=True)
+def test_distgraph_serves_one_partition_standalone(dataset, partitioned):
+    _, out = partitioned
+    meta = load_meta(dataset / "dataset")
+    run = subprocess.run([sys.executable, "-c", DIST_CHECK, str(out / "gnnrec.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"{meta['num_users']} {meta['num_items']} {meta['edges']['train']}" in run.stdout
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["partition.parts=0"], "partition.parts"),
+    (["partition.parts=100000"], "more parts than nodes"),
+    (["partition.method=spectral"], "partition.method"),
+    (["partition.dataset=/nonexistent/dataset"], "not a gnnrec dataset"),
+])
+def test_bad_input_exits_2_and_writes_nothing(dataset, capsys, bad, message):
+    out = dataset / "bad-out"
+    assert main(["partition", *overrides(dataset, "random", 2, out), *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists()
+
+
+def test_incomplete_or_old_dataset_exits_2(dataset, tmp_path, capsys):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset / "dataset", broken)
+    (broken / "edges" / "val.parquet").unlink()
+    out = tmp_path / "out"
+    args = ["partition", *overrides(dataset, "metis", 2, out), f"partition.dataset={broken}"]
+    assert main(args) == 2
+    assert "incomplete dataset" in capsys.readouterr().err
+    meta = json.loads((broken / "meta.json").read_text())
+    meta["version"] = 0
+    (broken / "meta.json").write_text(json.dumps(meta))
+    assert main(args) == 2
+    assert "expected gnnrec-dataset v1" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_crash_mid_write_leaves_no_partition_directory(dataset, monkeypatch):
+    from gnnrec.partition import partitioning, writer
+    out = dataset / "crash-out"
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(writer.dgl_adapter, "save_partition", boom)
+    with pytest.raises(RuntimeError):
+        partitioning.partition(load_config(None, overrides(dataset, "random", 2, out)))
+    assert not out.exists() and not list(dataset.glob(".crash-out.tmp-*"))

@@ -1,0 +1,80 @@
+"""The train stage through the real runtime: DistDGL graph servers as Ray actors, Ray Train workers
+as DistDGL clients and DDP ranks (gloo on CPU)."""
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from gnnrec.launch.config import load_config
+from gnnrec.launch.graph_servers import GraphServerDied
+from gnnrec.launch.stages import run
+from gnnrec.trainer.train import train
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("train")
+    run(load_config(None, [f"workdir={work}", "synth.users=400", "synth.items=300", "synth.edges=6000",
+                           "partition.parts=1", "run.stages=[synth, ingest, partition]"]))
+    return work
+
+
+def _cfg(workdir, *overrides):
+    return load_config(None, [f"workdir={workdir}", "train.trainers_per_partition=2", "train.record_visits=true",
+                              "train.batch_size=256", "train.lr=0.05", *overrides])
+
+
+@pytest.mark.parametrize("model, sampler", [("mf", "none"), ("lightgcn", "neighbor")])
+def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir, model, sampler):
+    layers = "train.layers=0" if sampler == "none" else "train.layers=2"
+    cfg = _cfg(workdir, f"train.model={model}", f"train.sampler={sampler}", layers,
+               "train.fanouts=[]" if sampler == "none" else "train.fanouts=[5, 5]", "train.epochs=3")
+    summary = train(cfg)
+    out = workdir / "train"
+    num_train = pq.read_metadata(workdir / "dataset" / "edges" / "train.parquet").num_rows
+    assert summary["trainers"] == 2 and summary["edges_per_epoch"] == num_train
+    for epoch in range(3):
+        visited = np.concatenate([np.load(out / "visits" / f"rank{r}_epoch{epoch}.npy") for r in range(2)])
+        assert len(visited) == num_train and np.array_equal(np.sort(visited), np.arange(num_train))
+    ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]  # DDP keeps replicas identical
+    assert all(r["losses"][-1] < r["losses"][0] for r in ranks)  # it learns
+    assert (out / "model.pt").exists() and (out / "config.yaml").exists()
+
+
+def test_killed_graph_server_fails_the_job_within_a_minute(local_ray, workdir):
+    cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
+               "train.epochs=100000", "train.out={workdir}/killed")
+    killed_at = []
+
+    def kill_server_once_training():  # as an operator would: SIGKILL the process titled ray::GraphServer
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            titles = {p.pid: " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])}
+            servers = [pid for pid, t in titles.items() if t.startswith("ray::GraphServer")]
+            if servers and any(t.startswith("ray::RayTrainWorker") for t in titles.values()):
+                time.sleep(3)
+                os.kill(servers[0], signal.SIGKILL)
+                killed_at.append(time.time())
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=kill_server_once_training, daemon=True).start()
+    with pytest.raises(GraphServerDied, match="partition 0"):
+        train(cfg)
+    assert killed_at and time.time() - killed_at[0] < 60
+    assert not (workdir / "killed").exists()  # nothing that looks complete

@@ -1,0 +1,213 @@
+"""The train stage: DistDGL graph servers + Ray Train workers, each a DistDGL client and a DDP rank.
+
+    driver:  plan -> GraphServers (one per partition) -> TorchTrainer.fit in a task, watched: a dead
+             server fails the job with its name within launch.health_timeout_s, never a hang
+    worker:  connect -> its share of training edges (local partition first) -> epochs of
+             [sample batch (ahead of compute) -> forward -> loss -> DDP backward -> Adam step]
+
+Every training edge is visited exactly once per epoch across trainers; DDP's join() lets trainers
+with one batch fewer finish the epoch without hanging the others. Worker summaries (loss, edges,
+parameter checksum) go to `{train.out}/ranks/rank{r}.json`, the model to `{train.out}/model.pt`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gnnrec import UserError, atomic_dir
+from gnnrec.trainer.blocks import Batch
+from gnnrec.trainer.losses import LOSSES
+from gnnrec.trainer.models import MODELS, NodeInput
+
+
+# ---------------------------------------------------------------- the driver
+
+def train(cfg) -> dict:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from gnnrec.launch.cluster import plan, start_ray
+    from gnnrec.launch.graph_servers import GraphServers, GraphServerDied
+
+    t = cfg.train
+    if t.model not in MODELS or t.model == "popularity":
+        raise UserError(f"train.model={t.model}: unknown (trainable: {', '.join(m for m in MODELS if m != 'popularity')})")
+    part_config = _part_config(cfg.path(t.partitions))
+    start_ray(cfg.launch)
+    job = plan(part_config, t.trainers_per_partition, t.dim, t.use_gpu)
+    print(_format_plan(job))
+    out = cfg.path(t.out)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp, GraphServers(part_config, num_clients=job["trainers"],
+                                              start_timeout_s=cfg.launch.health_timeout_s) as servers:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "client": servers.client_info, "out": str(tmp)},
+            scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
+                                         resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
+            torch_config=TorchConfig(backend=job["backend"], timeout_s=int(cfg.launch.health_timeout_s)),
+            run_config=RunConfig(storage_path=str(tmp / "ray"), name="train"),
+        )
+        fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
+        while not ray.wait([fit], timeout=1.0)[0]:
+            try:
+                servers.check()
+            except GraphServerDied:
+                ray.cancel(fit, force=True)
+                raise
+        error = ray.get(fit)
+        if error:
+            raise RuntimeError(f"training failed: {error}")
+        cfg.save(tmp)
+        ranks = [json.loads(p.read_text()) for p in sorted((tmp / "ranks").glob("rank*.json"))]
+    return {"out": str(out), **{k: v for k, v in job.items() if k != "backend"}, "epochs": t.epochs,
+            "edges_per_epoch": sum(r["edges_per_epoch"] for r in ranks),
+            "final_loss": round(float(np.mean([r["losses"][-1] for r in ranks])), 4),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _fit(trainer):
+    """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile."""
+    try:
+        trainer.fit()
+    except Exception as e:  # noqa: BLE001 - reported to the driver as the job's error
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _part_config(directory: Path) -> Path:
+    configs = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    configs = [c for c in configs if c.name != "partition_stats.json"]
+    if len(configs) != 1 or not (directory / "partition_stats.json").exists():
+        raise UserError(f"train.partitions={directory}: not a partition directory (run `gnnrec partition`)")
+    return configs[0]
+
+
+def _format_plan(job: dict) -> str:
+    return "plan: " + ", ".join(f"{k}={v}" for k, v in job.items())
+
+
+# ---------------------------------------------------------------- the worker
+
+def train_loop(config: dict) -> None:
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    from gnnrec.launch.config import Config
+    from gnnrec.launch.graph_servers import connect_client
+    from gnnrec.partition import dgl_adapter
+
+    cfg = Config.model_validate(config["cfg"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(t.torch_threads)
+    torch.manual_seed(t.seed)
+    device = get_device()
+    graph = connect_client(config["client"])
+    try:
+        num_users, num_items = graph.num_nodes("user"), graph.num_nodes("item")
+        my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
+        model = prepare_model(Recommender(num_users + num_items, t))
+        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+        batches = BatchMaker(graph, num_users, num_items, t)
+        losses, out = [], Path(config["out"])
+        for epoch in range(t.epochs):
+            rng = np.random.default_rng([t.seed, epoch, rank])
+            order = my_edges[rng.permutation(len(my_edges))]
+            chunks = [order[s:s + t.batch_size] for s in range(0, len(order), t.batch_size)]
+            epoch_loss = []
+            with (model.join() if world > 1 else contextlib.nullcontext()):
+                for batch in batches.ahead(chunks, rng):
+                    loss = model(batch.to(device))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    epoch_loss.append(loss.item())
+            losses.append(float(np.mean(epoch_loss)) if epoch_loss else float("nan"))
+            if t.record_visits:
+                (out / "visits").mkdir(exist_ok=True)
+                np.save(out / "visits" / f"rank{rank}_epoch{epoch}.npy", np.concatenate(chunks))
+            ray.train.report({"epoch": epoch, "loss": losses[-1]})
+        module = model.module if hasattr(model, "module") else model
+        checksum = float(sum(p.detach().double().sum().item() for p in module.parameters()))
+        (out / "ranks").mkdir(exist_ok=True)
+        (out / "ranks" / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "world": world, "edges_per_epoch": int(len(my_edges)), "losses": losses,
+             "param_checksum": checksum, "device": str(device)}))
+        if rank == 0:
+            torch.save(module.state_dict(), out / "model.pt")
+    finally:
+        dgl_adapter.disconnect()
+
+
+class Recommender(nn.Module):
+    """ID embeddings + a GNN from the registry + the loss, as one module for DDP.
+
+    The ID table is a dense nn.Embedding replicated by DDP on every trainer; sharding it in the graph
+    servers (DistEmbedding + sparse optimizer) is the models issue's next step.
+    """
+
+    def __init__(self, num_nodes: int, t):
+        super().__init__()
+        self.input = NodeInput(num_nodes, t.dim)
+        self.gnn = MODELS[t.model](t.dim, t.layers)
+        self.loss, self.l2 = LOSSES[t.loss], t.l2
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        h0 = self.input(batch.input_nodes)
+        h = self.gnn(h0, batch.blocks)
+        ego = (h0[batch.users], h0[batch.pos_items], h0[batch.neg_items])
+        return self.loss(h[batch.users], h[batch.pos_items], h[batch.neg_items], ego=ego, l2=self.l2)
+
+
+class BatchMaker:
+    """Training-edge ids -> Batch: endpoints, negatives (never the user's positives when asked), blocks."""
+
+    def __init__(self, graph, num_users: int, num_items: int, t):
+        from gnnrec.partition import dgl_adapter
+        from gnnrec.samplers.negatives import NEGATIVES
+
+        self.graph, self.num_users, self.num_items, self.t = graph, num_users, num_items, t
+        if t.negatives == "popularity":
+            degree = dgl_adapter.dist_node_in_degrees(graph, "item", np.arange(num_items))
+            self.negatives = NEGATIVES["popularity"](degree)
+        else:
+            self.negatives = NEGATIVES[t.negatives](num_items)
+        self.sampler = None
+        if t.sampler == "neighbor" and t.layers:
+            from gnnrec.samplers.neighbor import DistNeighborhoods, NeighborSampler
+            self.sampler = NeighborSampler(DistNeighborhoods(graph), t.fanouts, num_users, num_items,
+                                           negatives=self.negatives, num_negatives=t.num_negatives, seed=t.seed)
+
+    def make(self, eids: np.ndarray, rng) -> Batch:
+        from gnnrec.partition import dgl_adapter
+        from gnnrec.samplers.negatives import Positives
+
+        users, items = dgl_adapter.dist_find_edges(self.graph, eids)
+        if self.t.exclude_positives:
+            their_users, their_items = dgl_adapter.dist_out_neighbors(self.graph, np.unique(users))
+            self.negatives.positives = Positives(their_users, their_items, self.num_items)
+        if self.sampler is not None:
+            return self.sampler.sample(users, items)  # draws the negatives too
+        neg = self.negatives.sample(users, items, self.t.num_negatives, rng)
+        nodes, inverse = np.unique(np.concatenate([users, self.num_users + items, self.num_users + neg.ravel()]),
+                                   return_inverse=True)
+        b = len(users)
+        local = torch.from_numpy(inverse)
+        return Batch(torch.from_numpy(nodes), [], local[:b], local[b:2 * b], local[2 * b:].view(b, -1))
+
+    def ahead(self, chunks, rng):
+        """Batches for the chunks, sampled `prefetch` ahead of the consumer in a background thread."""
+        made = (self.make(c, rng) for c in chunks)
+        if not self.t.prefetch:
+            return made
+        from gnnrec.samplers.neighbor import Prefetcher
+        return Prefetcher(made, depth=self.t.prefetch)

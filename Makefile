@@ -20,6 +20,8 @@ $(VENV)/.deps: setup.cfg
 
 demo: install
 	$(BIN)/gnnrec run --config configs/quickstart.yaml $(ARGS)
+	$(BIN)/gnnrec partition --config configs/quickstart.yaml partition.parts=2 \
+		partition.method=random-walk "partition.out={workdir}/partitions-2way" $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc

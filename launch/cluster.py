@@ -26,7 +26,9 @@ def start_ray(launch) -> None:
         if launch.address:
             ray.init(address=launch.address, log_to_driver=True)
         else:
-            ray.init(num_cpus=launch.num_cpus, include_dashboard=False, configure_logging=False)
+            # workers' logs stay in Ray's session directory; errors still reach the driver
+            ray.init(num_cpus=launch.num_cpus, include_dashboard=False, configure_logging=False,
+                     log_to_driver=False)
     except ConnectionError as e:
         raise UserError(f"launch.address={launch.address}: cannot connect to Ray ({e})") from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -45,23 +46,28 @@ def train(cfg) -> dict:
     print(_format_plan(job))
     out = cfg.path(t.out)
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp, GraphServers(part_config, num_clients=job["trainers"],
+    with atomic_dir(out) as tmp_dir, GraphServers(part_config, num_clients=job["trainers"],
                                               start_timeout_s=cfg.launch.health_timeout_s) as servers:
+        tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "client": servers.client_info, "out": str(tmp)},
             scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
                                          resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
             torch_config=TorchConfig(backend=job["backend"], timeout_s=int(cfg.launch.health_timeout_s)),
-            run_config=RunConfig(storage_path=str(tmp / "ray"), name="train"),
+            run_config=RunConfig(storage_path=str(tmp / ".ray"), name="train"),
         )
         fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
+        progress = _Progress(tmp / "metrics.jsonl")
         while not ray.wait([fit], timeout=1.0)[0]:
+            progress.show()
             try:
                 servers.check()
             except GraphServerDied:
                 ray.cancel(fit, force=True)
                 raise
+        progress.show()
+        shutil.rmtree(tmp / ".ray", ignore_errors=True)
         error = ray.get(fit)
         if error:
             raise RuntimeError(f"training failed: {error}")
@@ -80,6 +86,22 @@ def _fit(trainer):
     except Exception as e:  # noqa: BLE001 - reported to the driver as the job's error
         return f"{type(e).__name__}: {e}"
     return None
+
+
+class _Progress:
+    """Prints the epochs rank 0 appends to metrics.jsonl, as they come."""
+
+    def __init__(self, path: Path):
+        self.path, self.seen = path, 0
+
+    def show(self) -> None:
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            for line in lines[self.seen:]:
+                m = json.loads(line)
+                print(f"epoch {m['epoch'] + 1}: loss {m['loss']:.4f}, {m['edges_per_s']:,.0f} edges/s per trainer, "
+                      f"{m['seconds']:.1f} s", flush=True)
+            self.seen = len(lines)
 
 
 def _part_config(directory: Path) -> Path:
@@ -120,6 +142,7 @@ def train_loop(config: dict) -> None:
         batches = BatchMaker(graph, num_users, num_items, t)
         losses, out = [], Path(config["out"])
         for epoch in range(t.epochs):
+            started = time.perf_counter()
             rng = np.random.default_rng([t.seed, epoch, rank])
             order = my_edges[rng.permutation(len(my_edges))]
             chunks = [order[s:s + t.batch_size] for s in range(0, len(order), t.batch_size)]
@@ -135,7 +158,12 @@ def train_loop(config: dict) -> None:
             if t.record_visits:
                 (out / "visits").mkdir(exist_ok=True)
                 np.save(out / "visits" / f"rank{rank}_epoch{epoch}.npy", np.concatenate(chunks))
-            ray.train.report({"epoch": epoch, "loss": losses[-1]})
+            seconds = time.perf_counter() - started
+            metrics = {"epoch": epoch, "loss": losses[-1], "seconds": seconds, "edges_per_s": len(order) / seconds}
+            if rank == 0:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            ray.train.report(metrics)
         module = model.module if hasattr(model, "module") else model
         checksum = float(sum(p.detach().double().sum().item() for p in module.parameters()))
         (out / "ranks").mkdir(exist_ok=True)

@@ -16,6 +16,10 @@ class UserError(Exception):
     """Bad input or bad config: the CLI prints the message on one line and exits with status 2."""
 
 
+class JobFailed(RuntimeError):
+    """A distributed job failed (a graph server or trainer died): one line naming it, exit status 1."""
+
+
 @contextlib.contextmanager
 def atomic_dir(path, overwrite=True):
     """Yield a temporary sibling directory that becomes `path` only when the block completes.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gnnrec import UserError
+from gnnrec import JobFailed, UserError
 from gnnrec.launch.stages import HELP, run, run_stage
 
 
@@ -35,9 +35,10 @@ def main(argv=None) -> int:
                 print(format_table(f"{name} summary", summary), end="\n\n")
         else:
             print(format_table(f"{args.stage} summary", run_stage(args.stage, cfg)))
-    except UserError as e:
-        print(f"gnnrec {args.stage}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2
+    except (UserError, JobFailed) as e:
+        print(f"gnnrec {args.stage}: {'error' if isinstance(e, UserError) else 'failed'}: "
+              f"{' '.join(str(e).split())}", file=sys.stderr)  # one line
+        return 2 if isinstance(e, UserError) else 1
     return 0
 
 

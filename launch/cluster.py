@@ -40,9 +40,9 @@ def plan(part_config, trainers_per_partition: int, dim: int, use_gpu) -> dict:
     stats = json.loads((part_dir / "partition_stats.json").read_text())
     nodes = [n for n in ray.nodes() if n["Alive"]]
     parts = meta["num_parts"]
-    if len(nodes) < parts:
-        raise UserError(f"{parts} partitions need {parts} Ray nodes (one graph server per node); "
-                        f"the cluster has {len(nodes)}: start more nodes or partition.parts={len(nodes)}")
+    if len(nodes) != parts:  # a trainer on a node without a server finds no partition in shared memory
+        raise UserError(f"{parts} partitions need exactly {parts} Ray nodes (one graph server and its trainers "
+                        f"per node); the cluster has {len(nodes)}: partition again with partition.parts={len(nodes)}")
     gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
     use_gpu = gpus > 0 if use_gpu is None else use_gpu
     if use_gpu and gpus < parts * trainers_per_partition:

@@ -24,10 +24,11 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from gnnrec import JobFailed
 from gnnrec.partition import dgl_adapter
 
 
-class GraphServerDied(RuntimeError):
+class GraphServerDied(JobFailed):
     pass
 
 

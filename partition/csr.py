@@ -146,6 +146,9 @@ def build_csr(dataset: Path, meta: dict, out_dir: Path) -> None:
         src = social.column("src").to_numpy().astype(id_dtype(nu))
         dst = social.column("dst").to_numpy().astype(id_dtype(nu))
         del social
+        if s > 1 and not np.all((src[1:] > src[:-1]) | ((src[1:] == src[:-1]) & (dst[1:] > dst[:-1]))):
+            raise UserError(f"{dataset}: edges/social.parquet is not sorted by (src, dst) without duplicates; "
+                            "ingest it again")
         np.save(out_dir / "follow_out_ptr.npy", _ptr(np.bincount(src, minlength=nu)))
         np.save(out_dir / "follow_out.npy", dst)
         np.save(out_dir / "_social_dst.npy", dst)

@@ -157,8 +157,10 @@ INTERACTS = ("user", "interacts", "item")
 
 
 def dist_train_edges(graph, rank: int, world: int) -> np.ndarray:
-    """This trainer's share of the user→item training edges (DistGraph edge ids): every edge goes
-    to exactly one trainer, and trainer r takes edges of partition r // (world / parts) first."""
+    """This trainer's share of the user→item training edges (DistGraph edge ids). DGL gives each
+    host (partition) an equal slice of the edge ids, mostly its own partition's edges, and `rank`
+    modulo the trainers per host picks the share within it: every edge goes to exactly one trainer
+    as long as the trainers of a host have distinct rank % trainers_per_host (Ray Train's ranks do)."""
     dgl = _dgl()
     mask = torch.ones(graph.num_edges(INTERACTS), dtype=torch.bool)
     eids = dgl.distributed.edge_split(mask, graph.get_partition_book(), etype=INTERACTS, rank=rank,

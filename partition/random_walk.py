@@ -15,15 +15,16 @@ an item its users. Every step below is a vectorized pass over the CSR in chunks 
    labelled neighbour at all (isolated) are hashed to a cluster.
 4. Packing (greedy graph growing on the cluster graph, whose edge weights count the edges between two
    clusters): part k starts from the heaviest unplaced cluster and takes the unplaced cluster with the
-   most edges into it until it holds 1/K of the graph (the mean of its four balance weights: user
-   count, item count, user edges, item in-degree, each relative to its total; see partitioners);
-   the last part takes the rest.
+   most edges into it until it holds 1/K of the graph (the mean of its balance weights, each relative
+   to its total: user count, item count, user and item in-degree, users' held-out edges; see
+   partitioners); the last part takes the rest.
 5. Refinement (balanced label propagation, `REFINE_ROUNDS` rounds). For each node, n_k = its neighbours
    in part k; it wants to move to argmax_k n_k when the gain n_best - n_own > 0. A random 70% of the
    willing nodes is considered each round (so neighbours do not swap back and forth). Moves s -> t are
    paired one for one, per node type and by descending gain, with moves t -> s; unpaired moves go
    through while the target stays under cap = (1 + ε)·mean and the source above (1 - ε)·mean for every
-   weight (ε = EPS = 0.05). Then `rebalance` brings every weight of every part back within (1 ± ε)·mean
+   weight (ε = EPS = 0.05). Then `rebalance` (a few steps per round, to the end after the last round)
+   brings every weight of every part back within (1 ± ε)·mean
    by moving the cheapest nodes (fewest neighbours lost) from the fullest to the emptiest part, low-degree
    nodes for a count and high-for-low-degree swaps for a degree sum.
 
@@ -287,26 +288,33 @@ def refine(g, part: np.ndarray, weights: np.ndarray, parts: int, deg: np.ndarray
         rest, w = rest[into], w[into]
         out = _accept(-gain[rest], part[rest], w, np.maximum(load - floor, 0))
         part[rest[out]] = best[rest[out]]
-        part = rebalance(g, part, weights, parts, deg)
-    return part
+        part = rebalance(g, part, weights, parts, deg, max_steps=weights.shape[1])
+    return rebalance(g, part, weights, parts, deg, patience=None)
 
 
-def rebalance(g, part: np.ndarray, weights: np.ndarray, parts: int, deg: np.ndarray, eps: float = EPS) -> np.ndarray:
-    """Restore balance after refinement. Repeatedly take the (part, weight) furthest from its mean and
-    the part at the other extreme of that weight, and move nodes of the weight's node type from the
-    fuller part s to the emptier part t, cheapest first (fewest neighbours lost):
-    - a count off: move low-degree nodes s -> t (counts move, degree sums barely);
-    - a sum off (degree): swap high-weight nodes s -> t for as many low-weight nodes
-      t -> s (counts stay).
+def rebalance(g, part: np.ndarray, weights: np.ndarray, parts: int, deg: np.ndarray, eps: float = EPS,
+              max_steps: int | None = None, patience: int | None = 10) -> np.ndarray:
+    """Restore balance: until every weight is within eps of its mean (or max_steps, or the worst
+    deviation has not improved for `patience` steps), take the (part, weight) furthest from its mean
+    and the part at the other extreme of that weight, and move nodes of the weight's node type from the
+    fuller part s to the emptier part t, cheapest first:
+    - a count off: move low-degree nodes that lose few neighbours s -> t (degree sums barely move);
+    - a sum off (degree, held-out edges): swap the nodes s -> t that lose fewest neighbours per unit of
+      weight for as many light, cheap nodes t -> s (counts stay).
     """
     total = weights.sum(0, dtype=np.float64)
     mean = np.where(total > 0, total / parts, 1)
-    counts = None
-    for step in range(16 * parts * weights.shape[1]):
+    counts, best, since_best = None, np.inf, 0
+    for step in range(max_steps or 16 * parts * weights.shape[1]):
         load = part_loads(part, weights, parts)
         over, under = load / mean - 1, 1 - load / mean
         over[:, total == 0] = under[:, total == 0] = 0
-        if max(over.max(), under.max()) <= eps + 1e-9:
+        worst = max(over.max(), under.max())
+        if worst <= eps + 1e-9:
+            break
+        # fixing one (part, weight) can unsettle another: stop when the worst stops improving
+        best, since_best = (worst, 0) if worst < best - 1e-3 else (best, since_best + 1)
+        if patience is not None and since_best > patience:
             break
         if step % 4 == 0:
             counts = neighbour_part_counts(g, part, parts, deg)
@@ -329,7 +337,7 @@ def rebalance(g, part: np.ndarray, weights: np.ndarray, parts: int, deg: np.ndar
             part[take] = t
         else:
             b = np.flatnonzero((part == t) & typ)
-            a = a[np.argsort(cost_a - d[a], kind="stable")]
+            a = a[np.argsort(cost_a / (weights[a, col] + 1), kind="stable")]  # fewest neighbours lost per unit moved
             b = b[np.argsort(counts[b, t] - counts[b, s] + d[b], kind="stable")]
             n = min(len(a), len(b))
             net = weights[a[:n], col] - weights[b[:n], col]

@@ -10,14 +10,21 @@ DistDGL's servers publish their partition in shared memory under the graph name 
 the same host attach to it, so each host needs its own /dev/shm (as real hosts have), and host 0's
 must not meet other Ray/DistDGL runs on this machine either. Each node gets GLOO_SOCKET_IFNAME=its
 veth (its workers inherit it): gloo otherwise takes its address from the hostname, which resolves
-to 127.0.0.1 here. The nodes use their own Ray temp dirs and explicit free ports.
+to 127.0.0.1 here (checked: without it a cross-host gloo all_reduce fails in connectFullMesh). The
+nodes use their own Ray temp dirs and explicit free ports, RAY_AUTH_MODE=disabled (`ray start` turns
+token auth on when ~/.ray/auth_token exists, and a plain `ray.init(address=...)` is then refused) and
+RAY_ADDRESS=the head (Ray's helpers inside workers call `ray.init()` and would otherwise find every
+Ray instance running on the machine).
 
 Only loopback and 10.77.0.1/10.77.0.2 are ever used. Teardown kills every process left in either
 host's mount namespace (host 1's network namespace too), deletes the namespace and the veth and
 removes the temp dirs — it never runs `ray stop` (that would stop other people's Ray on this machine).
+The names and addresses are fixed, so simulations take turns (a file lock); one that starts after a
+killed run first removes what that run left (its namespace, veth and processes).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -32,6 +39,8 @@ NETNS = "gnnrec-h1"
 VETH = ("gnr-h0", "gnr-h1")
 IPS = ("10.77.0.1", "10.77.0.2")
 RAY = str(Path(sys.executable).with_name("ray"))
+PREFIX = "gnnrec-hosts-"
+LOCK = Path(tempfile.gettempdir()) / "gnnrec-two-hosts.lock"  # one simulation at a time: fixed names/addresses
 
 
 def unavailable() -> str | None:
@@ -79,15 +88,28 @@ class TwoHosts:
         self.cpus, self.start_timeout_s = cpus_per_host, start_timeout_s
         self.procs: list[subprocess.Popen] = []
         self.mount_namespaces: list[str] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix="gnnrec-hosts-"))
-        self.port = None
+        self.tmp = Path(tempfile.gettempdir()) / f"{PREFIX}unused"
+        self.port, self._lock = None, None
 
     @property
     def address(self) -> str:
         return f"{IPS[0]}:{self.port}"
 
     def __enter__(self) -> "TwoHosts":
+        self._lock = open(LOCK, "w")
+        deadline = time.time() + 600
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    self._lock.close()
+                    raise TimeoutError(f"another two-host simulation holds {LOCK} for over 10 min")
+                time.sleep(1)
         try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=PREFIX))
+            self._remove_leftovers()
             self._network()
             self._ray()
         except BaseException:
@@ -100,8 +122,30 @@ class TwoHosts:
 
     # ------------------------------------------------------------ setup
 
+    def _remove_leftovers(self) -> None:
+        """What an earlier simulation killed before its teardown left (we hold the lock: none is live)."""
+        out = subprocess.run(["ip", "netns", "pids", NETNS], capture_output=True, text=True)
+        stale = {int(p) for p in out.stdout.split()}
+        marker = f"{tempfile.gettempdir()}/{PREFIX}"
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace") if entry.name.isdigit() else ""
+            except OSError:
+                continue
+            if marker in cmdline and str(self.tmp) not in cmdline:
+                stale.add(int(entry.name))
+        stale.discard(os.getpid())
+        for pid in stale:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._remove_network()
+        for old in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+            if old != self.tmp:
+                shutil.rmtree(old, ignore_errors=True)
+
     def _network(self) -> None:
-        self._remove_network()  # leftovers of an earlier run that was killed
         _sh(f"ip netns add {NETNS}")
         _sh(f"ip link add {VETH[0]} type veth peer name {VETH[1]}")
         _sh(f"ip link set {VETH[1]} netns {NETNS}")
@@ -124,8 +168,11 @@ class TwoHosts:
         return " ".join(args)
 
     def _start_node(self, host: int) -> None:
-        env = dict(os.environ, GLOO_SOCKET_IFNAME=VETH[host], RAY_USAGE_STATS_ENABLED="0")
-        env.pop("RAY_ADDRESS", None)
+        env = dict(os.environ, GLOO_SOCKET_IFNAME=VETH[host], RAY_USAGE_STATS_ENABLED="0",
+                   RAY_AUTH_MODE="disabled")  # `ray start` turns token auth on when ~/.ray/auth_token exists
+        # Ray's own helpers in workers call ray.init() without an address; on a machine shared with other
+        # Ray instances (other tests, other users) they would find several: name this cluster
+        env["RAY_ADDRESS"] = self.address
         inner = f"mount -t tmpfs -o size=4g tmpfs /dev/shm && exec {RAY} start {self._ray_args(host)}"
         cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", inner]
         if host == 1:
@@ -204,6 +251,9 @@ class TwoHosts:
                 pass
         self._remove_network()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     @staticmethod
     def _remove_network() -> None:

@@ -155,13 +155,24 @@ def test_halo_hops_two_adds_halo_edges(dataset):
     out = dataset / "parts-halo2"
     summary = partition(load_config(None, overrides(dataset, "random", 2, out, "partition.halo_hops=2")))
     one = _cache.get(("random", 2))
+    train = pq.read_table(dataset / "dataset" / "edges" / "train.parquet").to_pandas()[["user", "item"]].to_numpy()
+    orig = {t: np.load(out / "orig_nids" / f"{t}.npy") for t in ("user", "item")}
+    etypes = json.loads((out / "gnnrec.json").read_text())["etypes"]
     for p in range(2):
-        g = dgl_load(out / "gnnrec.json", p)[0]
-        halo_edges = (g.edata["inner_edge"] == 0).sum().item()
-        assert halo_edges > 0
+        g, _, _, gpb, _, _ = dgl_load(out / "gnnrec.json", p)
+        halo = g.edata["inner_edge"] == 0
+        assert halo.sum().item() > 0
         src, dst = g.edges()
         inner = g.ndata["inner_node"].bool()
-        assert not inner[dst[g.edata["inner_edge"] == 0]].any()
+        assert not inner[dst[halo]].any()
+        assert (gpb.eid2partid(g.edata["_ID"][halo]).numpy() != p).all()
+        # a halo edge's global id names the same dataset edge as its endpoints
+        m = halo & (g.edata["_TYPE"] == etypes["user:interacts:item"])
+        _, typed = gpb.map_to_per_etype(g.edata["_ID"][m])
+        rows = np.load(out / "orig_eids" / "user:interacts:item.npy")[typed.numpy()]
+        _, u = gpb.map_to_per_ntype(g.ndata["_ID"][src[m]])
+        _, i = gpb.map_to_per_ntype(g.ndata["_ID"][dst[m]])
+        np.testing.assert_array_equal(train[rows], np.stack([orig["user"][u.numpy()], orig["item"][i.numpy()]], 1))
     if one is not None:
         assert summary["halo_fraction"] >= one[0]["halo_fraction"]
 
@@ -241,3 +252,17 @@ def test_crash_mid_write_leaves_no_partition_directory(dataset, monkeypatch):
     with pytest.raises(RuntimeError):
         partitioning.partition(load_config(None, overrides(dataset, "random", 2, out)))
     assert not out.exists() and not list(dataset.glob(".crash-out.tmp-*"))
+
+
+def test_duplicate_edges_never_reach_metis(dataset, tmp_path, capsys):
+    """DGL's METIS corrupts the heap on duplicate edges: a dataset holding one is refused up front."""
+    import shutil
+    import pyarrow as pa
+    broken = tmp_path / "dup"
+    shutil.copytree(dataset / "dataset", broken)
+    train = pq.read_table(broken / "edges" / "train.parquet")
+    pq.write_table(pa.concat_tables([train.slice(0, 1), train]), broken / "edges" / "train.parquet")
+    out = tmp_path / "out"
+    assert main(["partition", *overrides(dataset, "metis", 2, out), f"partition.dataset={broken}"]) == 2
+    assert "without duplicates" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,5 +1,6 @@
 """The train stage through the real runtime: DistDGL graph servers as Ray actors, Ray Train workers
 as DistDGL clients and DDP ranks (gloo on CPU)."""
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from gnnrec import JobFailed
 from gnnrec.launch.config import load_config
 from gnnrec.launch.graph_servers import GraphServerDied
 from gnnrec.launch.stages import run
@@ -59,22 +61,46 @@ def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir,
 def test_killed_graph_server_fails_the_job_within_a_minute(local_ray, workdir):
     cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
                "train.epochs=100000", "train.out={workdir}/killed")
-    killed_at = []
 
-    def kill_server_once_training():  # as an operator would: SIGKILL the process titled ray::GraphServer
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            titles = {p.pid: " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])}
-            servers = [pid for pid, t in titles.items() if t.startswith("ray::GraphServer")]
-            if servers and any(t.startswith("ray::RayTrainWorker") for t in titles.values()):
-                time.sleep(3)
-                os.kill(servers[0], signal.SIGKILL)
-                killed_at.append(time.time())
-                return
-            time.sleep(0.5)
-
-    threading.Thread(target=kill_server_once_training, daemon=True).start()
+    killed_at = _kill_once_training("ray::GraphServer")
     with pytest.raises(GraphServerDied, match="partition 0"):
         train(cfg)
     assert killed_at and time.time() - killed_at[0] < 60
     assert not (workdir / "killed").exists()  # nothing that looks complete
+
+
+def test_killed_trainer_fails_the_job_within_a_minute(local_ray, workdir):
+    cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
+               "train.epochs=100000", "train.out={workdir}/killed")
+    killed_at = _kill_once_training("ray::RayTrainWorker")
+    with pytest.raises(JobFailed, match=r"trainer rank \d (\(pid \d+ on [\d.]+\) died|stopped)"):
+        train(cfg)
+    assert killed_at and time.time() - killed_at[0] < 60
+    assert not (workdir / "killed").exists()
+
+
+def _kill_once_training(title: str) -> list:
+    """SIGKILL, as an operator would, the first process titled `title` once the trainers have left
+    their set-up (Ray titles them ray::RayTrainWorker.init_… until then) and run for 3 s;
+    returns a list that receives the kill time."""
+    killed_at = []
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+
+    def ours():  # this Ray's worker processes by title (other Ray clusters may run on the machine)
+        while True:  # processes come and go while the tree is read
+            with contextlib.suppress(psutil.Error):
+                return {p.pid: " ".join(p.cmdline()) for p in psutil.Process(raylet).children(recursive=True)}
+
+    def kill():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if any(t.startswith("ray::RayTrainWorker") and "init" not in t for t in ours().values()):
+                time.sleep(3)
+                os.kill(min(pid for pid, t in ours().items() if t.startswith(title)), signal.SIGKILL)
+                killed_at.append(time.time())
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=kill, daemon=True).start()
+    return killed_at

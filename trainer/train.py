@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from torch import nn
 
-from gnnrec import UserError, atomic_dir
+from gnnrec import JobFailed, UserError, atomic_dir
 from gnnrec.trainer.blocks import Batch
 from gnnrec.trainer.losses import LOSSES
 from gnnrec.trainer.models import MODELS, NodeInput
@@ -30,12 +33,11 @@ from gnnrec.trainer.models import MODELS, NodeInput
 # ---------------------------------------------------------------- the driver
 
 def train(cfg) -> dict:
-    import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from gnnrec.launch.cluster import plan, start_ray
-    from gnnrec.launch.graph_servers import GraphServers, GraphServerDied
+    from gnnrec.launch.graph_servers import GraphServers
 
     t = cfg.train
     if t.model not in MODELS or t.model == "popularity":
@@ -49,28 +51,24 @@ def train(cfg) -> dict:
     with atomic_dir(out) as tmp_dir, GraphServers(part_config, num_clients=job["trainers"],
                                               start_timeout_s=cfg.launch.health_timeout_s) as servers:
         tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
+        heartbeats = Heartbeats.remote()
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "client": servers.client_info, "out": str(tmp)},
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "client": servers.client_info, "out": str(tmp),
+                               "heartbeats": heartbeats},
             scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
                                          resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
             torch_config=TorchConfig(backend=job["backend"], timeout_s=int(cfg.launch.health_timeout_s)),
-            run_config=RunConfig(storage_path=str(tmp / ".ray"), name="train"),
+            # a restarted worker could not rejoin: DistDGL servers admit exactly num_clients clients
+            run_config=RunConfig(storage_path=str(tmp / ".ray"), name="train",
+                                 failure_config=FailureConfig(max_failures=0)),
         )
-        fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
-        progress = _Progress(tmp / "metrics.jsonl")
-        while not ray.wait([fit], timeout=1.0)[0]:
-            progress.show()
-            try:
-                servers.check()
-            except GraphServerDied:
-                ray.cancel(fit, force=True)
-                raise
-        progress.show()
+        error = _watch(trainer, servers, heartbeats, cfg.launch.health_timeout_s / 4,
+                       _Progress(tmp / "metrics.jsonl"))
+        ray.kill(heartbeats)
         shutil.rmtree(tmp / ".ray", ignore_errors=True)
-        error = ray.get(fit)
         if error:
-            raise RuntimeError(f"training failed: {error}")
+            raise JobFailed(f"training failed: {error}")
         cfg.save(tmp)
         ranks = [json.loads(p.read_text()) for p in sorted((tmp / "ranks").glob("rank*.json"))]
     return {"out": str(out), **{k: v for k, v in job.items() if k != "backend"}, "epochs": t.epochs,
@@ -79,13 +77,68 @@ def train(cfg) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def _watch(trainer, servers, heartbeats, stale_after_s: float, progress) -> str | None:
+    """Run TorchTrainer.fit in a task while checking the graph servers and the trainers' heartbeats
+    (Ray Train notices a dead worker too, but not always: a trainer gone silent is a failure here);
+    on a failure, stop the training and free what it held (Ray Train's own cleaner needs the
+    dashboard's state API)."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    groups_before = set(ray.util.placement_group_table())
+    fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
+    try:
+        while not ray.wait([fit], timeout=1.0)[0]:
+            progress.show()
+            servers.check()
+            silent = ray.get(heartbeats.silent.remote(stale_after_s))
+            if silent:
+                raise JobFailed(f"training failed: trainer rank {silent[0]} stopped (no heartbeat for "
+                                f"{stale_after_s:.0f} s)")
+        progress.show()
+        return ray.get(fit)
+    except BaseException:
+        ray.kill(heartbeats)
+        ray.cancel(fit, force=True)
+        for group_id, info in ray.util.placement_group_table().items():
+            if group_id not in groups_before and info["state"] != "REMOVED" and group_id != servers.group.id.hex():
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+        raise
+
+
 def _fit(trainer):
-    """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile."""
+    """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile; returns the
+    failure in one line, naming the trainer that died when Ray Train says which."""
     try:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - reported to the driver as the job's error
-        return f"{type(e).__name__}: {e}"
+        text = " ".join(str(e).split())
+        rank, pid, ip = (re.search(p, text) for p in (r"Rank (\d+)", r"pid=(\d+)", r"node_ip='([^']+)'"))
+        if rank and "died" in text:
+            where = f" (pid {pid.group(1)} on {ip.group(1)})" if pid and ip else ""
+            return f"trainer rank {rank.group(1)}{where} died"
+        return f"{type(e).__name__}: {text[:500]}"
     return None
+
+
+@ray.remote(num_cpus=0)
+class Heartbeats:
+    """Last sign of life of each trainer, sent once a second by a thread of the trainer process."""
+
+    def __init__(self):
+        self.last = {}
+
+    def beat(self, rank: int) -> None:
+        self.last[rank] = time.time()
+
+    def silent(self, seconds: float) -> list[int]:
+        now = time.time()
+        return [rank for rank, t in self.last.items() if now - t > seconds]
+
+
+def _beat_forever(heartbeats, rank: int) -> None:
+    while True:
+        heartbeats.beat.remote(rank)
+        time.sleep(1.0)
 
 
 class _Progress:
@@ -132,6 +185,7 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(t.torch_threads)
     torch.manual_seed(t.seed)
+    threading.Thread(target=_beat_forever, args=(config["heartbeats"], rank), daemon=True).start()
     device = get_device()
     graph = connect_client(config["client"])
     try:
@@ -169,7 +223,8 @@ def train_loop(config: dict) -> None:
         (out / "ranks").mkdir(exist_ok=True)
         (out / "ranks" / f"rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "world": world, "edges_per_epoch": int(len(my_edges)), "losses": losses,
-             "param_checksum": checksum, "device": str(device)}))
+             "param_checksum": checksum, "device": str(device), "node_ip": ray.util.get_node_ip_address(),
+             "local_partition": int(graph.get_partition_book().partid)}))
         if rank == 0:
             torch.save(module.state_dict(), out / "model.pt")
     finally:

@@ -18,10 +18,11 @@ BYTES_PER_NODE = 48  # node maps, masks, degrees
 TRAINER_BYTES = 1.5 * 2**30  # one Ray Train worker: torch, dgl, the model and prefetched batches
 
 
-def start_ray(launch) -> None:
-    """Attach to `launch.address`, or start an embedded local Ray (dashboard off)."""
+def start_ray(launch) -> bool:
+    """Attach to `launch.address`, or start an embedded local Ray (dashboard off); False when this
+    process was already connected (the caller then leaves Ray as it found it)."""
     if ray.is_initialized():
-        return
+        return False
     try:
         if launch.address:
             ray.init(address=launch.address, log_to_driver=True)
@@ -31,6 +32,7 @@ def start_ray(launch) -> None:
                      log_to_driver=False)
     except ConnectionError as e:
         raise UserError(f"launch.address={launch.address}: cannot connect to Ray ({e})") from None
+    return True
 
 
 def plan(part_config, trainers_per_partition: int, dim: int, use_gpu) -> dict:

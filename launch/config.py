@@ -107,7 +107,7 @@ class PartitionConfig(Section):
     out: str = "{workdir}/partitions"
     dataset: str = "{workdir}/dataset"
     method: Literal["metis", "random", "random-walk"] = "metis"
-    parts: int = Field(2, ge=1)
+    parts: int = Field(1, ge=1)
     halo_hops: int = Field(1, ge=0)
     walks_per_seed: int = Field(4, ge=1)
     walk_length: int = Field(8, ge=1)

@@ -25,6 +25,17 @@ BARE = ["ingest.social=null", "ingest.item_features=null", "ingest.user_features
         "ingest.interactions.timestamp_column=null"]
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """An embedded Ray for one test module (stopping one a previous module left running)."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 def make_cfg(workdir, *overrides, config=None):
     """The quickstart config (or `config`) with workdir=`workdir` and the given overrides."""
     return load_config(config, [f"workdir={workdir}", *overrides])

@@ -12,13 +12,6 @@ from gnnrec.launch.graph_servers import GraphServerDied, GraphServers
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def partitions(tmp_path_factory):
     import dgl
     rng = np.random.default_rng(0)

@@ -190,12 +190,10 @@ def served_toy(tmp_path_factory):
                          ("user", "follows", "user"): (a, b)}, num_nodes_dict={"user": NU, "item": NI})
     out = tmp_path_factory.mktemp("nbr-parts")
     dgl.distributed.partition_graph(g, "nbr", 1, str(out), part_method="random")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield out / "nbr.json"
-    ray.shutdown()
+    return out / "nbr.json"
 
 
-def test_distgraph_backend_samples_what_the_local_csr_samples(served_toy):
+def test_distgraph_backend_samples_what_the_local_csr_samples(local_ray, served_toy):
     import ray
     from gnnrec.launch.graph_servers import GraphServers
 

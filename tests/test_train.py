@@ -21,13 +21,6 @@ from gnnrec.trainer.train import train
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     work = tmp_path_factory.mktemp("train")
     run(load_config(None, [f"workdir={work}", "synth.users=400", "synth.items=300", "synth.edges=6000",
@@ -88,18 +81,17 @@ def _kill_once_training(title: str) -> list:
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
 
     def ours():  # this Ray's worker processes by title (other Ray clusters may run on the machine)
-        while True:  # processes come and go while the tree is read
-            with contextlib.suppress(psutil.Error):
-                return {p.pid: " ".join(p.cmdline()) for p in psutil.Process(raylet).children(recursive=True)}
+        return {p.pid: " ".join(p.cmdline()) for p in psutil.Process(raylet).children(recursive=True)}
 
     def kill():
         deadline = time.time() + 120
         while time.time() < deadline:
-            if any(t.startswith("ray::RayTrainWorker") and "init" not in t for t in ours().values()):
-                time.sleep(3)
-                os.kill(min(pid for pid, t in ours().items() if t.startswith(title)), signal.SIGKILL)
-                killed_at.append(time.time())
-                return
+            with contextlib.suppress(psutil.Error, ValueError, ProcessLookupError):  # processes come and go
+                if any(t.startswith("ray::RayTrainWorker") and "init" not in t for t in ours().values()):
+                    time.sleep(3)
+                    os.kill(min(pid for pid, t in ours().items() if t.startswith(title)), signal.SIGKILL)
+                    killed_at.append(time.time())
+                    return
             time.sleep(0.5)
 
     threading.Thread(target=kill, daemon=True).start()

@@ -33,17 +33,29 @@ from gnnrec.trainer.models import MODELS, NodeInput
 # ---------------------------------------------------------------- the driver
 
 def train(cfg) -> dict:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from gnnrec.launch.cluster import plan, start_ray
-    from gnnrec.launch.graph_servers import GraphServers
+    """The stage: validate, start (or attach to) Ray, plan, train; an embedded Ray is stopped after."""
+    from gnnrec.launch.cluster import start_ray
 
     t = cfg.train
     if t.model not in MODELS or t.model == "popularity":
         raise UserError(f"train.model={t.model}: unknown (trainable: {', '.join(m for m in MODELS if m != 'popularity')})")
     part_config = _part_config(cfg.path(t.partitions))
-    start_ray(cfg.launch)
+    started = start_ray(cfg.launch)
+    try:
+        return _train(cfg, part_config)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _train(cfg, part_config: Path) -> dict:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from gnnrec.launch.cluster import plan
+    from gnnrec.launch.graph_servers import GraphServers
+
+    t = cfg.train
     job = plan(part_config, t.trainers_per_partition, t.dim, t.use_gpu)
     print(_format_plan(job))
     out = cfg.path(t.out)

@@ -27,4 +27,6 @@ test: install
 	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: install
-	$(BIN)/python bench/ingest.py $(ARGS)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/sampling.py --threads 1
+	$(BIN)/python bench/partition.py --synthetic 1000000

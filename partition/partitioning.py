@@ -13,7 +13,6 @@ reports 0 edge cuts):
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -22,13 +21,9 @@ import numpy as np
 
 from gnnrec import UserError, atomic_dir
 from gnnrec.partition import csr
-from gnnrec.partition.ingest import load_meta
+from gnnrec.partition.ingest import load_meta, peak_rss_mb
 from gnnrec.partition.partitioners import PARTITIONERS, imbalance
 from gnnrec.partition.writer import GRAPH_NAME, write_partitions
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def check_inputs(cfg) -> tuple[Path, dict]:

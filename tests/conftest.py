@@ -105,3 +105,9 @@ def small_synth(tmp_path_factory):
     stats = ingest(cfg)
     return {"cfg": cfg, "synth": summary, "stats": stats, "work": work,
             "synth_dir": cfg.path(cfg.synth.out), "dataset": cfg.path(cfg.ingest.out)}
+
+
+def pytest_collection_modifyitems(items):
+    """Run the two-host test first: after an embedded Ray has run in this process, attaching to the
+    simulated cluster fails (its first actors are cancelled before they start; cause not found yet)."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_two_hosts.py") else 1)

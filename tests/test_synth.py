@@ -4,12 +4,11 @@ from collections import defaultdict
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from gnnrec.partition.ingest import ingest
 from gnnrec.partition.synth import item_community, scramble, synth, unscramble, user_community
 
-from conftest import SMALL_SYNTH, make_cfg, read_ids, read_json, read_split
+from conftest import make_cfg, read_ids, read_json, read_split
 
 
 def _read(directory) -> pa.Table:

@@ -76,7 +76,7 @@ def _train(cfg, part_config: Path) -> dict:
                                  failure_config=FailureConfig(max_failures=0)),
         )
         error = _watch(trainer, servers, heartbeats, cfg.launch.health_timeout_s / 4,
-                       _Progress(tmp / "metrics.jsonl"))
+                       _Progress(tmp / "metrics.jsonl"), job["trainers"])
         ray.kill(heartbeats)
         shutil.rmtree(tmp / ".ray", ignore_errors=True)
         if error:
@@ -89,7 +89,10 @@ def _train(cfg, part_config: Path) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _watch(trainer, servers, heartbeats, stale_after_s: float, progress) -> str | None:
+START_TIMEOUT_S = 300  # from fit() to every trainer's first heartbeat (imports, DDP and DistDGL set-up)
+
+
+def _watch(trainer, servers, heartbeats, stale_after_s: float, progress, world: int) -> str | None:
     """Run TorchTrainer.fit in a task while checking the graph servers and the trainers' heartbeats
     (Ray Train notices a dead worker too, but not always: a trainer gone silent is a failure here);
     on a failure, stop the training and free what it held (Ray Train's own cleaner needs the
@@ -99,13 +102,17 @@ def _watch(trainer, servers, heartbeats, stale_after_s: float, progress) -> str 
     groups_before = set(ray.util.placement_group_table())
     fit = ray.remote(num_cpus=0)(_fit).remote(trainer)
     try:
+        started = time.time()
         while not ray.wait([fit], timeout=1.0)[0]:
             progress.show()
             servers.check()
-            silent = ray.get(heartbeats.silent.remote(stale_after_s))
+            silent, beating = ray.get(heartbeats.silent.remote(stale_after_s))
             if silent:
                 raise JobFailed(f"training failed: trainer rank {silent[0]} stopped (no heartbeat for "
                                 f"{stale_after_s:.0f} s)")
+            if beating < world and time.time() - started > START_TIMEOUT_S:
+                raise JobFailed(f"training failed: {world - beating} of {world} trainers did not start "
+                                f"within {START_TIMEOUT_S} s")
         progress.show()
         return ray.get(fit)
     except BaseException:
@@ -142,9 +149,10 @@ class Heartbeats:
     def beat(self, rank: int) -> None:
         self.last[rank] = time.time()
 
-    def silent(self, seconds: float) -> list[int]:
+    def silent(self, seconds: float) -> tuple[list[int], int]:
+        """The ranks silent for `seconds`, and how many ranks have ever beaten."""
         now = time.time()
-        return [rank for rank, t in self.last.items() if now - t > seconds]
+        return [rank for rank, t in self.last.items() if now - t > seconds], len(self.last)
 
 
 def _beat_forever(heartbeats, rank: int) -> None:

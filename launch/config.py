@@ -157,6 +157,20 @@ class TrainConfig(Section):
         return self
 
 
+class EvaluateConfig(Section):
+    """Full-ranking evaluation of a trained model (its `train.out` directory) on held-out edges."""
+    checkpoint: str = "{workdir}/train"
+    out: str = "{workdir}/evaluate"
+    split: Literal["val", "test"] = "test"
+    ks: list[int] = [10, 20]
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("ks must be positive cut-offs")
+        return self
+
+
 class RunConfig(Section):
     stages: list[Literal["synth", "ingest", "partition", "train", "mine", "infer", "evaluate"]] = [
         "synth", "ingest"]
@@ -170,6 +184,7 @@ class Config(Section):
     partition: PartitionConfig = PartitionConfig()
     launch: LaunchConfig = LaunchConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     run: RunConfig = RunConfig()
 
     def path(self, template: str) -> Path | str:

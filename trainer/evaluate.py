@@ -1,0 +1,87 @@
+"""The evaluate stage: full-ranking metrics of a trained model on the dataset's held-out edges.
+
+The model's ID embeddings (rows in the partitions' per-type ids, mapped back to dataset ids through
+`orig_nids`) are propagated by its GNN over the whole training graph in one pass, then every item is
+ranked for every user with the user's known items masked (training items; validation items too when
+testing) — trainer/metrics.py. Popularity (training degree) is evaluated beside it, the baseline any
+model must beat.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from gnnrec import UserError, atomic_dir
+from gnnrec.trainer.blocks import full_graph_blocks, graph_edges
+from gnnrec.trainer.metrics import evaluate
+from gnnrec.trainer.models import Popularity
+from gnnrec.trainer.train import Recommender
+
+
+def _edges(dataset, split: str) -> torch.Tensor:
+    table = pq.read_table(dataset / "edges" / f"{split}.parquet", columns=["user", "item"])
+    return torch.from_numpy(np.stack([table["user"].to_numpy(), table["item"].to_numpy()]))
+
+
+def embeddings(model: Recommender, orig_user: np.ndarray, orig_item: np.ndarray, train: torch.Tensor,
+               num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, I) in dataset ids: ID embeddings re-ordered from partition ids, propagated over `train`."""
+    nu, ni = len(orig_user), len(orig_item)
+    table = model.input.emb.weight.detach()
+    h0 = torch.empty_like(table)
+    h0[torch.from_numpy(orig_user)] = table[:nu]
+    h0[nu + torch.from_numpy(orig_item)] = table[nu:]
+    src, dst, etype = graph_edges(train[0], train[1], nu)
+    with torch.no_grad():
+        h = model.gnn(h0, full_graph_blocks(src, dst, nu + ni, num_layers, etype=etype) if num_layers else [])
+    return h[:nu], h[nu:]
+
+
+def evaluate_stage(cfg) -> dict:
+    from gnnrec.launch.config import load_config
+    from gnnrec.partition.ingest import load_meta
+
+    e = cfg.evaluate
+    train_dir = cfg.path(e.checkpoint)
+    if not (train_dir / "model.pt").exists() or not (train_dir / "config.yaml").exists():
+        raise UserError(f"evaluate.checkpoint={train_dir}: no model.pt and config.yaml (run `gnnrec train`)")
+    trained = load_config(train_dir / "config.yaml")
+    t, dataset = trained.train, trained.path(trained.partition.dataset)
+    meta = load_meta(dataset)
+    parts = trained.path(t.partitions)
+    orig_user, orig_item = (np.load(parts / "orig_nids" / f"{n}.npy") for n in ("user", "item"))
+    if (len(orig_user), len(orig_item)) != (meta["num_users"], meta["num_items"]):
+        raise UserError(f"evaluate.checkpoint={train_dir}: trained on another dataset than {dataset}")
+    model = Recommender(meta["num_users"] + meta["num_items"], t)
+    model.load_state_dict(torch.load(train_dir / "model.pt"))
+    train = _edges(dataset, "train")
+    truth = _edges(dataset, e.split)
+    known = train if e.split == "val" else torch.cat([train, _edges(dataset, "val")], dim=1)
+    if truth.shape[1] == 0:
+        raise UserError(f"evaluate.split={e.split}: the dataset has no {e.split} edges")
+    U, I = embeddings(model, orig_user, orig_item, train, t.layers)
+    results = {t.model: evaluate(U, I, truth, known, ks=e.ks)}
+    pop_u, pop_i = Popularity.from_interactions(train[0], train[1], meta["num_users"], meta["num_items"]).embeddings()
+    results["popularity"] = evaluate(pop_u, pop_i, truth, known, ks=e.ks)
+    with atomic_dir(cfg.path(e.out)) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps({"split": e.split, "results": results}, indent=2))
+        cfg.save(tmp)
+    print(format_results(results))
+    k = max(e.ks)
+    return {"out": str(cfg.path(e.out)), "split": e.split, "model": t.model,
+            f"recall@{k}": round(results[t.model][f"recall@{k}"], 4),
+            f"ndcg@{k}": round(results[t.model][f"ndcg@{k}"], 4),
+            f"popularity_recall@{k}": round(results["popularity"][f"recall@{k}"], 4)}
+
+
+def format_results(results: dict) -> str:
+    """Metrics as rows, models as columns."""
+    models = list(results)
+    lines = [f"{'metric':<14}" + "".join(f"{m:>12}" for m in models)]
+    for name in results[models[0]]:
+        lines.append(f"{name:<14}" + "".join(
+            f"{results[m][name]:>12,}" if name == "num_users" else f"{results[m][name]:>12.4f}" for m in models))
+    return "\n".join(lines)

@@ -36,6 +36,14 @@ def local_ray():
     ray.shutdown()
 
 
+def partitioned_dataset(work, parts: int):
+    """A small synthetic dataset under `work`, ingested and cut into `parts` partitions."""
+    from gnnrec.launch.stages import run
+    run(load_config(None, [f"workdir={work}", "synth.users=400", "synth.items=300", "synth.edges=6000",
+                           f"partition.parts={parts}", "run.stages=[synth, ingest, partition]"]))
+    return work
+
+
 def make_cfg(workdir, *overrides, config=None):
     """The quickstart config (or `config`) with workdir=`workdir` and the given overrides."""
     return load_config(config, [f"workdir={workdir}", *overrides])

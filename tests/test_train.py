@@ -16,16 +16,13 @@ import ray
 from gnnrec import JobFailed
 from gnnrec.launch.config import load_config
 from gnnrec.launch.graph_servers import GraphServerDied
-from gnnrec.launch.stages import run
+from conftest import partitioned_dataset
 from gnnrec.trainer.train import train
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("train")
-    run(load_config(None, [f"workdir={work}", "synth.users=400", "synth.items=300", "synth.edges=6000",
-                           "partition.parts=1", "run.stages=[synth, ingest, partition]"]))
-    return work
+    return partitioned_dataset(tmp_path_factory.mktemp("train"), parts=1)
 
 
 def _cfg(workdir, *overrides):

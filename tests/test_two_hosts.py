@@ -26,7 +26,7 @@ import pytest
 import ray
 
 from gnnrec.launch.config import load_config
-from gnnrec.launch.stages import run
+from conftest import partitioned_dataset
 from hosts import IPS, TwoHosts, unavailable
 
 EPOCHS = 2
@@ -48,10 +48,7 @@ def two_hosts():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("two_hosts")
-    run(load_config(None, [f"workdir={work}", "synth.users=400", "synth.items=300", "synth.edges=6000",
-                           "partition.parts=2", "run.stages=[synth, ingest, partition]"]))
-    return work
+    return partitioned_dataset(tmp_path_factory.mktemp("two_hosts"), parts=2)
 
 
 @pytest.fixture

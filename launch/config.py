@@ -146,10 +146,19 @@ class TrainConfig(Section):
     torch_threads: int = Field(1, ge=1, description="Ray sets OMP_NUM_THREADS=1 in workers; this overrides")
     prefetch: int = Field(2, ge=0, description="mini-batches sampled ahead of compute")
     record_visits: bool = Field(False, description="write the training edge ids each trainer visits (audit)")
+    checkpoints: str = Field("{workdir}/checkpoints", description="kept across runs: resume reads them")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: at epoch ends only)")
+    resume: bool = Field(False, description="continue from the newest checkpoint in `checkpoints`")
+    max_failures: int = Field(1, ge=0, description="restarts from the last checkpoint after a trainer or server dies")
+    validate_split: Literal["val", "test", "none"] = Field("val", description="held-out edges validated per epoch")
+    validate_k: int = Field(20, ge=1, description="validation reports Recall/NDCG@K; early stopping watches NDCG@K")
+    patience: int = Field(0, ge=0, description="stop after this many epochs without a better NDCG@K (0: never)")
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self):
+        if self.model == "mf" and self.layers:
+            raise ValueError("mf has no layers: set train.layers=0")
         if self.sampler == "neighbor" and len(self.fanouts) != self.layers:
             raise ValueError(f"fanouts has {len(self.fanouts)} entries but layers={self.layers}")
         if any(f == 0 or f < -1 for f in self.fanouts):

@@ -241,3 +241,39 @@ def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_wal
     sampler = dgl.sampling.PinSAGESampler(graph, "item", "user", num_traversals, termination_prob, num_walks,
                                           num_neighbors)
     return lambda seeds: sampler(torch.from_numpy(np.asarray(seeds, np.int64)))
+
+
+# ---------------------------------------------------------------- distributed tensors (trainer/)
+
+def normal_init(shape, dtype):
+    """DistEmbedding's initializer, N(0, 0.1^2). The servers unpickle it, so it lives at module level."""
+    return torch.randn(shape, dtype=dtype) * 0.1
+
+
+def dist_embedding(graph, node_type: str, dim: int, name: str):
+    """A learnable [num_nodes(node_type), dim] table sharded in the graph servers' key-value store,
+    rows next to their nodes; `emb(ids)` fetches rows and records them for the sparse optimizer."""
+    from dgl.distributed import DistEmbedding
+    return DistEmbedding(graph.num_nodes(node_type), dim, name=name, init_func=normal_init,
+                         part_policy=graph.get_node_partition_policy(node_type))
+
+
+def sparse_adam(embeddings: list, lr: float):
+    """DGL's distributed sparse Adam: updates only the rows a step fetched, where they live."""
+    return _dgl().distributed.optim.SparseAdam(embeddings, lr=lr)
+
+
+def dist_tensor(graph, node_type: str, dim: int, name: str):
+    """A [num_nodes(node_type), dim] float tensor in the servers' key-value store (zeros)."""
+    from dgl.distributed import DistTensor
+    return DistTensor((graph.num_nodes(node_type), dim), torch.float32, name=name,
+                      part_policy=graph.get_node_partition_policy(node_type))
+
+
+def dist_node_split(graph, node_type: str, rank: int, world: int) -> np.ndarray:
+    """This trainer's share of the nodes of a type (per-type ids, its own partition's nodes first);
+    the shares of all trainers cover every node once (as dist_train_edges does for edges)."""
+    dgl = _dgl()
+    mask = torch.ones(graph.num_nodes(node_type), dtype=torch.bool)
+    return dgl.distributed.node_split(mask, graph.get_partition_book(), ntype=node_type, rank=rank,
+                                      force_even=True).numpy()

@@ -237,6 +237,11 @@ class NeighborSampler:
         return Batch(t(nodes), blocks, t(role[:b]), t(role[b:2 * b]),
                      None if neg is None else t(role[2 * b:].reshape(neg.shape)))
 
+    def node_block(self, nodes: np.ndarray, fanout: int = -1) -> tuple[Block, np.ndarray]:
+        """One block into `nodes` (unique homogeneous ids; -1: whole neighbourhoods), and its src nodes
+        (layer-wise inference)."""
+        return self._block(np.asarray(nodes, np.int64), fanout, None)
+
     def _block(self, dst_nodes: np.ndarray, fanout: int, excluded) -> tuple[Block, np.ndarray]:
         """The block whose dst nodes are `dst_nodes` (global ids), and its src nodes."""
         src, dst, etype = self._sample_layer(dst_nodes, fanout, excluded)

@@ -12,7 +12,7 @@ This module imports no DGL: the DGL adapter converts sampled blocks into these t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -39,6 +39,7 @@ class Block:
     weight: Optional[Tensor] = None
     etype: Optional[Tensor] = None
     deg: Optional[Tensor] = None
+    _by_dst: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.num_dst > self.num_src:
@@ -49,6 +50,15 @@ class Block:
     @property
     def num_edges(self) -> int:
         return self.src.numel()
+
+    def by_dst(self) -> tuple[Tensor, Tensor]:
+        """(edge order sorted by dst, CSR row pointer over dst nodes), computed once per block."""
+        if self._by_dst is None:
+            order = torch.argsort(self.dst, stable=True)
+            crow = torch.zeros(self.num_dst + 1, dtype=torch.long, device=self.dst.device)
+            crow[1:] = torch.cumsum(torch.bincount(self.dst, minlength=self.num_dst), 0)
+            self._by_dst = order, crow
+        return self._by_dst
 
     def to(self, device, non_blocking: bool = False) -> "Block":
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731

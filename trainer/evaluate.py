@@ -26,43 +26,53 @@ def _edges(dataset, split: str) -> torch.Tensor:
     return torch.from_numpy(np.stack([table["user"].to_numpy(), table["item"].to_numpy()]))
 
 
-def embeddings(model: Recommender, orig_user: np.ndarray, orig_item: np.ndarray, train: torch.Tensor,
-               num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, I) in dataset ids: ID embeddings re-ordered from partition ids, propagated over `train`."""
+def embeddings(model: Recommender, tables: dict, orig_user: np.ndarray, orig_item: np.ndarray,
+               train: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, I) in dataset ids: the ID tables re-ordered from partition ids, propagated over `train`."""
     nu, ni = len(orig_user), len(orig_item)
-    table = model.input.emb.weight.detach()
-    h0 = torch.empty_like(table)
-    h0[torch.from_numpy(orig_user)] = table[:nu]
-    h0[nu + torch.from_numpy(orig_item)] = table[nu:]
+    h0 = torch.empty(nu + ni, tables["user"].shape[1])
+    h0[torch.from_numpy(orig_user)] = tables["user"]
+    h0[nu + torch.from_numpy(orig_item)] = tables["item"]
     src, dst, etype = graph_edges(train[0], train[1], nu)
+    model.eval()
     with torch.no_grad():
         h = model.gnn(h0, full_graph_blocks(src, dst, nu + ni, num_layers, etype=etype) if num_layers else [])
     return h[:nu], h[nu:]
 
 
-def evaluate_stage(cfg) -> dict:
+def load_model(train_dir) -> tuple:
+    """(training config, Recommender with its dense weights, {node type: ID table in partition ids})
+    of a `gnnrec train` output directory."""
     from gnnrec.launch.config import load_config
+    from gnnrec.trainer.checkpoint import load_tables
+
+    if not (train_dir / "model" / "state.json").exists() or not (train_dir / "config.yaml").exists():
+        raise UserError(f"{train_dir}: not a training output (no model/ and config.yaml; run `gnnrec train`)")
+    trained = load_config(train_dir / "config.yaml")
+    tables, dense = load_tables(train_dir / "model")
+    model = Recommender(trained.train)
+    model.load_state_dict(dense["model"])
+    return trained, model, tables
+
+
+def evaluate_stage(cfg) -> dict:
     from gnnrec.partition.ingest import load_meta
 
     e = cfg.evaluate
     train_dir = cfg.path(e.checkpoint)
-    if not (train_dir / "model.pt").exists() or not (train_dir / "config.yaml").exists():
-        raise UserError(f"evaluate.checkpoint={train_dir}: no model.pt and config.yaml (run `gnnrec train`)")
-    trained = load_config(train_dir / "config.yaml")
+    trained, model, tables = load_model(train_dir)
     t, dataset = trained.train, trained.path(trained.partition.dataset)
     meta = load_meta(dataset)
     parts = trained.path(t.partitions)
     orig_user, orig_item = (np.load(parts / "orig_nids" / f"{n}.npy") for n in ("user", "item"))
     if (len(orig_user), len(orig_item)) != (meta["num_users"], meta["num_items"]):
         raise UserError(f"evaluate.checkpoint={train_dir}: trained on another dataset than {dataset}")
-    model = Recommender(meta["num_users"] + meta["num_items"], t)
-    model.load_state_dict(torch.load(train_dir / "model.pt"))
     train = _edges(dataset, "train")
     truth = _edges(dataset, e.split)
     known = train if e.split == "val" else torch.cat([train, _edges(dataset, "val")], dim=1)
     if truth.shape[1] == 0:
         raise UserError(f"evaluate.split={e.split}: the dataset has no {e.split} edges")
-    U, I = embeddings(model, orig_user, orig_item, train, t.layers)
+    U, I = embeddings(model, tables, orig_user, orig_item, train, t.layers)
     results = {t.model: evaluate(U, I, truth, known, ks=e.ks)}
     pop_u, pop_i = Popularity.from_interactions(train[0], train[1], meta["num_users"], meta["num_items"]).embeddings()
     results["popularity"] = evaluate(pop_u, pop_i, truth, known, ks=e.ks)

@@ -102,6 +102,21 @@ class RankingStats:
             self.covered[k][items[items >= 0]] = True
         self.count += top.shape[0]
 
+    def all_reduce(self) -> "RankingStats":
+        """Sum the counts and OR the coverage across torch.distributed ranks (every rank calls it)."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            names = list(self.sums)
+            totals = torch.tensor([self.sums[n] for n in names] + [self.count], dtype=torch.float64)
+            dist.all_reduce(totals)
+            self.sums = dict(zip(names, totals[:-1].tolist()))
+            self.count = int(totals[-1].item())
+            for k, covered in self.covered.items():
+                flags = covered.to(torch.uint8)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                self.covered[k] = flags.bool()
+        return self
+
     def result(self) -> dict:
         out = {name: total / max(self.count, 1) for name, total in self.sums.items()}
         out.update({f"coverage@{k}": self.covered[k].sum().item() / self.num_items for k in self.ks})

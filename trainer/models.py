@@ -70,14 +70,21 @@ class GNN(nn.Module):
             raise ValueError(f"{type(self).__name__} has {len(self.convs)} layers but got {len(blocks)} blocks")
         n_out = blocks[-1].num_dst if blocks else h0.shape[0]
         h, layers = h0, [h0[:n_out]]
-        for conv, block in zip(self.convs, blocks):
-            if self.training:
-                block = drop_nodes(drop_edges(block, self.edge_dropout), self.node_dropout)
-            out = conv(block, h)
-            if self.residual and out.shape[1:] == h.shape[1:]:
-                out = out + h[: block.num_dst]
-            h = out
+        for index, block in enumerate(blocks):
+            h = self.layer(index, block, h)
             layers.append(h[:n_out])
+        return self.output(layers)
+
+    def layer(self, index: int, block, h: Tensor) -> Tensor:
+        """Layer `index` alone: the block's dst representations from its src ones (layer-wise inference
+        calls this over whole neighbourhoods, one layer at a time)."""
+        if self.training:
+            block = drop_nodes(drop_edges(block, self.edge_dropout), self.node_dropout)
+        out = self.convs[index](block, h)
+        return out + h[: block.num_dst] if self.residual and out.shape[1:] == h.shape[1:] else out
+
+    def output(self, layers: list) -> Tensor:
+        """The final representation from every layer's output of the same nodes (layer 0 first)."""
         out = self.combine(layers)
         return self.head(out) if self.head is not None else out
 
@@ -151,15 +158,13 @@ class SocialGCN(LightGCN):
         GNN.__init__(self, [SocialConv(dim, attention) for _ in range(num_layers)], **opts)
 
 
-class MF(nn.Module):
-    """MF-BPR: no propagation, the representation is the ID embedding itself. Takes no blocks
-    (num_layers must be 0), or ignores their edges."""
+class MF(GNN):
+    """MF-BPR: no propagation, the representation is the ID embedding itself (num_layers must be 0)."""
 
     def __init__(self, dim: int, num_layers: int = 0, **opts):
-        super().__init__()
-
-    def forward(self, h0: Tensor, blocks: list) -> Tensor:
-        return h0[: blocks[-1].num_dst] if blocks else h0
+        if num_layers:
+            raise ValueError("MF has no layers (train.layers=0)")
+        super().__init__([], **opts)
 
 
 class Popularity(nn.Module):

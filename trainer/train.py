@@ -3,16 +3,23 @@
     driver:  plan -> GraphServers (one per partition) -> TorchTrainer.fit in a task, watched: a dead
              server fails the job with its name within launch.health_timeout_s, never a hang
     worker:  connect -> its share of training edges (local partition first) -> epochs of
-             [sample batch (ahead of compute) -> forward -> loss -> DDP backward -> Adam step]
+             [sample batch (ahead of compute) -> fetch ID rows -> forward -> loss -> backward ->
+              Adam on dense weights (DDP) + sparse Adam on the fetched rows (in the servers)]
+             -> validation (layer-wise inference, ranking in user shards) -> checkpoint
 
-Every training edge is visited exactly once per epoch across trainers; DDP's join() lets trainers
-with one batch fewer finish the epoch without hanging the others. Worker summaries (loss, edges,
-parameter checksum) go to `{train.out}/ranks/rank{r}.json`, the model to `{train.out}/model.pt`.
+ID embeddings live in the graph servers (DistEmbedding), sharded with their nodes; no trainer holds a
+table. Every training edge is visited exactly once per epoch across trainers, in the same number of
+steps on every trainer (the sparse optimizer is a collective). Checkpoints (trainer/checkpoint.py) are
+written every `checkpoint_every` steps and at each epoch's end; when a trainer or server dies, the
+driver restarts servers and trainers from the last one (up to `max_failures` times): a restarted Ray
+Train worker could not rejoin, since DistDGL servers admit exactly `num_clients` clients and the ID
+tables die with them. Output: `{train.out}/model/` (the final or best checkpoint), metrics.jsonl,
+curves.png, ranks/rank{r}.json (steps, losses, dense-weight checksum, host, partition).
 """
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 import re
 import shutil
 import threading
@@ -25,9 +32,10 @@ import torch
 from torch import nn
 
 from gnnrec import JobFailed, UserError, atomic_dir
+from gnnrec.trainer import checkpoint
 from gnnrec.trainer.blocks import Batch
 from gnnrec.trainer.losses import LOSSES
-from gnnrec.trainer.models import MODELS, NodeInput
+from gnnrec.trainer.models import MODELS
 
 
 # ---------------------------------------------------------------- the driver
@@ -49,44 +57,82 @@ def train(cfg) -> dict:
 
 
 def _train(cfg, part_config: Path) -> dict:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from gnnrec.launch.cluster import plan
-    from gnnrec.launch.graph_servers import GraphServers
+    from gnnrec.trainer.curves import plot_curves
 
     t = cfg.train
     job = plan(part_config, t.trainers_per_partition, t.dim, t.use_gpu)
     print(_format_plan(job))
-    out = cfg.path(t.out)
+    out, checkpoints = cfg.path(t.out), cfg.path(t.checkpoints)
+    _check_inputs(cfg, part_config.parent, checkpoints)
+    if not t.resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp_dir, GraphServers(part_config, num_clients=job["trainers"],
-                                              start_timeout_s=cfg.launch.health_timeout_s) as servers:
+    with atomic_dir(out) as tmp_dir:
         tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
+        progress = _Progress(tmp / "metrics.jsonl")
+        for attempt in range(t.max_failures + 1):
+            resume = t.resume or checkpoint.latest(checkpoints) is not None
+            try:
+                _attempt(cfg, part_config, job, tmp, checkpoints.resolve(), resume, progress)
+                break
+            except JobFailed as e:
+                if attempt == t.max_failures:
+                    raise
+                print(f"{e}\nrestarting from {checkpoint.latest(checkpoints) or 'the start'} "
+                      f"(restart {attempt + 1} of {t.max_failures})", flush=True)
+        state = json.loads((checkpoint.latest(checkpoints) / "state.json").read_text())
+        final = checkpoints / state.get("best_checkpoint", checkpoint.latest(checkpoints).name)
+        shutil.copytree(final, tmp / "model", copy_function=os.link)
+        cfg.save(tmp)
+        plot_curves(state["history"], tmp / "curves.png")
+        ranks = [json.loads(p.read_text()) for p in sorted((tmp / "ranks").glob("rank*.json"))]
+    last = state["history"][-1] if state["history"] else {}
+    return {"out": str(out), **{k: v for k, v in job.items() if k != "backend"}, "epochs": state["epoch"],
+            "steps": state["global_step"], "restarts": attempt, "model": final.name,
+            "edges_per_epoch": sum(r["edges_per_epoch"] for r in ranks),
+            "final_loss": round(last.get("loss", float("nan")), 4),
+            **{k: round(v, 4) for k, v in last.items() if k.startswith(("recall@", "ndcg@"))},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _check_inputs(cfg, partitions: Path, checkpoints: Path) -> None:
+    t = cfg.train
+    if t.resume and checkpoint.latest(checkpoints) is None:
+        raise UserError(f"train.resume=true: no checkpoint in train.checkpoints={checkpoints}")
+    if t.validate_split != "none":
+        stats = json.loads((partitions / "partition_stats.json").read_text())
+        if not sum(p.get(f"{t.validate_split}_edges", 0) for p in stats["per_part"]):
+            raise UserError(f"train.validate_split={t.validate_split}: the partitions have no "
+                            f"{t.validate_split} edges (choose another split, or none)")
+
+
+def _attempt(cfg, part_config: Path, job: dict, tmp: Path, checkpoints: Path, resume: bool, progress) -> None:
+    """One start of graph servers and trainers; raises JobFailed when one of them dies."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from gnnrec.launch.graph_servers import GraphServers
+
+    with GraphServers(part_config, num_clients=job["trainers"], start_timeout_s=cfg.launch.health_timeout_s) as servers:
         heartbeats = Heartbeats.remote()
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "client": servers.client_info, "out": str(tmp),
-                               "heartbeats": heartbeats},
+                               "checkpoints": str(checkpoints), "partitions": str(part_config.parent.resolve()), "resume": resume, "heartbeats": heartbeats},
             scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
                                          resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
             torch_config=TorchConfig(backend=job["backend"], timeout_s=int(cfg.launch.health_timeout_s)),
-            # a restarted worker could not rejoin: DistDGL servers admit exactly num_clients clients
+            # restarts are the driver's (see the module docstring), not Ray Train's
             run_config=RunConfig(storage_path=str(tmp / ".ray"), name="train",
                                  failure_config=FailureConfig(max_failures=0)),
         )
-        error = _watch(trainer, servers, heartbeats, cfg.launch.health_timeout_s / 4,
-                       _Progress(tmp / "metrics.jsonl"), job["trainers"])
+        error = _watch(trainer, servers, heartbeats, cfg.launch.health_timeout_s / 4, progress, job["trainers"])
         ray.kill(heartbeats)
         shutil.rmtree(tmp / ".ray", ignore_errors=True)
         if error:
             raise JobFailed(f"training failed: {error}")
-        cfg.save(tmp)
-        ranks = [json.loads(p.read_text()) for p in sorted((tmp / "ranks").glob("rank*.json"))]
-    return {"out": str(out), **{k: v for k, v in job.items() if k != "backend"}, "epochs": t.epochs,
-            "edges_per_epoch": sum(r["edges_per_epoch"] for r in ranks),
-            "final_loss": round(float(np.mean([r["losses"][-1] for r in ranks])), 4),
-            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 START_TIMEOUT_S = 300  # from fit() to every trainer's first heartbeat (imports, DDP and DistDGL set-up)
@@ -172,8 +218,9 @@ class _Progress:
             lines = self.path.read_text().splitlines()
             for line in lines[self.seen:]:
                 m = json.loads(line)
-                print(f"epoch {m['epoch'] + 1}: loss {m['loss']:.4f}, {m['edges_per_s']:,.0f} edges/s per trainer, "
-                      f"{m['seconds']:.1f} s", flush=True)
+                val = "".join(f", {k} {v:.4f}" for k, v in m.items() if k.startswith(("recall@", "ndcg@")))
+                print(f"epoch {m['epoch'] + 1}: loss {m['loss']:.4f}{val}, {m['edges_per_s']:,.0f} edges/s per "
+                      f"trainer, {m['seconds']:.1f} s", flush=True)
             self.seen = len(lines)
 
 
@@ -207,65 +254,151 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(t.seed)
     threading.Thread(target=_beat_forever, args=(config["heartbeats"], rank), daemon=True).start()
     device = get_device()
+    out, checkpoints = Path(config["out"]), Path(config["checkpoints"])
     graph = connect_client(config["client"])
     try:
         num_users, num_items = graph.num_nodes("user"), graph.num_nodes("item")
+        tables = {n: dgl_adapter.dist_embedding(graph, n, t.dim, f"{n}_id") for n in checkpoint.NODE_TYPES}
+        module = Recommender(t).to(device)
+        dense = list(module.parameters())
+        model = prepare_model(module) if dense and world > 1 else module
+        dense_opt = torch.optim.Adam(dense, lr=t.lr) if dense else None
+        sparse_opt = dgl_adapter.sparse_adam(list(tables.values()), t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
-        model = prepare_model(Recommender(num_users + num_items, t))
-        optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+        steps = _agreed_steps(len(my_edges), t.batch_size, device)
+        state = {"epoch": 0, "step": 0, "global_step": 0, "loss_sum": 0.0, "loss_count": 0, "history": []}
+        if config["resume"]:
+            state, saved = checkpoint.restore(checkpoint.latest(checkpoints), tables, sparse_opt, rank, world)
+            module.load_state_dict(saved["model"])
+            if dense_opt is not None:
+                dense_opt.load_state_dict(saved["optimizer"])
+            if rank:
+                state["loss_sum"], state["loss_count"] = 0.0, 0  # rank 0 carries the epoch's partial sums
+            elif state["history"]:
+                (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
+        validate = _validator(graph, module.gnn, tables, rank, world, t, Path(config["partitions"])) if t.validate_split != "none" else None
         batches = BatchMaker(graph, num_users, num_items, t)
-        losses, out = [], Path(config["out"])
-        for epoch in range(t.epochs):
-            started = time.perf_counter()
-            rng = np.random.default_rng([t.seed, epoch, rank])
-            order = my_edges[rng.permutation(len(my_edges))]
-            chunks = [order[s:s + t.batch_size] for s in range(0, len(order), t.batch_size)]
-            epoch_loss = []
-            with (model.join() if world > 1 else contextlib.nullcontext()):
-                for batch in batches.ahead(chunks, rng):
-                    loss = model(batch.to(device))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    epoch_loss.append(loss.item())
-            losses.append(float(np.mean(epoch_loss)) if epoch_loss else float("nan"))
-            if t.record_visits:
-                (out / "visits").mkdir(exist_ok=True)
-                np.save(out / "visits" / f"rank{rank}_epoch{epoch}.npy", np.concatenate(chunks))
+        steps_run = 0
+
+        def save():
+            dense_state = {"model": module.state_dict(),
+                           "optimizer": dense_opt.state_dict() if dense_opt is not None else None}
+            checkpoint.save(checkpoints, state, tables, sparse_opt, dense_state if rank == 0 else None, rank, world,
+                            protect=state.get("best_checkpoint"))
+
+        while state["epoch"] < t.epochs and not state.get("stopped"):
+            epoch, started, first = state["epoch"], time.perf_counter(), state["step"]
+            order = my_edges[np.random.default_rng([t.seed, epoch, rank]).permutation(len(my_edges))]
+            chunks = np.array_split(order, steps)
+            rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
+            for batch in batches.ahead(chunks[first:], rngs):
+                loss = model(batch.to(device), _lookup(tables, batch.input_nodes, num_users, device))
+                if dense_opt is not None:
+                    dense_opt.zero_grad()
+                loss.backward()
+                if dense_opt is not None:
+                    dense_opt.step()
+                sparse_opt.step()
+                state["loss_sum"] += loss.item()
+                state["loss_count"] += 1
+                state["step"] += 1
+                state["global_step"] += 1
+                steps_run += 1
+                if t.checkpoint_every and state["global_step"] % t.checkpoint_every == 0 and state["step"] < steps:
+                    state["loss_sum"], state["loss_count"] = _all_sum(state["loss_sum"], state["loss_count"], rank)
+                    save()
+            total, count = _all_sum(state["loss_sum"], state["loss_count"], rank)
             seconds = time.perf_counter() - started
-            metrics = {"epoch": epoch, "loss": losses[-1], "seconds": seconds, "edges_per_s": len(order) / seconds}
+            metrics = {"epoch": epoch, "step": state["global_step"], "loss": total / max(count, 1),
+                       "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds}
+            if validate is not None:
+                metrics.update(validate())
+                _early_stopping(state, metrics, t)
+            state["history"].append(metrics)
+            state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)
             if rank == 0:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
+            if t.record_visits:
+                (out / "visits").mkdir(exist_ok=True)
+                np.save(out / "visits" / f"rank{rank}_epoch{epoch}.npy", np.concatenate(chunks[first:]))
+            save()
             ray.train.report(metrics)
-        module = model.module if hasattr(model, "module") else model
         checksum = float(sum(p.detach().double().sum().item() for p in module.parameters()))
         (out / "ranks").mkdir(exist_ok=True)
         (out / "ranks" / f"rank{rank}.json").write_text(json.dumps(
-            {"rank": rank, "world": world, "edges_per_epoch": int(len(my_edges)), "losses": losses,
-             "param_checksum": checksum, "device": str(device), "node_ip": ray.util.get_node_ip_address(),
+            {"rank": rank, "world": world, "edges_per_epoch": int(len(my_edges)), "steps_per_epoch": steps,
+             "steps_run": steps_run, "global_step": state["global_step"],
+             "losses": [m["loss"] for m in state["history"]], "param_checksum": checksum, "device": str(device),
+             "node_ip": ray.util.get_node_ip_address(),
              "local_partition": int(graph.get_partition_book().partid)}))
-        if rank == 0:
-            torch.save(module.state_dict(), out / "model.pt")
     finally:
         dgl_adapter.disconnect()
 
 
+def _agreed_steps(num_edges: int, batch_size: int, device) -> int:
+    """Steps per epoch, the same on every trainer: enough batches of `batch_size` for the largest share,
+    and never more than the smallest share has edges."""
+    need = torch.tensor([-(-num_edges // batch_size), -num_edges], dtype=torch.int64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(need, op=torch.distributed.ReduceOp.MAX)
+    return int(max(1, min(need[0].item(), -need[1].item())))
+
+
+def _all_sum(total: float, count: int, rank: int) -> tuple[float, int]:
+    """(sum, count) over trainers, held by rank 0 afterwards (others restart from 0)."""
+    if not torch.distributed.is_initialized():
+        return total, count
+    both = torch.tensor([total, count], dtype=torch.float64)
+    torch.distributed.all_reduce(both)
+    return (both[0].item(), int(both[1].item())) if rank == 0 else (0.0, 0)
+
+
+def _early_stopping(state: dict, metrics: dict, t) -> None:
+    """Track the best validation NDCG@K (its checkpoint becomes the output) and stop after `patience`
+    epochs without improvement."""
+    score = metrics[f"ndcg@{t.validate_k}"]
+    if score > state.get("best_score", float("-inf")):
+        state["best_score"], state["bad_epochs"] = score, 0
+        state["best_checkpoint"] = f"step-{state['global_step']:09d}"  # the checkpoint saved this epoch
+    else:
+        state["bad_epochs"] = state.get("bad_epochs", 0) + 1
+        state["stopped"] = bool(t.patience) and state["bad_epochs"] >= t.patience
+
+
+def _validator(graph, gnn, tables, rank: int, world: int, t, partitions: Path):
+    """A function computing this epoch's validation metrics (the same numbers on every trainer)."""
+    from gnnrec.trainer.inference import LayerwiseInference, held_out_edges, sharded_metrics
+
+    inference = LayerwiseInference(graph, gnn, tables, rank, world)
+    held_out = held_out_edges(partitions, t.validate_split)
+    k = t.validate_k
+
+    def validate() -> dict:
+        result = sharded_metrics(graph, inference.run(), inference.shares["user"], held_out, [k])
+        return {f"recall@{k}": result[f"recall@{k}"], f"ndcg@{k}": result[f"ndcg@{k}"]}
+    return validate
+
+
+def _lookup(tables: dict, nodes: torch.Tensor, num_users: int, device) -> torch.Tensor:
+    """h0 of homogeneous node ids from the distributed user and item tables (rows recorded for the
+    sparse optimizer)."""
+    users = nodes < num_users
+    at = torch.cat([torch.nonzero(users).squeeze(1), torch.nonzero(~users).squeeze(1)])
+    rows = torch.cat([tables["user"](nodes[users], device), tables["item"](nodes[~users] - num_users, device)])
+    return rows[torch.argsort(at)]
+
+
 class Recommender(nn.Module):
-    """ID embeddings + a GNN from the registry + the loss, as one module for DDP.
+    """A GNN from the registry and the loss, as one module for DDP; the ID embeddings h0 of the batch's
+    input nodes come from outside (rows of the distributed tables, or of a table in memory)."""
 
-    The ID table is a dense nn.Embedding replicated by DDP on every trainer; sharding it in the graph
-    servers (DistEmbedding + sparse optimizer) is the models issue's next step.
-    """
-
-    def __init__(self, num_nodes: int, t):
+    def __init__(self, t):
         super().__init__()
-        self.input = NodeInput(num_nodes, t.dim)
         self.gnn = MODELS[t.model](t.dim, t.layers)
         self.loss, self.l2 = LOSSES[t.loss], t.l2
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        h0 = self.input(batch.input_nodes)
+    def forward(self, batch: Batch, h0: torch.Tensor) -> torch.Tensor:
         h = self.gnn(h0, batch.blocks)
         ego = (h0[batch.users], h0[batch.pos_items], h0[batch.neg_items])
         return self.loss(h[batch.users], h[batch.pos_items], h[batch.neg_items], ego=ego, l2=self.l2)
@@ -290,7 +423,7 @@ class BatchMaker:
             self.sampler = NeighborSampler(DistNeighborhoods(graph), t.fanouts, num_users, num_items,
                                            negatives=self.negatives, num_negatives=t.num_negatives, seed=t.seed)
 
-    def make(self, eids: np.ndarray, rng) -> Batch:
+    def make(self, eids: np.ndarray, rng: np.random.Generator) -> Batch:
         from gnnrec.partition import dgl_adapter
         from gnnrec.samplers.negatives import Positives
 
@@ -299,7 +432,8 @@ class BatchMaker:
             their_users, their_items = dgl_adapter.dist_out_neighbors(self.graph, np.unique(users))
             self.negatives.positives = Positives(their_users, their_items, self.num_items)
         if self.sampler is not None:
-            return self.sampler.sample(users, items)  # draws the negatives too
+            self.sampler.rng = rng  # negatives reproducible per step (the servers draw the neighbours)
+            return self.sampler.sample(users, items)
         neg = self.negatives.sample(users, items, self.t.num_negatives, rng)
         nodes, inverse = np.unique(np.concatenate([users, self.num_users + items, self.num_users + neg.ravel()]),
                                    return_inverse=True)
@@ -307,9 +441,10 @@ class BatchMaker:
         local = torch.from_numpy(inverse)
         return Batch(torch.from_numpy(nodes), [], local[:b], local[b:2 * b], local[2 * b:].view(b, -1))
 
-    def ahead(self, chunks, rng):
-        """Batches for the chunks, sampled `prefetch` ahead of the consumer in a background thread."""
-        made = (self.make(c, rng) for c in chunks)
+    def ahead(self, chunks, rngs):
+        """Batches for the chunks (one random generator each), sampled `prefetch` ahead of the consumer
+        in a background thread."""
+        made = (self.make(c, rng) for c, rng in zip(chunks, rngs))
         if not self.t.prefetch:
             return made
         from gnnrec.samplers.neighbor import Prefetcher

@@ -1,0 +1,115 @@
+"""Checkpoints of a distributed training run: written by every trainer, each one complete or absent.
+
+    {train.checkpoints}/step-000000120/
+        state.json       epoch, step (batches done in that epoch), global_step, world, history
+        dense.pt         rank 0: dense weights (GNN layers, heads) and their Adam state
+        ids-rank{r}.pt   rank r: rows [r*n/w, (r+1)*n/w) of the user and the item ID tables
+        sparse-opt_{r}   rank r: the sparse optimizer's state of its rows (DGL's own format)
+        rng-rank{r}.pt   rank r: torch's random state (dropout)
+    {train.checkpoints}/latest   the name of the newest complete checkpoint
+
+Every rank writes into `step-N.tmp`; after a barrier rank 0 adds state.json, renames the directory and
+then points `latest` at it (temp file + rename), so a crash at any moment leaves the previous checkpoint
+as `latest`. No rank ever holds a whole ID table: each saves and restores its own range of rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gnnrec import UserError
+
+NODE_TYPES = ("user", "item")
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def latest(directory: Path) -> Path | None:
+    """The newest complete checkpoint under `directory`, or None."""
+    pointer = Path(directory) / "latest"
+    return Path(directory) / pointer.read_text().strip() if pointer.exists() else None
+
+
+def _rows(n: int, rank: int, world: int) -> np.ndarray:
+    return np.arange(rank * n // world, (rank + 1) * n // world)
+
+
+def save(directory: Path, state: dict, tables: dict, sparse_opt, dense: dict | None, rank: int, world: int,
+         keep: int = 2, protect: str | None = None) -> Path:
+    """Write one checkpoint from every rank (all ranks call this at the same step). The `keep` newest
+    checkpoints and the one named `protect` (the best so far) are kept, older ones removed."""
+    directory = Path(directory)
+    name = f"step-{state['global_step']:09d}"
+    tmp = directory / f"{name}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    ids = {}
+    for node_type, table in tables.items():
+        rows = _rows(table.num_embeddings, rank, world)
+        ids[node_type] = (rows, table.weight[torch.from_numpy(rows)])
+    torch.save(ids, tmp / f"ids-rank{rank}.pt")
+    torch.save(torch.get_rng_state(), tmp / f"rng-rank{rank}.pt")
+    sparse_opt.save(str(tmp / "sparse-opt"))  # a collective: barriers inside, writes sparse-opt_{rank}
+    if rank == 0:
+        torch.save(dense, tmp / "dense.pt")
+    _barrier()
+    if rank == 0:
+        (tmp / "state.json").write_text(json.dumps({**state, "world": world}))
+        final = directory / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        pointer = directory / "latest.tmp"
+        pointer.write_text(name)
+        os.rename(pointer, directory / "latest")
+        for old in sorted(directory.glob("step-*[0-9]"))[:-keep]:
+            if old.name != protect:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return directory / name
+
+
+def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tuple[dict, dict | None]:
+    """Load a checkpoint into the distributed tables and sparse optimizer (all ranks call this); return
+    (state, dense) for the caller to load into its dense modules. Rank r restores the row files
+    r, r + world, ...: a checkpoint written by a different number of trainers loads too."""
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    for shard in range(rank, state["world"], world):
+        saved = torch.load(path / f"ids-rank{shard}.pt")
+        for node_type, table in tables.items():
+            rows, values = saved[node_type]
+            table.weight[torch.from_numpy(rows)] = values
+    own_rng = path / f"rng-rank{rank}.pt"
+    if own_rng.exists():
+        torch.set_rng_state(torch.load(own_rng))
+    sparse_opt.load(str(path / "sparse-opt"))
+    _barrier()
+    return state, torch.load(path / "dense.pt")
+
+
+def load_tables(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The whole ID tables ({node type: [n, dim]}, partition ids) and dense.pt of a checkpoint, in one
+    process (evaluation on one machine)."""
+    path = Path(path)
+    if not (path / "state.json").exists():
+        raise UserError(f"checkpoint {path}: incomplete or not a checkpoint (no state.json)")
+    state = json.loads((path / "state.json").read_text())
+    parts = [torch.load(path / f"ids-rank{r}.pt") for r in range(state["world"])]
+    tables = {}
+    for node_type in NODE_TYPES:
+        rows = np.concatenate([p[node_type][0] for p in parts])
+        values = torch.cat([p[node_type][1] for p in parts])
+        table = torch.empty(len(rows), values.shape[1])
+        table[torch.from_numpy(rows)] = values
+        tables[node_type] = table
+    return tables, torch.load(path / "dense.pt")

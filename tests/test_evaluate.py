@@ -17,12 +17,12 @@ from gnnrec.trainer.train import Recommender
 
 def test_embeddings_follow_partition_renumbering():
     cfg = load_config(None, ["train.model=mf", "train.layers=0", "train.fanouts=[]", "train.dim=4"])
-    model = Recommender(5, cfg.train)  # 3 users, 2 items
+    tables = {"user": torch.randn(3, 4), "item": torch.randn(2, 4)}  # rows in partition ids
     orig_user, orig_item = np.array([2, 0, 1]), np.array([1, 0])  # partition id -> dataset id
-    table = model.input.emb.weight.detach()
-    U, I = embeddings(model, orig_user, orig_item, torch.zeros(2, 0, dtype=torch.long), 0)
-    assert torch.equal(U[2], table[0]) and torch.equal(U[0], table[1]) and torch.equal(U[1], table[2])
-    assert torch.equal(I[1], table[3]) and torch.equal(I[0], table[4])
+    U, I = embeddings(Recommender(cfg.train), tables, orig_user, orig_item, torch.zeros(2, 0, dtype=torch.long), 0)
+    assert torch.equal(U[2], tables["user"][0]) and torch.equal(U[0], tables["user"][1])
+    assert torch.equal(U[1], tables["user"][2])
+    assert torch.equal(I[1], tables["item"][0]) and torch.equal(I[0], tables["item"][1])
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,13 @@ def checkpoint(tmp_path_factory):
                              "run.stages=[synth, ingest, partition]"])
     run(cfg)
     meta = json.loads((work / "dataset" / "meta.json").read_text())
-    (work / "train").mkdir()
+    model = work / "train" / "model"  # one trainer's checkpoint (trainer/checkpoint.py)
+    model.mkdir(parents=True)
     cfg.save(work / "train")
-    torch.save(Recommender(meta["num_users"] + meta["num_items"], cfg.train).state_dict(), work / "train" / "model.pt")
+    rows = {n: (np.arange(meta[f"num_{n}s"]), torch.randn(meta[f"num_{n}s"], cfg.train.dim)) for n in ("user", "item")}
+    torch.save(rows, model / "ids-rank0.pt")
+    torch.save({"model": Recommender(cfg.train).state_dict()}, model / "dense.pt")
+    (model / "state.json").write_text(json.dumps({"world": 1}))
     return work, meta
 
 
@@ -55,5 +59,5 @@ def test_evaluate_stage_reports_model_and_popularity(checkpoint):
 
 
 def test_evaluate_without_checkpoint_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="evaluate.checkpoint"):
+    with pytest.raises(UserError, match="not a training output"):
         evaluate_stage(load_config(None, [f"workdir={tmp_path}"]))

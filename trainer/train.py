@@ -305,9 +305,10 @@ def train_loop(config: dict) -> None:
                 state["global_step"] += 1
                 steps_run += 1
                 if t.checkpoint_every and state["global_step"] % t.checkpoint_every == 0 and state["step"] < steps:
-                    state["loss_sum"], state["loss_count"] = _all_sum(state["loss_sum"], state["loss_count"], rank)
+                    total, count = _all_sum(state["loss_sum"], state["loss_count"])
+                    state["loss_sum"], state["loss_count"] = (total, count) if rank == 0 else (0.0, 0)
                     save()
-            total, count = _all_sum(state["loss_sum"], state["loss_count"], rank)
+            total, count = _all_sum(state["loss_sum"], state["loss_count"])
             seconds = time.perf_counter() - started
             metrics = {"epoch": epoch, "step": state["global_step"], "loss": total / max(count, 1),
                        "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds}
@@ -345,13 +346,13 @@ def _agreed_steps(num_edges: int, batch_size: int, device) -> int:
     return int(max(1, min(need[0].item(), -need[1].item())))
 
 
-def _all_sum(total: float, count: int, rank: int) -> tuple[float, int]:
-    """(sum, count) over trainers, held by rank 0 afterwards (others restart from 0)."""
+def _all_sum(total: float, count: int) -> tuple[float, int]:
+    """(sum, count) over trainers."""
     if not torch.distributed.is_initialized():
         return total, count
     both = torch.tensor([total, count], dtype=torch.float64)
     torch.distributed.all_reduce(both)
-    return (both[0].item(), int(both[1].item())) if rank == 0 else (0.0, 0)
+    return both[0].item(), int(both[1].item())
 
 
 def _early_stopping(state: dict, metrics: dict, t) -> None:

@@ -1,0 +1,97 @@
+"""Training benchmark on Gowalla through the distributed runtime, as JSON.
+
+    python bench/train.py [--epochs 1] [--workdir runs/bench-train] [--metrics runs/gowalla/train/metrics.jsonl]
+
+Runs `gnnrec train` (1 partition, 1 trainer, LightGCN dim 64, 3 layers, batches of 4096) with sampled
+fanouts [10, 10, 10] and with full neighbourhoods ([-1, -1, -1]) for `--epochs` epochs each, validating
+on the test split after every epoch. Figures per run: training edges/s per trainer, epoch seconds,
+Recall@20 after the epochs. Anchor, in the same run: one process of pure PyTorch doing full-graph
+LightGCN steps (the whole graph propagated per batch, no sampling, no servers) on the same data —
+`ratio` is ours over the anchor in training edges/s. `time_to_recall_0.15_s` is read from the
+metrics.jsonl of a longer run (`--metrics`, default the Gowalla config's), cumulative training seconds
+until validation Recall@20 >= 0.15 (null when never reached).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from gnnrec.launch.config import load_config
+from gnnrec.launch.stages import run
+from gnnrec.trainer.blocks import full_graph_blocks, graph_edges
+from gnnrec.trainer.losses import bpr_loss
+from gnnrec.trainer.models import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "gowalla_lightgcn.yaml"
+
+
+def anchor_edges_per_s(dataset: Path, steps: int = 5, batch_size: int = 4096) -> float:
+    """Full-graph LightGCN training steps in plain PyTorch (1 thread): training edges per second."""
+    t = pq.read_table(dataset / "edges" / "train.parquet", columns=["user", "item"])
+    users, items = torch.from_numpy(t["user"].to_numpy()), torch.from_numpy(t["item"].to_numpy())
+    nu, ni = int(users.max()) + 1, int(items.max()) + 1
+    src, dst, etype = graph_edges(users, items, nu)
+    blocks = full_graph_blocks(src, dst, nu + ni, 3, etype=etype)
+    emb = torch.nn.Parameter(torch.randn(nu + ni, 64) * 0.1)
+    gnn, opt = MODELS["lightgcn"](64, 3), None
+    opt = torch.optim.Adam([emb], lr=0.01)
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for _ in range(steps):
+        pick = torch.from_numpy(rng.integers(0, len(users), batch_size))
+        u, i = users[pick], items[pick] + nu
+        j = torch.from_numpy(rng.integers(0, ni, batch_size)) + nu
+        h = gnn(emb, blocks)
+        loss = bpr_loss(h[u], h[i], h[j], ego=(emb[u], emb[i], emb[j]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def time_to_recall(metrics: Path, target: float = 0.15):
+    if not metrics.exists():
+        return None
+    elapsed = 0.0
+    for line in metrics.read_text().splitlines():
+        m = json.loads(line)
+        elapsed += m["seconds"]
+        if m.get("recall@20", 0) >= target:
+            return round(elapsed, 1)
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--workdir", default="runs/bench-train")
+    parser.add_argument("--metrics", default="runs/gowalla/train/metrics.jsonl")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    base = [f"workdir={args.workdir}", f"train.epochs={args.epochs}", "train.patience=0"]
+    run(load_config(CONFIG, base + ["run.stages=[ingest, partition]"]))
+    anchor = anchor_edges_per_s(Path(args.workdir) / "dataset")
+    out = {"dataset": "gowalla", "anchor_full_graph_torch_edges_per_s": round(anchor)}
+    for name, fanouts in (("fanouts_10_10_10", "[10, 10, 10]"), ("full_neighbourhood", "[-1, -1, -1]")):
+        summary = run(load_config(CONFIG, base + [f"train.fanouts={fanouts}", "run.stages=[train]",
+                                                  f"train.out={{workdir}}/train-{name}"]))["train"]
+        history = [json.loads(line) for line in
+                   (Path(args.workdir) / f"train-{name}" / "metrics.jsonl").read_text().splitlines()]
+        edges_per_s = float(np.mean([m["edges_per_s"] for m in history]))
+        out[name] = {"edges_per_s_per_trainer": round(edges_per_s), "ratio": round(edges_per_s / anchor, 3),
+                     "epoch_seconds": round(float(np.mean([m["seconds"] for m in history])), 1),
+                     "epochs": len(history), "recall@20": round(history[-1]["recall@20"], 4),
+                     "ndcg@20": round(history[-1]["ndcg@20"], 4), "job_seconds": summary["seconds"]}
+    out["time_to_recall_0.15_s"] = time_to_recall(Path(args.metrics))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -138,7 +138,7 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     canonical = next(c for c in graph.canonical_etypes if c[0] == node_type and c[1] == etype)
     fanout = {c: int(c == canonical) for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {node_type: torch.from_numpy(nodes)}, fanout,
-                                                      edge_dir="out", etype_sorted=False)
+                                                      edge_dir="out", etype_sorted=True)
     src, dst = (t.numpy() for t in frontier.edges(etype=canonical))
     if not len(src):
         return out
@@ -179,7 +179,7 @@ def dist_out_neighbors(graph, nodes: np.ndarray, canonical_etype=INTERACTS) -> t
     dgl = _dgl()
     fanout = {c: -1 if c == canonical_etype else 0 for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {canonical_etype[0]: torch.from_numpy(nodes)},
-                                                      fanout, edge_dir="out", etype_sorted=False)
+                                                      fanout, edge_dir="out", etype_sorted=True)
     src, dst = frontier.edges(etype=canonical_etype)
     return src.numpy(), dst.numpy()
 
@@ -199,7 +199,7 @@ def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str,
     fanout = {c: int(fanouts.get(c[1], 0)) for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(
         graph, {t: torch.from_numpy(np.asarray(ids, np.int64)) for t, ids in nodes.items()}, fanout,
-        edge_dir="in", etype_sorted=False)
+        edge_dir="in", etype_sorted=True)
     out = {}
     for c in graph.canonical_etypes:
         if c[1] in fanouts and c[2] in nodes:

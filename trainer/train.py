@@ -295,6 +295,7 @@ def train_loop(config: dict) -> None:
                 loss = model(batch.to(device), _lookup(tables, batch.input_nodes, num_users, device))
                 if dense_opt is not None:
                     dense_opt.zero_grad()
+                sparse_opt.zero_grad()  # else DGL keeps every past step's rows and re-applies their gradients
                 loss.backward()
                 if dense_opt is not None:
                     dense_opt.step()

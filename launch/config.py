@@ -140,6 +140,8 @@ class TrainConfig(Section):
     loss: Literal["bpr", "max_margin"] = "bpr"
     negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
     num_negatives: int = Field(1, ge=1)
+    hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
+                                                             "n - 1 of its negatives per positive")
     exclude_positives: bool = True
     trainers_per_partition: int = Field(1, ge=1)
     use_gpu: Optional[bool] = Field(None, description="null = use GPUs when the cluster has them")
@@ -166,6 +168,32 @@ class TrainConfig(Section):
         return self
 
 
+class InferConfig(Section):
+    """Embeddings of every user and item and each user's top-K, from a trained model (`train.out`)."""
+    checkpoint: str = "{workdir}/train"
+    out: str = "{workdir}/infer"
+    k: int = Field(20, ge=1, description="recommendations per user")
+    batch_size: int = Field(4096, ge=1, description="nodes per layer-wise inference batch")
+    user_chunk: int = Field(4096, ge=1, description="users scored at once")
+    item_chunk: Optional[int] = Field(None, ge=1, description="score the catalog in shards of this many items")
+
+
+class MineConfig(Section):
+    """Hard negatives from a trained model: items at ranks [lo, hi] of each training user's ranking."""
+    checkpoint: str = "{workdir}/train"
+    out: str = "{workdir}/mined"
+    window: list[float] = Field([0.01, 0.05], description="[lo, hi]: ranks (0 = top), or fractions of the "
+                                                           "catalog when below 1")
+    per_user: int = Field(20, ge=1, description="hard negatives drawn per user from the window")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.window) != 2 or not 0 <= self.window[0] < self.window[1]:
+            raise ValueError("window is [lo, hi] with 0 <= lo < hi")
+        return self
+
+
 class EvaluateConfig(Section):
     """Full-ranking evaluation of a trained model (its `train.out` directory) on held-out edges."""
     checkpoint: str = "{workdir}/train"
@@ -183,6 +211,8 @@ class EvaluateConfig(Section):
 class RunConfig(Section):
     stages: list[Literal["synth", "ingest", "partition", "train", "mine", "infer", "evaluate"]] = [
         "synth", "ingest"]
+    rounds: int = Field(1, ge=1, description="training rounds; each after the first mines hard negatives first")
+    round_epochs: int = Field(1, ge=1, description="epochs of each later round")
 
 
 class Config(Section):
@@ -193,6 +223,8 @@ class Config(Section):
     partition: PartitionConfig = PartitionConfig()
     launch: LaunchConfig = LaunchConfig()
     train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+    mine: MineConfig = MineConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     run: RunConfig = RunConfig()
 

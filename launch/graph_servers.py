@@ -18,6 +18,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import ray
@@ -56,9 +57,7 @@ def _write_ip_config(text: str) -> str:
 
 class GraphServers:
     def __init__(self, part_config, num_clients: int, start_timeout_s: float = 60, stop_timeout_s: float = 60):
-        self.part_config = str(Path(part_config).resolve())
-        meta = json.loads(Path(self.part_config).read_text())
-        self.graph_name, self.num_parts = meta["graph_name"], meta["num_parts"]
+        self.part_config, self.graph_name, self.num_parts = _job_part_config(Path(part_config).resolve())
         self.num_clients, self.start_timeout_s, self.stop_timeout_s = num_clients, start_timeout_s, stop_timeout_s
         self.actors, self.serving, self.addresses, self.group = [], [], [], None
 
@@ -117,11 +116,26 @@ class GraphServers:
         self._kill()
 
     def _kill(self) -> None:
+        Path(self.part_config).unlink(missing_ok=True)
         for actor in self.actors:
             ray.kill(actor)
         if self.group is not None:
             remove_placement_group(self.group)
         self.actors, self.group = [], None
+
+
+def _job_part_config(part_config: Path) -> tuple[str, str, int]:
+    """A copy of the partition config for one job: a graph name of its own (DistDGL names its shared
+    memory after the graph and its tensors, so two jobs on one machine would clobber each other's)
+    and absolute paths to the parts. Returns (its path, the graph name, the number of partitions)."""
+    meta = json.loads(part_config.read_text())
+    name = f"{meta['graph_name']}_{uuid.uuid4().hex[:8]}"
+    for i in range(meta["num_parts"]):
+        meta[f"part-{i}"] = {k: os.path.join(part_config.parent, v) for k, v in meta[f"part-{i}"].items()}
+    path = part_config.parent / "jobs" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({**meta, "graph_name": name}))
+    return str(path), name, meta["num_parts"]
 
 
 def connect_client(info: dict):

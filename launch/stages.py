@@ -14,7 +14,6 @@ HELP = {
     "evaluate": "full-ranking metrics on held-out edges",
     "run": "run the stages listed in run.stages, in order",
 }
-NOT_BUILT = {"mine": 6, "infer": 6}
 
 
 def synth(cfg):
@@ -37,23 +36,49 @@ def train(cfg):
     return train(cfg)
 
 
+def mine(cfg):
+    from gnnrec.trainer.mine import mine_stage
+    return mine_stage(cfg)
+
+
+def infer(cfg):
+    from gnnrec.trainer.infer import infer_stage
+    return infer_stage(cfg)
+
+
 def evaluate(cfg):
     from gnnrec.trainer.evaluate import evaluate_stage
     return evaluate_stage(cfg)
 
 
-STAGES = {"synth": synth, "ingest": ingest, "partition": partition, "train": train, "evaluate": evaluate}
+STAGES = {"synth": synth, "ingest": ingest, "partition": partition, "train": train, "mine": mine, "infer": infer,
+          "evaluate": evaluate}
 
 
 def run_stage(name: str, cfg) -> dict:
     if name not in STAGES:
-        raise UserError(f"stage '{name}' is not built yet (issue #{NOT_BUILT[name]})")
+        raise UserError(f"unknown stage '{name}'")
     return STAGES[name](cfg)
 
 
 def run(cfg) -> dict[str, dict]:
-    """Run cfg.run.stages in pipeline order; every stage's summary, by stage name."""
-    missing = [s for s in cfg.run.stages if s not in STAGES]
-    if missing:
-        raise UserError(f"run.stages: {', '.join(missing)} not built yet")
-    return {name: run_stage(name, cfg) for name in ORDER if name in cfg.run.stages}
+    """Run cfg.run.stages in pipeline order; every stage's summary, by stage name.
+
+    With `mine` listed, training runs in `run.rounds` rounds: after the first, each round mines hard
+    negatives from the model so far, then resumes training for `run.round_epochs` more epochs with them
+    (train.hard_negatives = mine.out). With one round, mine just runs after train.
+    """
+    stages, summaries = cfg.run.stages, {}
+    for name in ORDER:
+        if name not in stages or name == "mine":
+            continue
+        summaries[name] = run_stage(name, cfg)
+        if name == "train" and "mine" in stages:
+            for r in range(2, cfg.run.rounds + 1):
+                summaries[f"mine (round {r})"] = run_stage("mine", cfg)
+                cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+                    "resume": True, "hard_negatives": cfg.mine.out, "epochs": cfg.train.epochs + cfg.run.round_epochs})})
+                summaries[f"train (round {r})"] = run_stage("train", cfg)
+            if cfg.run.rounds == 1:
+                summaries["mine"] = run_stage("mine", cfg)
+    return summaries

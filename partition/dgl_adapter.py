@@ -138,7 +138,7 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     canonical = next(c for c in graph.canonical_etypes if c[0] == node_type and c[1] == etype)
     fanout = {c: int(c == canonical) for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {node_type: torch.from_numpy(nodes)}, fanout,
-                                                      edge_dir="out", etype_sorted=True)
+                                                      edge_dir="out", etype_sorted=False)
     src, dst = (t.numpy() for t in frontier.edges(etype=canonical))
     if not len(src):
         return out
@@ -179,7 +179,7 @@ def dist_out_neighbors(graph, nodes: np.ndarray, canonical_etype=INTERACTS) -> t
     dgl = _dgl()
     fanout = {c: -1 if c == canonical_etype else 0 for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {canonical_etype[0]: torch.from_numpy(nodes)},
-                                                      fanout, edge_dir="out", etype_sorted=True)
+                                                      fanout, edge_dir="out", etype_sorted=False)
     src, dst = frontier.edges(etype=canonical_etype)
     return src.numpy(), dst.numpy()
 
@@ -199,7 +199,7 @@ def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str,
     fanout = {c: int(fanouts.get(c[1], 0)) for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(
         graph, {t: torch.from_numpy(np.asarray(ids, np.int64)) for t, ids in nodes.items()}, fanout,
-        edge_dir="in", etype_sorted=True)
+        edge_dir="in", etype_sorted=True)  # the writer numbers edges by type: in-edge rows are sorted
     out = {}
     for c in graph.canonical_etypes:
         if c[1] in fanouts and c[2] in nodes:
@@ -252,9 +252,10 @@ def normal_init(shape, dtype):
 
 def dist_embedding(graph, node_type: str, dim: int, name: str):
     """A learnable [num_nodes(node_type), dim] table sharded in the graph servers' key-value store,
-    rows next to their nodes; `emb(ids)` fetches rows and records them for the sparse optimizer."""
+    rows next to their nodes; `emb(ids)` fetches rows and records them for the sparse optimizer. Names
+    of tensors are prefixed with the job's graph name (shared memory is named after them)."""
     from dgl.distributed import DistEmbedding
-    return DistEmbedding(graph.num_nodes(node_type), dim, name=name, init_func=normal_init,
+    return DistEmbedding(graph.num_nodes(node_type), dim, name=f"{graph.graph_name}_{name}", init_func=normal_init,
                          part_policy=graph.get_node_partition_policy(node_type))
 
 
@@ -266,7 +267,7 @@ def sparse_adam(embeddings: list, lr: float):
 def dist_tensor(graph, node_type: str, dim: int, name: str):
     """A [num_nodes(node_type), dim] float tensor in the servers' key-value store (zeros)."""
     from dgl.distributed import DistTensor
-    return DistTensor((graph.num_nodes(node_type), dim), torch.float32, name=name,
+    return DistTensor((graph.num_nodes(node_type), dim), torch.float32, name=f"{graph.graph_name}_{name}",
                       part_policy=graph.get_node_partition_policy(node_type))
 
 

@@ -10,7 +10,10 @@ Hard-negative file (written by `gnnrec mine`, read by `hard`): Parquet with colu
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gnnrec import UserError
@@ -95,17 +98,23 @@ class InBatchNegatives(NegativeSampler):
 
 
 class HardNegatives(NegativeSampler):
-    """Negatives mined per user (the file schema above); users without mined items get uniform ones."""
+    """Negatives mined per user (the file schema above; `path` a file, or a directory of part-*.parquet); users
+    without mined items get uniform ones. `id_maps` (user map, item map) translate the file's ids into
+    the sampler's (e.g. dataset ids -> partition ids)."""
 
-    def __init__(self, path, num_users: int, num_items: int, positives=None, **kw):
+    def __init__(self, path, num_users: int, num_items: int, positives=None, id_maps=None, **kw):
         super().__init__(num_items, positives, **kw)
+        path = Path(path)
+        files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
         try:
-            table = pq.read_table(path, columns=list(HARD_NEGATIVE_COLUMNS))
+            table = pa.concat_tables([pq.read_table(f, columns=list(HARD_NEGATIVE_COLUMNS)) for f in files])
         except Exception as e:  # noqa: BLE001 - any read failure is the user's file
             raise UserError(f"{path}: cannot read hard negatives ({e})") from None
         user, item = table["user"].to_numpy(), table["item"].to_numpy()
         if len(user) and (user.min() < 0 or user.max() >= num_users or item.min() < 0 or item.max() >= num_items):
             raise UserError(f"{path}: user or item id out of range for this dataset")
+        if id_maps is not None:
+            user, item = id_maps[0][user], id_maps[1][item]
         order = np.argsort(user, kind="stable")
         self.items = item[order]
         self.indptr = np.zeros(num_users + 1, np.int64)
@@ -116,6 +125,28 @@ class HardNegatives(NegativeSampler):
         pick = start[:, None] + (rng.random((len(users), k)) * deg[:, None]).astype(np.int64)
         mined = self.items[np.minimum(pick, max(len(self.items) - 1, 0))] if len(self.items) else 0
         return np.where(deg[:, None] > 0, mined, rng.integers(0, self.num_items, (len(users), k)))
+
+
+class WithHard:
+    """`base` negatives plus `num_hard` mined ones per positive, as extra columns; PinSage's curriculum
+    raises num_hard by one per epoch of a training round."""
+
+    def __init__(self, base: NegativeSampler, hard: HardNegatives):
+        self.base, self.hard, self.num_hard = base, hard, 0
+
+    @property
+    def positives(self):
+        return self.base.positives
+
+    @positives.setter
+    def positives(self, positives):
+        self.base.positives = self.hard.positives = positives
+
+    def sample(self, users, pos_items, k, rng) -> np.ndarray:
+        neg = self.base.sample(users, pos_items, k, rng)
+        if not self.num_hard:
+            return neg
+        return np.concatenate([neg, self.hard.sample(users, pos_items, self.num_hard, rng)], axis=1)
 
 
 NEGATIVES = {"uniform": UniformNegatives, "popularity": PopularityNegatives,

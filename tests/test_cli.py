@@ -1,4 +1,4 @@
-"""The `gnnrec` CLI: help, not-built stages, `run` end to end, errors as one line with exit 2."""
+"""The `gnnrec` CLI: help, `run` end to end, errors as one line with exit 2."""
 import subprocess
 import sys
 from pathlib import Path
@@ -47,23 +47,6 @@ def test_no_stage_or_unknown_stage_is_a_usage_error(capsys):
             cli.main(argv)
         assert e.value.code == 2
     assert "gnnrec" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("stage", sorted(stages.NOT_BUILT))
-def test_not_built_stage_says_so_and_exits_2(tmp_path, capsys, stage):
-    assert cli.main([stage, f"workdir={tmp_path}"]) == 2
-    out, err = capsys.readouterr()
-    assert out == ""
-    line = _one_error_line(err, stage)
-    assert f"'{stage}' is not built yet" in line
-    assert list(tmp_path.iterdir()) == []  # no fake output
-
-
-def test_run_with_a_not_built_stage_does_nothing(tmp_path, capsys):
-    assert cli.main(["run", f"workdir={tmp_path}", "run.stages=[synth, ingest, mine]"]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and "mine not built yet" in _one_error_line(err, "run")
-    assert list(tmp_path.iterdir()) == []  # synth did not run before the error
 
 
 def test_run_end_to_end(tmp_path, capsys):

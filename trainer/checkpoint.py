@@ -79,7 +79,8 @@ def save(directory: Path, state: dict, tables: dict, sparse_opt, dense: dict | N
 
 
 def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tuple[dict, dict | None]:
-    """Load a checkpoint into the distributed tables and sparse optimizer (all ranks call this); return
+    """Load a checkpoint into the distributed tables and the sparse optimizer (None: inference only; all
+    ranks call this); return
     (state, dense) for the caller to load into its dense modules. Rank r restores the row files
     r, r + world, ...: a checkpoint written by a different number of trainers loads too."""
     path = Path(path)
@@ -92,9 +93,24 @@ def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tupl
     own_rng = path / f"rng-rank{rank}.pt"
     if own_rng.exists():
         torch.set_rng_state(torch.load(own_rng))
-    sparse_opt.load(str(path / "sparse-opt"))
+    if sparse_opt is not None:
+        for shard in range(rank, state["world"], world):
+            sparse_opt.load_local_state_dict(_renamed(torch.load(path / f"sparse-opt_{shard}"), tables))
     _barrier()
     return state, torch.load(path / "dense.pt")
+
+
+def _renamed(saved: dict, tables: dict) -> dict:
+    """DGL's sparse-optimizer state (a `local_state_dict`) with its tensors renamed after this job's
+    tables: every job prefixes its tensor names with its own graph name, "<graph>_<node type>_id"."""
+    saved["params"].pop("world_size", None)
+    states = {}
+    for old, emb_state in saved["emb_states"].items():
+        table = next(t for n, t in tables.items() if old.endswith(f"_{n}_id"))
+        emb_state["states"] = {k.replace(old, table.name): v for k, v in emb_state["states"].items()}
+        states[table.name] = emb_state
+    saved["emb_states"] = states
+    return saved
 
 
 def load_tables(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -40,15 +40,21 @@ def embeddings(model: Recommender, tables: dict, orig_user: np.ndarray, orig_ite
     return h[:nu], h[nu:]
 
 
-def load_model(train_dir) -> tuple:
-    """(training config, Recommender with its dense weights, {node type: ID table in partition ids})
-    of a `gnnrec train` output directory."""
+def check_training_output(train_dir):
+    """The training config of a `gnnrec train` output directory (UserError if it is not one)."""
     from gnnrec.launch.config import load_config
-    from gnnrec.trainer.checkpoint import load_tables
 
     if not (train_dir / "model" / "state.json").exists() or not (train_dir / "config.yaml").exists():
         raise UserError(f"{train_dir}: not a training output (no model/ and config.yaml; run `gnnrec train`)")
-    trained = load_config(train_dir / "config.yaml")
+    return load_config(train_dir / "config.yaml")
+
+
+def load_model(train_dir) -> tuple:
+    """(training config, Recommender with its dense weights, {node type: ID table in partition ids})
+    of a `gnnrec train` output directory, in this process."""
+    from gnnrec.trainer.checkpoint import load_tables
+
+    trained = check_training_output(train_dir)
     tables, dense = load_tables(train_dir / "model")
     model = Recommender(trained.train)
     model.load_state_dict(dense["model"])

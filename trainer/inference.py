@@ -13,6 +13,7 @@ trainers (`RankingStats.all_reduce`).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -104,19 +105,89 @@ def held_out_edges(partitions: Path, split: str) -> tuple[np.ndarray, np.ndarray
 
 def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, ks) -> dict:
     """Full-ranking metrics of `my_users` against every item, summed across trainers."""
-    from gnnrec.partition import dgl_adapter
-
     num_users, num_items = graph.num_nodes("user"), graph.num_nodes("item")
     position = np.full(num_users, -1, np.int64)
     position[my_users] = np.arange(len(my_users))
-
-    def local(users, items):
-        keep = position[users] >= 0
-        return torch.from_numpy(np.stack([position[users[keep]], items[keep]]))
-
-    known = local(*dgl_adapter.dist_out_neighbors(graph, my_users))
+    users, items = held_out
+    keep = position[users] >= 0
+    truth = torch.from_numpy(np.stack([position[users[keep]], items[keep]]))
+    known = known_items(graph, my_users)
     U = final["user"][torch.from_numpy(my_users)]
     I = final["item"][torch.arange(num_items)]
     stats = RankingStats(ks, num_items)
-    evaluate(U, I, local(*held_out), known, stats=stats)
+    evaluate(U, I, truth, known, stats=stats)
     return stats.all_reduce().result()
+
+
+# ---------------------------------------------------------------- jobs over a trained model (infer, mine)
+
+@contextlib.contextmanager
+def model_job(cfg, train_dir: Path, out: Path, loop, loop_config: dict):
+    """Start (or attach to) Ray, serve the partitions the model was trained on, run `loop` in one worker
+    per trainer of the original job writing into a temporary `out`, then yield (trained config, job
+    plan, the temporary directory) for the caller to finish. `out` appears complete or not at all."""
+    import ray
+
+    from gnnrec import atomic_dir
+    from gnnrec.launch.cluster import plan, start_ray
+    from gnnrec.trainer.evaluate import check_training_output
+    from gnnrec.trainer.train import _format_plan, _part_config, run_workers
+
+    trained = check_training_output(train_dir)
+    part_config = _part_config(trained.path(trained.train.partitions))
+    started = start_ray(cfg.launch)
+    try:
+        job = plan(part_config, trained.train.trainers_per_partition, trained.train.dim, trained.train.use_gpu)
+        print(_format_plan(job))
+        with atomic_dir(out) as tmp:
+            run_workers(cfg, part_config, job, loop,
+                        {**loop_config, "out": str(tmp.resolve()), "model": str((train_dir / "model").resolve()),
+                         "trained": trained.model_dump(mode="json"),
+                         "dataset": str(trained.path(trained.partition.dataset).resolve())}, tmp)
+            yield trained, job, tmp
+            cfg.save(tmp)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def connect_model(config: dict):
+    """Worker side of run_model_job: (graph, Recommender in eval mode, ID tables restored from the
+    checkpoint, LayerwiseInference, rank, world)."""
+    import ray.train
+
+    from gnnrec.launch.config import Config
+    from gnnrec.launch.graph_servers import connect_client
+    from gnnrec.partition import dgl_adapter
+    from gnnrec.trainer import checkpoint
+    from gnnrec.trainer.train import Recommender
+
+    t = Config.model_validate(config["trained"]).train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(t.torch_threads)
+    graph = connect_client(config["client"])
+    tables = {n: dgl_adapter.dist_embedding(graph, n, t.dim, f"{n}_id") for n in NODE_TYPES}
+    _, dense = checkpoint.restore(Path(config["model"]), tables, None, rank, world)
+    model = Recommender(t)
+    model.load_state_dict(dense["model"])
+    model.eval()
+    batch_size = Config.model_validate(config["cfg"]).infer.batch_size
+    return graph, model, tables, LayerwiseInference(graph, model.gnn, tables, rank, world, batch_size), rank, world
+
+
+def raw_ids(dataset: Path, partitions: Path, node_type: str):
+    """The input's raw IDs indexed by partition id (a pyarrow array): ids/ maps dataset ids to raw
+    IDs, orig_nids/ partition ids to dataset ids."""
+    raw = pq.read_table(Path(dataset) / "ids" / f"{node_type}.parquet", columns=["raw_id"])["raw_id"]
+    return raw.take(np.load(Path(partitions) / "orig_nids" / f"{node_type}.npy"))
+
+
+def known_items(graph, users: np.ndarray) -> torch.Tensor:
+    """[2, E] (position in `users`, item) of the users' training items (to mask from rankings)."""
+    from gnnrec.partition import dgl_adapter
+
+    position = np.full(graph.num_nodes("user"), -1, np.int64)
+    position[users] = np.arange(len(users))
+    src, dst = dgl_adapter.dist_out_neighbors(graph, users)
+    return torch.from_numpy(np.stack([position[src], dst]))

@@ -99,6 +99,8 @@ def _train(cfg, part_config: Path) -> dict:
 
 def _check_inputs(cfg, partitions: Path, checkpoints: Path) -> None:
     t = cfg.train
+    if t.hard_negatives and not any(cfg.path(t.hard_negatives).glob("part-*.parquet")):
+        raise UserError(f"train.hard_negatives={t.hard_negatives}: no mined negatives there (run `gnnrec mine`)")
     if t.resume and checkpoint.latest(checkpoints) is None:
         raise UserError(f"train.resume=true: no checkpoint in train.checkpoints={checkpoints}")
     if t.validate_split != "none":
@@ -110,29 +112,39 @@ def _check_inputs(cfg, partitions: Path, checkpoints: Path) -> None:
 
 def _attempt(cfg, part_config: Path, job: dict, tmp: Path, checkpoints: Path, resume: bool, progress) -> None:
     """One start of graph servers and trainers; raises JobFailed when one of them dies."""
+    hard = cfg.path(cfg.train.hard_negatives).resolve() if cfg.train.hard_negatives else None
+    run_workers(cfg, part_config, job, train_loop, {"out": str(tmp), "checkpoints": str(checkpoints), "resume": resume,
+                                                    "hard_negatives": hard and str(hard)}, tmp, progress)
+
+
+def run_workers(cfg, part_config: Path, job: dict, loop, loop_config: dict, tmp: Path, progress=None) -> None:
+    """Graph servers for the partitions and `job["trainers"]` Ray Train workers running `loop(config)`
+    as DistDGL clients (config: loop_config + cfg, client info, partitions, heartbeats); raises JobFailed
+    when a server or worker dies. Ray Train's own files go under `tmp` and are removed."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from gnnrec.launch.graph_servers import GraphServers
 
+    tmp = Path(tmp).resolve()  # Ray Train wants an absolute storage path
     with GraphServers(part_config, num_clients=job["trainers"], start_timeout_s=cfg.launch.health_timeout_s) as servers:
         heartbeats = Heartbeats.remote()
         trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "client": servers.client_info, "out": str(tmp),
-                               "checkpoints": str(checkpoints), "partitions": str(part_config.parent.resolve()), "resume": resume, "heartbeats": heartbeats},
+            loop,
+            train_loop_config={**loop_config, "cfg": cfg.model_dump(mode="json"), "client": servers.client_info,
+                               "partitions": str(part_config.parent.resolve()), "heartbeats": heartbeats},
             scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
                                          resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
             torch_config=TorchConfig(backend=job["backend"], timeout_s=int(cfg.launch.health_timeout_s)),
             # restarts are the driver's (see the module docstring), not Ray Train's
-            run_config=RunConfig(storage_path=str(tmp / ".ray"), name="train",
+            run_config=RunConfig(storage_path=str(tmp / ".ray"), name="workers",
                                  failure_config=FailureConfig(max_failures=0)),
         )
         error = _watch(trainer, servers, heartbeats, cfg.launch.health_timeout_s / 4, progress, job["trainers"])
         ray.kill(heartbeats)
         shutil.rmtree(tmp / ".ray", ignore_errors=True)
         if error:
-            raise JobFailed(f"training failed: {error}")
+            raise JobFailed(f"{loop.__name__} failed: {error}")
 
 
 START_TIMEOUT_S = 300  # from fit() to every trainer's first heartbeat (imports, DDP and DistDGL set-up)
@@ -150,7 +162,8 @@ def _watch(trainer, servers, heartbeats, stale_after_s: float, progress, world: 
     try:
         started = time.time()
         while not ray.wait([fit], timeout=1.0)[0]:
-            progress.show()
+            if progress is not None:
+                progress.show()
             servers.check()
             silent, beating = ray.get(heartbeats.silent.remote(stale_after_s))
             if silent:
@@ -159,7 +172,8 @@ def _watch(trainer, servers, heartbeats, stale_after_s: float, progress, world: 
             if beating < world and time.time() - started > START_TIMEOUT_S:
                 raise JobFailed(f"training failed: {world - beating} of {world} trainers did not start "
                                 f"within {START_TIMEOUT_S} s")
-        progress.show()
+        if progress is not None:
+            progress.show()
         return ray.get(fit)
     except BaseException:
         ray.kill(heartbeats)
@@ -181,7 +195,7 @@ def _fit(trainer):
         if rank and "died" in text:
             where = f" (pid {pid.group(1)} on {ip.group(1)})" if pid and ip else ""
             return f"trainer rank {rank.group(1)}{where} died"
-        return f"{type(e).__name__}: {text[:500]}"
+        return f"{type(e).__name__}: {text if len(text) <= 600 else text[:200] + ' ... ' + text[-400:]}"
     return None
 
 
@@ -277,7 +291,10 @@ def train_loop(config: dict) -> None:
             elif state["history"]:
                 (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
         validate = _validator(graph, module.gnn, tables, rank, world, t, Path(config["partitions"])) if t.validate_split != "none" else None
-        batches = BatchMaker(graph, num_users, num_items, t)
+        hard = config["hard_negatives"]
+        batches = BatchMaker(graph, num_users, num_items, t, Path(config["partitions"]), hard)
+        if hard is not None and state.get("hard_negatives") != str(hard):  # a new round starts here
+            state["hard_negatives"], state["round_start_epoch"] = str(hard), state["epoch"]
         steps_run = 0
 
         def save():
@@ -291,6 +308,8 @@ def train_loop(config: dict) -> None:
             order = my_edges[np.random.default_rng([t.seed, epoch, rank]).permutation(len(my_edges))]
             chunks = np.array_split(order, steps)
             rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
+            if hard is not None:  # the curriculum: epoch n of the round adds n - 1 hard negatives
+                batches.negatives.num_hard = epoch - state["round_start_epoch"]
             for batch in batches.ahead(chunks[first:], rngs):
                 loss = model(batch.to(device), _lookup(tables, batch.input_nodes, num_users, device))
                 if dense_opt is not None:
@@ -406,12 +425,23 @@ class Recommender(nn.Module):
         return self.loss(h[batch.users], h[batch.pos_items], h[batch.neg_items], ego=ego, l2=self.l2)
 
 
+def _dataset_to_partition_ids(partitions: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(user map, item map): dataset id -> partition id (the inverse of orig_nids)."""
+    maps = []
+    for node_type in ("user", "item"):
+        orig = np.load(partitions / "orig_nids" / f"{node_type}.npy")
+        inverse = np.empty_like(orig)
+        inverse[orig] = np.arange(len(orig))
+        maps.append(inverse)
+    return maps[0], maps[1]
+
+
 class BatchMaker:
     """Training-edge ids -> Batch: endpoints, negatives (never the user's positives when asked), blocks."""
 
-    def __init__(self, graph, num_users: int, num_items: int, t):
+    def __init__(self, graph, num_users: int, num_items: int, t, partitions: Path, hard_negatives=None):
         from gnnrec.partition import dgl_adapter
-        from gnnrec.samplers.negatives import NEGATIVES
+        from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, WithHard
 
         self.graph, self.num_users, self.num_items, self.t = graph, num_users, num_items, t
         if t.negatives == "popularity":
@@ -419,6 +449,9 @@ class BatchMaker:
             self.negatives = NEGATIVES["popularity"](degree)
         else:
             self.negatives = NEGATIVES[t.negatives](num_items)
+        if hard_negatives is not None:
+            self.negatives = WithHard(self.negatives, HardNegatives(hard_negatives, num_users, num_items,
+                                                                    id_maps=_dataset_to_partition_ids(partitions)))
         self.sampler = None
         if t.sampler == "neighbor" and t.layers:
             from gnnrec.samplers.neighbor import DistNeighborhoods, NeighborSampler

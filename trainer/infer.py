@@ -1,0 +1,92 @@
+"""The infer stage: every user's and item's final representation, and every user's top-K items, in raw IDs.
+
+From a `gnnrec train` output and the partitions it was trained on: graph servers serve the partitions,
+one worker per trainer of the training job restores the ID tables into them, runs layer-wise inference
+(trainer/inference.py: layer by layer over whole neighbourhoods, intermediate layers in distributed
+tensors) and writes its share of the nodes — its own partition's first:
+
+    {infer.out}/users/part-{r}.parquet   id (raw), embedding (fixed-size list of float32)
+    {infer.out}/items/part-{r}.parquet   id (raw), embedding
+    {infer.out}/topk/part-{r}.parquet    user_id, rank (1 = best), item_id, score; training items masked
+    {infer.out}/manifest.json            model, dim, k, rows and files of each table
+
+Scoring is chunked matrix products with top-K per chunk (trainer/topk.py), merged across item shards when
+`infer.item_chunk` splits the catalog.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+TABLES = ("users", "items", "topk")
+
+
+def infer_stage(cfg) -> dict:
+    from gnnrec.trainer.inference import model_job
+
+    i = cfg.infer
+    train_dir, out = cfg.path(i.checkpoint), cfg.path(i.out)
+    with model_job(cfg, train_dir, out, infer_loop, {}) as (trained, job, tmp):
+        manifest = {"checkpoint": str(train_dir), "model": trained.train.model, "k": i.k}
+        for table in TABLES:
+            files = sorted((tmp / table).glob("part-*.parquet"))
+            manifest[table] = {"files": [f"{table}/{f.name}" for f in files],
+                               "rows": sum(pq.read_metadata(f).num_rows for f in files)}
+        manifest["dim"] = pq.read_schema(tmp / manifest["users"]["files"][0]).field("embedding").type.list_size
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return {"out": str(out), "model": manifest["model"], "users": manifest["users"]["rows"],
+            "items": manifest["items"]["rows"], "recommendations": manifest["topk"]["rows"], "k": i.k}
+
+
+def infer_loop(config: dict) -> None:
+    from gnnrec.launch.config import Config
+    from gnnrec.partition import dgl_adapter
+    from gnnrec.trainer.inference import connect_model, known_items, raw_ids
+    from gnnrec.trainer.topk import top_k
+
+    i = Config.model_validate(config["cfg"]).infer
+    graph, _, _, inference, rank, _ = connect_model(config)
+    try:
+        final = inference.run()
+        out, dataset, partitions = Path(config["out"]), Path(config["dataset"]), Path(config["partitions"])
+        raw = {n: raw_ids(dataset, partitions, n) for n in ("user", "item")}
+        for node_type in ("user", "item"):
+            ids = inference.shares[node_type]
+            vectors = final[node_type][torch.from_numpy(ids)].numpy()
+            write(out / f"{node_type}s" / f"part-{rank:05d}.parquet",
+                  {"id": raw[node_type].take(ids), "embedding": _vectors(vectors)})
+        users = inference.shares["user"]
+        U = final["user"][torch.from_numpy(users)]
+        I = final["item"][torch.arange(graph.num_nodes("item"))]
+        parts = []
+        for rows, items, scores in top_k(U, I, i.k, known_items(graph, users), user_chunk=i.user_chunk,
+                                         item_chunk=i.item_chunk):
+            parts.append(_topk_table(users[rows.numpy()], items.numpy(), scores.numpy(), raw))
+        write(out / "topk" / f"part-{rank:05d}.parquet", pa.concat_tables(parts) if parts else _topk_table(
+            np.zeros(0, np.int64), np.zeros((0, i.k), np.int64), np.zeros((0, i.k), np.float32), raw))
+    finally:
+        dgl_adapter.disconnect()
+
+
+def _vectors(values: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.astype(np.float32).ravel()), values.shape[1])
+
+
+def _topk_table(users: np.ndarray, items: np.ndarray, scores: np.ndarray, raw: dict) -> pa.Table:
+    """Rows (user, rank, item, score) of [n, k] top lists, empty slots (item -1) dropped, raw IDs."""
+    n, k = items.shape
+    keep = (items >= 0).ravel()
+    return pa.table({"user_id": raw["user"].take(np.repeat(users, k)[keep]),
+                     "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)[keep]),
+                     "item_id": raw["item"].take(items.ravel()[keep]),
+                     "score": pa.array(scores.ravel()[keep].astype(np.float32))})
+
+
+def write(path: Path, columns) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(columns if isinstance(columns, pa.Table) else pa.table(columns), path)

@@ -1,0 +1,100 @@
+"""The mine stage: hard negatives from a trained model, a stage of its own between training rounds.
+
+For every user with training items, the model ranks the whole catalog with the user's training items
+masked (layer-wise inference, then chunked scoring: trainer/inference.py, trainer/topk.py), and
+`mine.per_user` items are drawn without replacement from ranks [lo, hi] of that ranking (0 = top;
+PinSage used ranks 2000-5000 of 3B items). A window value below 1 is a fraction of the catalog. The
+draw for a user depends only on (mine.seed, the user's dataset id): the same file for any number of
+workers. Each worker mines its share of the users:
+
+    {mine.out}/part-{r}.parquet   user, item, rank (dataset ids; the schema samplers/negatives.py reads)
+
+`train.hard_negatives={mine.out}` then trains with them, PinSage's curriculum: epoch n of the new round
+adds n - 1 hard negatives per positive to the random ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from gnnrec import UserError
+
+
+def window_ranks(window, num_items: int) -> tuple[int, int]:
+    """[lo, hi] as ranks in a catalog of `num_items` (values below 1 are fractions of it)."""
+    lo, hi = (int(v * num_items) if v < 1 else int(v) for v in window)
+    if hi >= num_items or hi <= lo:
+        raise UserError(f"mine.window={list(window)}: ranks [{lo}, {hi}] are outside a catalog of {num_items} items")
+    return lo, hi
+
+
+def mine_stage(cfg) -> dict:
+    from gnnrec.partition.ingest import load_meta
+    from gnnrec.trainer.evaluate import check_training_output
+    from gnnrec.trainer.inference import model_job
+
+    m = cfg.mine
+    train_dir, out = cfg.path(m.checkpoint), cfg.path(m.out)
+    trained = check_training_output(train_dir)
+    lo, hi = window_ranks(m.window, load_meta(trained.path(trained.partition.dataset))["num_items"])
+    with model_job(cfg, train_dir, out, mine_loop, {"window": [lo, hi]}) as (_, _, tmp):
+        rows = sum(pq.read_metadata(f).num_rows for f in tmp.glob("part-*.parquet"))
+    return {"out": str(out), "window": [lo, hi], "per_user": m.per_user, "negatives": rows}
+
+
+def mine_loop(config: dict) -> None:
+    from gnnrec.launch.config import Config
+    from gnnrec.partition import dgl_adapter
+    from gnnrec.trainer.inference import connect_model, known_items
+    from gnnrec.trainer.topk import top_k
+
+    m = Config.model_validate(config["cfg"]).mine
+    lo, hi = config["window"]
+    graph, _, _, inference, rank, _ = connect_model(config)
+    try:
+        final = inference.run()
+        partitions = Path(config["partitions"])
+        dataset_user, dataset_item = (np.load(partitions / "orig_nids" / f"{n}.npy") for n in ("user", "item"))
+        users = inference.shares["user"]
+        known = known_items(graph, users)
+        users_with_items = np.unique(known[0].numpy())
+        U = final["user"][torch.from_numpy(users)]
+        I = final["item"][torch.arange(graph.num_nodes("item"))]
+        parts = []
+        for rows, items, _ in top_k(U, I, hi + 1, known, users=torch.from_numpy(users_with_items)):
+            user_ids = dataset_user[users[rows.numpy()]]
+            window = items[:, lo:].numpy()
+            slots = draw_slots(user_ids, window.shape[1], m.per_user, m.seed)
+            picked = np.take_along_axis(window, slots, axis=1)
+            keep = picked >= 0  # a user with fewer candidates than the window has empty slots
+            parts.append(pa.table({
+                "user": np.repeat(user_ids, slots.shape[1])[keep.ravel()],
+                "item": dataset_item[picked[keep]],
+                "rank": (lo + slots[keep]).astype(np.int32)}))
+        table = pa.concat_tables(parts) if parts else pa.table(
+            {"user": pa.array([], pa.int64()), "item": pa.array([], pa.int64()), "rank": pa.array([], pa.int32())})
+        Path(config["out"]).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, Path(config["out"]) / f"part-{rank:05d}.parquet")
+    finally:
+        dgl_adapter.disconnect()
+
+
+def draw_slots(users: np.ndarray, width: int, k: int, seed: int) -> np.ndarray:
+    """[len(users), min(k, width)] distinct positions in [0, width) per user, a function of (seed, user)
+    alone: the positions with the k smallest hashes of (seed, user, position)."""
+    position = np.arange(width, dtype=np.uint64)
+    keys = _mix(_mix(np.uint64(seed) ^ users.astype(np.uint64))[:, None] + position[None, :])
+    return np.argsort(keys, axis=1, kind="stable")[:, :min(k, width)]
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a well-spread 64-bit hash of each value."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))

@@ -200,6 +200,7 @@ class EvaluateConfig(Section):
     out: str = "{workdir}/evaluate"
     split: Literal["val", "test"] = "test"
     ks: list[int] = [10, 20]
+    recommendations: Optional[str] = Field(None, description="also evaluate the top-K lists of this `gnnrec infer` output")
 
     @model_validator(mode="after")
     def _check(self):

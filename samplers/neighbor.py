@@ -153,13 +153,17 @@ class DistNeighborhoods:
 
     Only in-edges are drawn (a partition holds every in-edge of its nodes, not their out-edges), so
     social ties count both ways only if the graph has a `followed_by` edge type; otherwise a user hears
-    its followers only. Degrees are the servers' in-degrees, i.e. over exactly those relations.
+    its followers only. `social=False` leaves the user-user relations out (models of interactions only).
+    Degrees are the servers' in-degrees over the relations used: over all of them, or, when social edges
+    are left out of a graph that has them, counted once for every node (a pass over the graph, cached).
     """
 
-    def __init__(self, graph):
+    def __init__(self, graph, social: bool = True):
         from gnnrec.partition.dgl_adapter import dist_edge_types
         self.graph = graph
-        self.relations = [r for r in RELATIONS if r in dist_edge_types(graph)]
+        present = [r for r in RELATIONS if r in dist_edge_types(graph)]
+        self.relations = [r for r in present if social or RELATIONS[r][0] != RELATIONS[r][1]]
+        self.counted = None if self.relations == present else {}
 
     def sample(self, users, items, fanout, rng):  # the servers draw; rng is unused
         from gnnrec.partition.dgl_adapter import dist_sample_in_edges
@@ -173,7 +177,22 @@ class DistNeighborhoods:
 
     def degree(self, users, items):
         from gnnrec.partition.dgl_adapter import dist_node_in_degrees
-        return dist_node_in_degrees(self.graph, "user", users), dist_node_in_degrees(self.graph, "item", items)
+        if self.counted is None:
+            return dist_node_in_degrees(self.graph, "user", users), dist_node_in_degrees(self.graph, "item", items)
+        if not self.counted:
+            self.counted = {t: self._count(t) for t in ("user", "item")}
+        return self.counted["user"][users], self.counted["item"][items]
+
+    def _count(self, node_type: str, batch: int = 65536) -> np.ndarray:
+        """In-degrees of every node of a type over self.relations."""
+        from gnnrec.partition.dgl_adapter import dist_sample_in_edges
+        n = self.graph.num_nodes(node_type)
+        degree = np.zeros(n, np.int64)
+        for start in range(0, n, batch):
+            nodes = np.arange(start, min(start + batch, n))
+            for _, dst in dist_sample_in_edges(self.graph, {node_type: nodes}, {r: -1 for r in self.relations}).values():
+                degree += np.bincount(dst, minlength=n)
+        return degree
 
 
 # ---------------------------------------------------------------- the sampler

@@ -16,7 +16,7 @@ import torch
 
 from gnnrec import UserError, atomic_dir
 from gnnrec.trainer.blocks import full_graph_blocks, graph_edges
-from gnnrec.trainer.metrics import evaluate
+from gnnrec.trainer.metrics import evaluate, evaluate_topk
 from gnnrec.trainer.models import Popularity
 from gnnrec.trainer.train import Recommender
 
@@ -82,6 +82,8 @@ def evaluate_stage(cfg) -> dict:
     results = {t.model: evaluate(U, I, truth, known, ks=e.ks)}
     pop_u, pop_i = Popularity.from_interactions(train[0], train[1], meta["num_users"], meta["num_items"]).embeddings()
     results["popularity"] = evaluate(pop_u, pop_i, truth, known, ks=e.ks)
+    if e.recommendations:
+        results["exported_top_k"] = evaluate_exported(cfg.path(e.recommendations), dataset, truth, meta, e.ks)
     with atomic_dir(cfg.path(e.out)) as tmp:
         (tmp / "metrics.json").write_text(json.dumps({"split": e.split, "results": results}, indent=2))
         cfg.save(tmp)
@@ -91,6 +93,29 @@ def evaluate_stage(cfg) -> dict:
             f"recall@{k}": round(results[t.model][f"recall@{k}"], 4),
             f"ndcg@{k}": round(results[t.model][f"ndcg@{k}"], 4),
             f"popularity_recall@{k}": round(results["popularity"][f"recall@{k}"], 4)}
+
+
+def evaluate_exported(infer_dir, dataset, truth: torch.Tensor, meta: dict, ks) -> dict:
+    """The metrics of the top-K lists `gnnrec infer` exported (raw IDs mapped back to dataset ids):
+    the same numbers as the model's own ranking when both mask the same items."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    files = sorted((infer_dir / "topk").glob("part-*.parquet")) if infer_dir.is_dir() else []
+    if not files:
+        raise UserError(f"evaluate.recommendations={infer_dir}: no topk/part-*.parquet (run `gnnrec infer`)")
+    table = pa.concat_tables([pq.read_table(f) for f in files]).sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    raw = {n: pq.read_table(dataset / "ids" / f"{n}.parquet", columns=["raw_id"])["raw_id"] for n in ("user", "item")}
+    user = pc.index_in(table["user_id"], value_set=raw["user"]).to_numpy(zero_copy_only=False)
+    item = pc.index_in(table["item_id"], value_set=raw["item"]).to_numpy(zero_copy_only=False)
+    k = int(pc.max(table["rank"]).as_py())
+    if k < max(ks):
+        raise UserError(f"evaluate.ks: {max(ks)} is more than the {k} recommendations exported per user")
+    users = np.unique(user)
+    top = np.full((len(users), k), -1, np.int64)
+    top[np.searchsorted(users, user), table["rank"].to_numpy() - 1] = item
+    return evaluate_topk(torch.from_numpy(top), truth, meta["num_items"], ks=ks, users=torch.from_numpy(users),
+                         num_users=meta["num_users"])
 
 
 def format_results(results: dict) -> str:

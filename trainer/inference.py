@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gnnrec.trainer.metrics import RankingStats, evaluate
+from gnnrec.trainer.models import uses_social
 
 NODE_TYPES = ("user", "item")
 
@@ -38,7 +39,7 @@ class LayerwiseInference:
 
         self.graph, self.gnn, self.batch_size = graph, gnn, batch_size
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
-        self.sampler = NeighborSampler(DistNeighborhoods(graph), [], self.num_users, self.num_items)
+        self.sampler = NeighborSampler(DistNeighborhoods(graph, uses_social(gnn)), [], self.num_users, self.num_items)
         self.shares = {t: dgl_adapter.dist_node_split(graph, t, rank, world) for t in NODE_TYPES}
         dim = tables["user"].embedding_dim
         num_layers = len(gnn.convs)

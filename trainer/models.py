@@ -185,6 +185,11 @@ class Popularity(nn.Module):
         return ones, self.item_degree.unsqueeze(1)
 
 
+def uses_social(gnn: nn.Module) -> bool:
+    """Whether a model propagates over user-user (social) edges too."""
+    return isinstance(gnn, SocialGCN)
+
+
 MODELS = {
     "lightgcn": LightGCN,
     "ngcf": NGCF,

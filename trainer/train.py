@@ -35,7 +35,7 @@ from gnnrec import JobFailed, UserError, atomic_dir
 from gnnrec.trainer import checkpoint
 from gnnrec.trainer.blocks import Batch
 from gnnrec.trainer.losses import LOSSES
-from gnnrec.trainer.models import MODELS
+from gnnrec.trainer.models import MODELS, uses_social
 
 
 # ---------------------------------------------------------------- the driver
@@ -292,7 +292,7 @@ def train_loop(config: dict) -> None:
                 (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
         validate = _validator(graph, module.gnn, tables, rank, world, t, Path(config["partitions"])) if t.validate_split != "none" else None
         hard = config["hard_negatives"]
-        batches = BatchMaker(graph, num_users, num_items, t, Path(config["partitions"]), hard)
+        batches = BatchMaker(graph, num_users, num_items, t, Path(config["partitions"]), hard, uses_social(module.gnn))
         if hard is not None and state.get("hard_negatives") != str(hard):  # a new round starts here
             state["hard_negatives"], state["round_start_epoch"] = str(hard), state["epoch"]
         steps_run = 0
@@ -332,6 +332,8 @@ def train_loop(config: dict) -> None:
             seconds = time.perf_counter() - started
             metrics = {"epoch": epoch, "step": state["global_step"], "loss": total / max(count, 1),
                        "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds}
+            if hard is not None:
+                metrics["hard_negatives"] = batches.negatives.num_hard
             if validate is not None:
                 metrics.update(validate())
                 _early_stopping(state, metrics, t)
@@ -439,7 +441,8 @@ def _dataset_to_partition_ids(partitions: Path) -> tuple[np.ndarray, np.ndarray]
 class BatchMaker:
     """Training-edge ids -> Batch: endpoints, negatives (never the user's positives when asked), blocks."""
 
-    def __init__(self, graph, num_users: int, num_items: int, t, partitions: Path, hard_negatives=None):
+    def __init__(self, graph, num_users: int, num_items: int, t, partitions: Path, hard_negatives=None,
+                 social: bool = False):
         from gnnrec.partition import dgl_adapter
         from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, WithHard
 
@@ -455,7 +458,7 @@ class BatchMaker:
         self.sampler = None
         if t.sampler == "neighbor" and t.layers:
             from gnnrec.samplers.neighbor import DistNeighborhoods, NeighborSampler
-            self.sampler = NeighborSampler(DistNeighborhoods(graph), t.fanouts, num_users, num_items,
+            self.sampler = NeighborSampler(DistNeighborhoods(graph, social), t.fanouts, num_users, num_items,
                                            negatives=self.negatives, num_negatives=t.num_negatives, seed=t.seed)
 
     def make(self, eids: np.ndarray, rng: np.random.Generator) -> Batch:

@@ -1,0 +1,132 @@
+"""infer, mine and training with mined negatives, through the real runtime (graph servers, Ray Train)."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gnnrec import UserError
+from gnnrec.launch.config import load_config
+from gnnrec.trainer.evaluate import _edges, embeddings, evaluate_stage, load_model
+from gnnrec.trainer.infer import infer_stage
+from gnnrec.trainer.mine import draw_slots, mine_stage, window_ranks
+from gnnrec.trainer.train import train
+from conftest import partitioned_dataset
+
+K = 20
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, local_ray):
+    """LightGCN trained 2 epochs by 2 trainers (validation on val), then `infer` and `mine` of it."""
+    work = partitioned_dataset(tmp_path_factory.mktemp("infer"), parts=1)
+    overrides = [f"workdir={work}", "train.trainers_per_partition=2", "train.batch_size=256", "train.lr=0.05",
+                 "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=2", f"infer.k={K}",
+                 "mine.window=[5, 40]", "mine.per_user=6"]
+    cfg = load_config(None, overrides)
+    train(cfg)
+    infer_stage(cfg)
+    mine_stage(cfg)
+    return work, cfg
+
+
+def _read(path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in sorted(path.glob("part-*.parquet"))])
+
+
+def _dataset_ids(work, node_type: str, raw) -> np.ndarray:
+    ids = pq.read_table(work / "dataset" / "ids" / f"{node_type}.parquet", columns=["raw_id"])["raw_id"]
+    return pc.index_in(raw, value_set=ids).to_numpy(zero_copy_only=False)
+
+
+def _exported(work, node_type: str) -> torch.Tensor:
+    """The exported embeddings of a node type as a matrix in dataset-id order."""
+    table = _read(work / "infer" / f"{node_type}s")
+    rows = _dataset_ids(work, node_type, table["id"])
+    assert np.array_equal(np.sort(rows), np.arange(len(rows)))  # every node exactly once
+    vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    out = np.empty_like(vectors)
+    out[rows] = vectors
+    return torch.from_numpy(out)
+
+
+def test_layerwise_inference_equals_the_full_graph_forward(trained):
+    work, _ = trained
+    trained_cfg, model, tables = load_model(work / "train")
+    parts = work / "partitions" / "orig_nids"
+    U, I = embeddings(model, tables, np.load(parts / "user.npy"), np.load(parts / "item.npy"),
+                      _edges(work / "dataset", "train"), trained_cfg.train.layers)
+    assert torch.allclose(_exported(work, "user"), U, atol=1e-5)
+    assert torch.allclose(_exported(work, "item"), I, atol=1e-5)
+    manifest = json.loads((work / "infer" / "manifest.json").read_text())
+    assert manifest["users"]["rows"] == U.shape[0] and manifest["dim"] == U.shape[1] and manifest["k"] == K
+
+
+def test_exported_top_k_masks_training_items_and_reproduces_validation(trained):
+    work, cfg = trained
+    top = _read(work / "infer" / "topk").to_pandas()
+    train_pairs = _edges(work / "dataset", "train").numpy()
+    user = _dataset_ids(work, "user", pa.array(top["user_id"]))
+    item = _dataset_ids(work, "item", pa.array(top["item_id"]))
+    assert not np.isin(user * 10**6 + item, train_pairs[0] * 10**6 + train_pairs[1]).any()
+    U, I = _exported(work, "user"), _exported(work, "item")
+    assert np.allclose(top["score"], (U[user] * I[item]).sum(1).numpy(), atol=1e-4)
+    assert (top.groupby("user_id")["score"].apply(lambda s: (np.diff(s.to_numpy()) <= 1e-6).all())).all()
+    summary = evaluate_stage(load_config(None, [f"workdir={work}", "evaluate.split=val", "evaluate.ks=[20]",
+                                                "evaluate.recommendations={workdir}/infer"]))
+    results = json.loads((work / "evaluate" / "metrics.json").read_text())["results"]
+    history = [json.loads(line) for line in (work / "train" / "metrics.jsonl").read_text().splitlines()]
+    best = max(history, key=lambda m: m["ndcg@20"])  # the model the output holds
+    assert results["exported_top_k"]["recall@20"] == pytest.approx(best["recall@20"], abs=2e-3)
+    assert results["exported_top_k"]["ndcg@20"] == pytest.approx(best["ndcg@20"], abs=2e-3)
+    assert results["exported_top_k"]["recall@20"] == pytest.approx(summary["recall@20"], abs=2e-3)
+
+
+def test_mined_negatives_come_from_the_rank_window(trained):
+    work, cfg = trained
+    mined = _read(work / "mined").to_pandas()
+    U, I = _exported(work, "user"), _exported(work, "item")
+    train_pairs = _edges(work / "dataset", "train")
+    scores = U @ I.T
+    scores[train_pairs[0], train_pairs[1]] = float("-inf")
+    rank_of = torch.argsort(torch.argsort(scores, dim=1, descending=True), dim=1)  # 0 = top
+    u, i = torch.from_numpy(mined["user"].to_numpy()), torch.from_numpy(mined["item"].to_numpy())
+    assert mined["rank"].between(5, 40).all()
+    assert (rank_of[u, i].numpy() == mined["rank"].to_numpy()).mean() > 0.99  # float ties aside
+    assert not np.isin(u * 10**6 + i, train_pairs[0] * 10**6 + train_pairs[1]).any()
+    assert (mined.groupby("user").size() == 6).all()
+    assert set(mined["user"]) == set(train_pairs[0].tolist())  # every user with training items
+
+
+def test_training_round_with_mined_negatives_follows_the_curriculum(trained):
+    work, _ = trained
+    cfg = load_config(None, [f"workdir={work}", "train.trainers_per_partition=2", "train.batch_size=256",
+                             "train.lr=0.05", "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=4",
+                             "train.resume=true", "train.hard_negatives={workdir}/mined",
+                             "train.out={workdir}/round2"])
+    summary = train(cfg)
+    history = [json.loads(line) for line in (work / "round2" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs"] == 4 and [m.get("hard_negatives") for m in history] == [None, None, 0, 1]
+    assert all(np.isfinite(m["loss"]) for m in history)
+
+
+def test_draws_depend_on_the_user_alone():
+    users = np.array([3, 17, 42, 99])
+    whole = draw_slots(users, 30, 5, seed=1)
+    assert np.array_equal(draw_slots(users[2:], 30, 5, seed=1), whole[2:])  # any sharding, same draws
+    assert all(len(set(row)) == 5 and row.max() < 30 for row in whole)
+    assert not np.array_equal(draw_slots(users, 30, 5, seed=2), whole)
+
+
+@pytest.mark.parametrize("window", [[0, 1000], [0.5, 1.5], [10, 10]])
+def test_a_window_outside_the_catalog_is_a_user_error(window):
+    with pytest.raises(UserError, match="mine.window"):
+        window_ranks(window, 300)
+
+
+def test_non_positive_k_is_a_config_error():
+    with pytest.raises(UserError, match="infer.k"):
+        load_config(None, ["infer.k=0"])

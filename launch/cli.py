@@ -22,6 +22,10 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("--config", help="YAML config (default: configs/quickstart.yaml)")
         s.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        if name == "recommend":
+            s.add_argument("--checkpoint", help="a `gnnrec train` output (recommend.checkpoint)")
+            s.add_argument("--items", help="comma-separated raw item IDs (recommend.items)")
+            s.add_argument("--k", help="recommendations (recommend.k)")
     return p
 
 
@@ -29,7 +33,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         from gnnrec.launch.config import load_config
-        cfg = load_config(args.config, args.overrides)
+        flags = [f"recommend.{key}={value}" for key in ("checkpoint", "k") if (value := getattr(args, key, None))]
+        if getattr(args, "items", None):
+            flags.append(f"recommend.items=[{', '.join(repr(i.strip()) for i in args.items.split(','))}]")
+        cfg = load_config(args.config, [*args.overrides, *flags])
         if args.stage == "run":
             for name, summary in run(cfg).items():
                 print(format_table(f"{name} summary", summary), end="\n\n")

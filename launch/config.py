@@ -194,6 +194,13 @@ class MineConfig(Section):
         return self
 
 
+class RecommendConfig(Section):
+    """Cold start: top-K for a new user from a few of their items (raw IDs)."""
+    checkpoint: str = "{workdir}/train"
+    items: list[str] = []
+    k: int = Field(20, ge=1)
+
+
 class EvaluateConfig(Section):
     """Full-ranking evaluation of a trained model (its `train.out` directory) on held-out edges."""
     checkpoint: str = "{workdir}/train"
@@ -226,6 +233,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
     mine: MineConfig = MineConfig()
+    recommend: RecommendConfig = RecommendConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     run: RunConfig = RunConfig()
 

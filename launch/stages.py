@@ -12,6 +12,7 @@ HELP = {
     "mine": "hard-negative mining from a checkpoint",
     "infer": "embeddings and top-K recommendations over the full catalog",
     "evaluate": "full-ranking metrics on held-out edges",
+    "recommend": "cold start: top-K for a new user from a few of their items",
     "run": "run the stages listed in run.stages, in order",
 }
 
@@ -51,8 +52,13 @@ def evaluate(cfg):
     return evaluate_stage(cfg)
 
 
+def recommend(cfg):
+    from gnnrec.trainer.recommend import recommend_stage
+    return recommend_stage(cfg)
+
+
 STAGES = {"synth": synth, "ingest": ingest, "partition": partition, "train": train, "mine": mine, "infer": infer,
-          "evaluate": evaluate}
+          "evaluate": evaluate, "recommend": recommend}
 
 
 def run_stage(name: str, cfg) -> dict:

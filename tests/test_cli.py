@@ -11,7 +11,7 @@ from gnnrec.partition.ingest import load_meta
 
 from conftest import REPO, leftovers, make_cfg, read_json
 
-STAGES = ["synth", "ingest", "partition", "train", "mine", "infer", "evaluate", "run"]
+STAGES = ["synth", "ingest", "partition", "train", "mine", "infer", "evaluate", "recommend", "run"]
 
 
 def _one_error_line(err: str, stage: str) -> str:

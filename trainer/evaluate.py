@@ -26,17 +26,29 @@ def _edges(dataset, split: str) -> torch.Tensor:
     return torch.from_numpy(np.stack([table["user"].to_numpy(), table["item"].to_numpy()]))
 
 
-def embeddings(model: Recommender, tables: dict, orig_user: np.ndarray, orig_item: np.ndarray,
-               train: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, I) in dataset ids: the ID tables re-ordered from partition ids, propagated over `train`."""
+def input_embeddings(tables: dict, orig_user: np.ndarray, orig_item: np.ndarray) -> torch.Tensor:
+    """h0 of every node in dataset ids (users, then items): the ID tables re-ordered from partition ids."""
     nu, ni = len(orig_user), len(orig_item)
     h0 = torch.empty(nu + ni, tables["user"].shape[1])
     h0[torch.from_numpy(orig_user)] = tables["user"]
     h0[nu + torch.from_numpy(orig_item)] = tables["item"]
-    src, dst, etype = graph_edges(train[0], train[1], nu)
+    return h0
+
+
+def propagate_all(model: Recommender, h0: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_users: int,
+                  num_layers: int) -> torch.Tensor:
+    """Final representations of all nodes: the model's GNN over the whole graph of (user, item) pairs."""
+    src, dst, etype = graph_edges(users, items, num_users)
     model.eval()
     with torch.no_grad():
-        h = model.gnn(h0, full_graph_blocks(src, dst, nu + ni, num_layers, etype=etype) if num_layers else [])
+        return model.gnn(h0, full_graph_blocks(src, dst, h0.shape[0], num_layers, etype=etype) if num_layers else [])
+
+
+def embeddings(model: Recommender, tables: dict, orig_user: np.ndarray, orig_item: np.ndarray,
+               train: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, I) in dataset ids: the ID tables re-ordered from partition ids, propagated over `train`."""
+    nu = len(orig_user)
+    h = propagate_all(model, input_embeddings(tables, orig_user, orig_item), train[0], train[1], nu, num_layers)
     return h[:nu], h[nu:]
 
 

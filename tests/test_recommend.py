@@ -1,0 +1,64 @@
+"""Cold start: users held out of training entirely get recommendations from a few of their items."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from gnnrec import UserError
+from gnnrec.launch import cli
+from gnnrec.launch.config import load_config
+from gnnrec.launch.stages import run
+from gnnrec.trainer.recommend import ColdStart
+from conftest import BARE, write_parquet
+
+HELD_OUT = 60
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, local_ray):
+    """LightGCN trained on a synthetic log without HELD_OUT random users; their edges returned."""
+    work = tmp_path_factory.mktemp("recommend")
+    base = [f"workdir={work}", "synth.users=800", "synth.items=1000", "synth.edges=30000", "synth.social_edges=0"]
+    run(load_config(None, base + ["run.stages=[synth]"]))
+    log = pq.read_table(work / "synth" / "interactions").to_pandas()
+    held = set(np.random.default_rng(1).choice(np.unique(log["user_id"]), HELD_OUT, replace=False).tolist())
+    write_parquet(work / "kept.parquet", log[~log["user_id"].isin(held)][["user_id", "item_id"]].reset_index(drop=True)
+                  .to_dict("list"))
+    run(load_config(None, base + BARE + ["ingest.interactions.path={workdir}/kept.parquet", "train.epochs=4",
+                                         "train.validate_split=none", "train.lr=0.02",
+                                         "run.stages=[ingest, partition, train]"]))
+    return work, log[log["user_id"].isin(held)].groupby("user_id")["item_id"].apply(list)
+
+
+def test_held_out_users_beat_popularity_from_a_few_items(model):
+    work, held = model
+    cold = ColdStart(work / "train")
+    rng = np.random.default_rng(0)
+    given, rest = [], []
+    for items in held:
+        items = rng.permutation(np.unique(items))
+        n = int(rng.integers(1, 6))  # 1-5 known items
+        known = items[np.isin(items, cold.raw_items.to_numpy())]
+        given.append(cold.item_ids(known[:n].tolist()))
+        rest.append(set(known[n:].tolist()))
+    top, scores = cold.recommend(given, 20)
+    raw_top = cold.raw_items.to_numpy()[np.where(top >= 0, top, 0)]
+    assert all(not set(g.tolist()) & set(t.tolist()) for g, t in zip(given, top))  # given items never back
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    popular = np.argsort(-np.bincount(cold.train[1].numpy(), minlength=cold.num_items))
+    recall = lambda lists: np.mean([len(set(l) & r) / len(r) for l, r in zip(lists, rest) if r])  # noqa: E731
+    pop_lists = [cold.raw_items.to_numpy()[[i for i in popular if i not in set(g.tolist())][:20]] for g in given]
+    ours, pop = recall(raw_top), recall(pop_lists)
+    assert ours >= 2 * pop, (ours, pop)
+
+
+def test_cli_recommends_in_raw_ids_and_rejects_unknown_items(model, capsys):
+    work, held = model
+    known = ColdStart(work / "train").raw_items.to_pylist()
+    assert cli.main(["recommend", f"workdir={work}", "--items", f"{known[0]},{known[1]}", "--k", "5"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line[:4].strip().isdigit()]
+    assert [int(line[0]) for line in lines] == [1, 2, 3, 4, 5]
+    assert all(int(line[1]) in set(known) - {known[0], known[1]} for line in lines)
+    assert cli.main(["recommend", f"workdir={work}", "--items", "123456789"]) == 2
+    assert "not in the model's catalog" in capsys.readouterr().err
+    with pytest.raises(UserError, match="recommend.k"):
+        load_config(None, ["recommend.k=0"])

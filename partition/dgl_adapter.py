@@ -4,8 +4,24 @@ Node types are `user` and `item`; edge types are named by EDGE_TYPES.
 """
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 import torch
+
+# DistDGL's RPC client is not thread-safe: two threads waiting for replies take each other's (seen as
+# KeyError in recv_responses). Every call that talks to the servers holds this lock, so a sampler
+# thread and the training thread can share one client; compute still overlaps.
+RPC = threading.RLock()
+
+
+def _serialized(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with RPC:
+            return fn(*args, **kwargs)
+    return call
 
 EDGE_TYPES = {
     "interacts": ("user", "interacts", "item"),
@@ -127,6 +143,7 @@ def disconnect() -> None:
     _dgl().distributed.exit_client()
 
 
+@_serialized
 def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.ndarray:
     """One random out-neighbour over `etype` of each of `nodes` (duplicates draw independently) from
     a DistGraph; -1 where a node has none. Neighbours are sampled where their partition lives."""
@@ -168,12 +185,14 @@ def dist_train_edges(graph, rank: int, world: int) -> np.ndarray:
     return eids.numpy()
 
 
+@_serialized
 def dist_find_edges(graph, eids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(user, item) endpoints of user→item edges."""
     u, i = graph.find_edges(torch.from_numpy(eids), etype=INTERACTS)
     return u.numpy(), i.numpy()
 
 
+@_serialized
 def dist_out_neighbors(graph, nodes: np.ndarray, canonical_etype=INTERACTS) -> tuple[np.ndarray, np.ndarray]:
     """All (node, neighbour) pairs over `canonical_etype` for the given nodes."""
     dgl = _dgl()
@@ -191,6 +210,7 @@ def dist_edge_types(graph) -> list[str]:
     return [c[1] for c in graph.canonical_etypes]
 
 
+@_serialized
 def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str, int]) -> dict:
     """Up to fanouts[etype] in-edges (-1: all) of each of `nodes` ({node type: per-type ids}) per edge
     type, drawn by the servers: {etype: (src, dst)} as numpy per-type ids. Edge types missing from
@@ -208,6 +228,7 @@ def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str,
     return out
 
 
+@_serialized
 def dist_node_in_degrees(graph, node_type: str, ids: np.ndarray) -> np.ndarray:
     """In-degree over all edge types of the given nodes (per-type ids), from the servers."""
     if not len(ids):

@@ -8,7 +8,7 @@ tensors) and writes its share of the nodes — its own partition's first:
     {infer.out}/users/part-{r}.parquet   id (raw), embedding (fixed-size list of float32)
     {infer.out}/items/part-{r}.parquet   id (raw), embedding
     {infer.out}/topk/part-{r}.parquet    user_id, rank (1 = best), item_id, score; training items masked
-    {infer.out}/manifest.json            model, dim, k, rows and files of each table
+    {infer.out}/manifest.json            model, dim, k, rows and files of each table, seconds per layer
 
 Scoring is chunked matrix products with top-K per chunk (trainer/topk.py), merged across item shards when
 `infer.item_chunk` splits the catalog.
@@ -38,6 +38,9 @@ def infer_stage(cfg) -> dict:
             manifest[table] = {"files": [f"{table}/{f.name}" for f in files],
                                "rows": sum(pq.read_metadata(f).num_rows for f in files)}
         manifest["dim"] = pq.read_schema(tmp / manifest["users"]["files"][0]).field("embedding").type.list_size
+        timing = tmp / "layer_seconds.json"
+        manifest["layer_seconds"] = [round(x, 3) for x in json.loads(timing.read_text())]
+        timing.unlink()
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {"out": str(out), "model": manifest["model"], "users": manifest["users"]["rows"],
             "items": manifest["items"]["rows"], "recommendations": manifest["topk"]["rows"], "k": i.k}
@@ -53,6 +56,8 @@ def infer_loop(config: dict) -> None:
     graph, _, _, inference, rank, _ = connect_model(config)
     try:
         final = inference.run()
+        if rank == 0:
+            (Path(config["out"]) / "layer_seconds.json").write_text(json.dumps(inference.layer_seconds))
         out, dataset, partitions = Path(config["out"]), Path(config["dataset"]), Path(config["partitions"])
         raw = {n: raw_ids(dataset, partitions, n) for n in ("user", "item")}
         for node_type in ("user", "item"):

@@ -14,6 +14,7 @@ trainers (`RankingStats.all_reduce`).
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,15 @@ class LayerwiseInference:
     def run(self) -> dict:
         was_training = self.gnn.training
         self.gnn.eval()
+        self.layer_seconds = []
         for index in range(len(self.gnn.convs)):
+            started = time.perf_counter()
             for node_type, ids, nodes in self._batches():
                 block, src_nodes = self.sampler.node_block(nodes, fanout=-1)
                 h = self.gnn.layer(index, block, self._rows(self.layers[index], src_nodes))
                 self.layers[index + 1][node_type][torch.from_numpy(ids)] = h
             _barrier()
+            self.layer_seconds.append(time.perf_counter() - started)
         for node_type, ids, nodes in self._batches():
             layers = [self._rows(layer, nodes) for layer in self.layers]
             self.final[node_type][torch.from_numpy(ids)] = self.gnn.output(layers)

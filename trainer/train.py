@@ -279,7 +279,7 @@ def train_loop(config: dict) -> None:
         dense_opt = torch.optim.Adam(dense, lr=t.lr) if dense else None
         sparse_opt = dgl_adapter.sparse_adam(list(tables.values()), t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
-        steps = _agreed_steps(len(my_edges), t.batch_size, device)
+        steps = _agreed_steps(len(my_edges), t.batch_size)
         state = {"epoch": 0, "step": 0, "global_step": 0, "loss_sum": 0.0, "loss_count": 0, "history": []}
         if config["resume"]:
             state, saved = checkpoint.restore(checkpoint.latest(checkpoints), tables, sparse_opt, rank, world)
@@ -290,9 +290,10 @@ def train_loop(config: dict) -> None:
                 state["loss_sum"], state["loss_count"] = 0.0, 0  # rank 0 carries the epoch's partial sums
             elif state["history"]:
                 (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state["history"]))
-        validate = _validator(graph, module.gnn, tables, rank, world, t, Path(config["partitions"])) if t.validate_split != "none" else None
-        hard = config["hard_negatives"]
-        batches = BatchMaker(graph, num_users, num_items, t, Path(config["partitions"]), hard, uses_social(module.gnn))
+        partitions, hard = Path(config["partitions"]), config["hard_negatives"]
+        validate = None if t.validate_split == "none" else _validator(graph, module.gnn, tables, rank, world, t,
+                                                                      partitions)
+        batches = BatchMaker(graph, num_users, num_items, t, partitions, hard, uses_social(module.gnn))
         if hard is not None and state.get("hard_negatives") != str(hard):  # a new round starts here
             state["hard_negatives"], state["round_start_epoch"] = str(hard), state["epoch"]
         steps_run = 0
@@ -311,14 +312,17 @@ def train_loop(config: dict) -> None:
             if hard is not None:  # the curriculum: epoch n of the round adds n - 1 hard negatives
                 batches.negatives.num_hard = epoch - state["round_start_epoch"]
             for batch in batches.ahead(chunks[first:], rngs):
-                loss = model(batch.to(device), _lookup(tables, batch.input_nodes, num_users, device))
+                with dgl_adapter.RPC:
+                    h0 = _lookup(tables, batch.input_nodes, num_users, device)
+                loss = model(batch.to(device), h0)
                 if dense_opt is not None:
                     dense_opt.zero_grad()
                 sparse_opt.zero_grad()  # else DGL keeps every past step's rows and re-applies their gradients
                 loss.backward()
                 if dense_opt is not None:
                     dense_opt.step()
-                sparse_opt.step()
+                with dgl_adapter.RPC:
+                    sparse_opt.step()
                 state["loss_sum"] += loss.item()
                 state["loss_count"] += 1
                 state["step"] += 1
@@ -359,7 +363,7 @@ def train_loop(config: dict) -> None:
         dgl_adapter.disconnect()
 
 
-def _agreed_steps(num_edges: int, batch_size: int, device) -> int:
+def _agreed_steps(num_edges: int, batch_size: int) -> int:
     """Steps per epoch, the same on every trainer: enough batches of `batch_size` for the largest share,
     and never more than the smallest share has edges."""
     need = torch.tensor([-(-num_edges // batch_size), -num_edges], dtype=torch.int64)

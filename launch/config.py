@@ -154,7 +154,8 @@ class TrainConfig(Section):
     max_failures: int = Field(1, ge=0, description="restarts from the last checkpoint after a trainer or server dies")
     validate_split: Literal["val", "test", "none"] = Field("val", description="held-out edges validated per epoch")
     validate_k: int = Field(20, ge=1, description="validation reports Recall/NDCG@K; early stopping watches NDCG@K")
-    patience: int = Field(0, ge=0, description="stop after this many epochs without a better NDCG@K (0: never)")
+    validate_every: int = Field(1, ge=1, description="validate every N epochs (and after the last)")
+    patience: int = Field(0, ge=0, description="stop after this many validations without a better NDCG@K (0: never)")
     seed: int = 0
 
     @model_validator(mode="after")

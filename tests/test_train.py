@@ -91,7 +91,7 @@ def test_killed_trainer_restarts_from_the_last_checkpoint(local_ray, workdir):
 
 def test_killed_trainer_fails_the_job_within_a_minute(local_ray, workdir):
     cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
-               "train.epochs=100000", "train.max_failures=0", "train.out={workdir}/killed")
+               "train.epochs=3000", "train.max_failures=0", "train.out={workdir}/killed")
     killed_at = _kill_once_training("ray::RayTrainWorker")
     with pytest.raises(JobFailed, match=r"trainer rank \d (\(pid \d+ on [\d.]+\) died|stopped)"):
         train(cfg)
@@ -101,7 +101,7 @@ def test_killed_trainer_fails_the_job_within_a_minute(local_ray, workdir):
 
 def test_killed_graph_server_fails_the_job_within_a_minute(local_ray, workdir):
     cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
-               "train.epochs=100000", "train.max_failures=0", "train.out={workdir}/killed")
+               "train.epochs=3000", "train.max_failures=0", "train.out={workdir}/killed")
     killed_at = _kill_once_training("ray::GraphServer")
     with pytest.raises(GraphServerDied, match="partition 0"):
         train(cfg)
@@ -121,7 +121,7 @@ def _kill_once_training(title: str, ready=None) -> list:
         return {p.pid: " ".join(p.cmdline()) for p in psutil.Process(raylet).children(recursive=True)}
 
     def kill():
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # set-up can take minutes on a loaded machine
         while time.time() < deadline:
             with contextlib.suppress(psutil.Error, ValueError, ProcessLookupError):  # processes come and go
                 if (ready is None or ready()) and any(t.startswith("ray::RayTrainWorker") and "init" not in t

@@ -16,7 +16,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[0][0].set(title="training loss", xlabel="epoch")
     if metrics:
         for name in metrics:
-            axes[0][1].plot(epochs, [m.get(name) for m in history], marker="o", label=name)
+            points = [(m["epoch"] + 1, m[name]) for m in history if name in m]
+            axes[0][1].plot(*zip(*points), marker="o", label=name)
         axes[0][1].set(title="validation", xlabel="epoch")
         axes[0][1].legend()
     fig.tight_layout()

@@ -338,7 +338,7 @@ def train_loop(config: dict) -> None:
                        "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds}
             if hard is not None:
                 metrics["hard_negatives"] = batches.negatives.num_hard
-            if validate is not None:
+            if validate is not None and ((epoch + 1) % t.validate_every == 0 or epoch + 1 == t.epochs):
                 metrics.update(validate())
                 _early_stopping(state, metrics, t)
             state["history"].append(metrics)
@@ -383,7 +383,7 @@ def _all_sum(total: float, count: int) -> tuple[float, int]:
 
 def _early_stopping(state: dict, metrics: dict, t) -> None:
     """Track the best validation NDCG@K (its checkpoint becomes the output) and stop after `patience`
-    epochs without improvement."""
+    validations without improvement."""
     score = metrics[f"ndcg@{t.validate_k}"]
     if score > state.get("best_score", float("-inf")):
         state["best_score"], state["bad_epochs"] = score, 0

@@ -133,8 +133,10 @@ def evaluate_exported(infer_dir, dataset, truth: torch.Tensor, meta: dict, ks) -
 def format_results(results: dict) -> str:
     """Metrics as rows, models as columns."""
     models = list(results)
-    lines = [f"{'metric':<14}" + "".join(f"{m:>12}" for m in models)]
+    width = {m: max(12, len(m) + 2) for m in models}
+    lines = [f"{'metric':<14}" + "".join(f"{m:>{width[m]}}" for m in models)]
     for name in results[models[0]]:
         lines.append(f"{name:<14}" + "".join(
-            f"{results[m][name]:>12,}" if name == "num_users" else f"{results[m][name]:>12.4f}" for m in models))
+            f"{results[m][name]:>{width[m]},}" if name == "num_users" else f"{results[m][name]:>{width[m]}.4f}"
+            for m in models))
     return "\n".join(lines)

@@ -40,7 +40,7 @@ def anchor_edges_per_s(dataset: Path, steps: int = 5, batch_size: int = 4096) ->
     src, dst, etype = graph_edges(users, items, nu)
     blocks = full_graph_blocks(src, dst, nu + ni, 3, etype=etype)
     emb = torch.nn.Parameter(torch.randn(nu + ni, 64) * 0.1)
-    gnn, opt = MODELS["lightgcn"](64, 3), None
+    gnn = MODELS["lightgcn"](64, 3)
     opt = torch.optim.Adam([emb], lr=0.01)
     rng = np.random.default_rng(0)
     started = time.perf_counter()

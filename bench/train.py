@@ -2,7 +2,7 @@
 
     python bench/train.py [--epochs 1] [--workdir runs/bench-train] [--metrics runs/gowalla/train/metrics.jsonl]
 
-Runs `gnnrec train` (1 partition, 1 trainer, LightGCN dim 64, 3 layers, batches of 4096) with sampled
+Runs `gnnrec train` (the Gowalla config: 1 partition, 1 trainer, LightGCN dim 64, batches of 8192; here 3 layers) with sampled
 fanouts [10, 10, 10] and with full neighbourhoods ([-1, -1, -1]) for `--epochs` epochs each, validating
 on the test split after every epoch. Figures per run: training edges/s per trainer, epoch seconds,
 Recall@20 after the epochs. Anchor, in the same run: one process of pure PyTorch doing full-graph
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "gowalla_lightgcn.yaml"
 
 
-def anchor_edges_per_s(dataset: Path, steps: int = 5, batch_size: int = 4096) -> float:
+def anchor_edges_per_s(dataset: Path, steps: int = 5, batch_size: int = 8192) -> float:
     """Full-graph LightGCN training steps in plain PyTorch (1 thread): training edges per second."""
     t = pq.read_table(dataset / "edges" / "train.parquet", columns=["user", "item"])
     users, items = torch.from_numpy(t["user"].to_numpy()), torch.from_numpy(t["item"].to_numpy())
@@ -80,7 +80,7 @@ def main() -> None:
     anchor = anchor_edges_per_s(Path(args.workdir) / "dataset")
     out = {"dataset": "gowalla", "anchor_full_graph_torch_edges_per_s": round(anchor)}
     for name, fanouts in (("fanouts_10_10_10", "[10, 10, 10]"), ("full_neighbourhood", "[-1, -1, -1]")):
-        summary = run(load_config(CONFIG, base + [f"train.fanouts={fanouts}", "run.stages=[train]",
+        summary = run(load_config(CONFIG, base + ["train.layers=3", f"train.fanouts={fanouts}", "run.stages=[train]",
                                                   f"train.out={{workdir}}/train-{name}"]))["train"]
         history = [json.loads(line) for line in
                    (Path(args.workdir) / f"train-{name}" / "metrics.jsonl").read_text().splitlines()]

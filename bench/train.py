@@ -2,9 +2,9 @@
 
     python bench/train.py [--epochs 1] [--workdir runs/bench-train] [--metrics runs/gowalla/train/metrics.jsonl]
 
-Runs `gnnrec train` (the Gowalla config: 1 partition, 1 trainer, LightGCN dim 64, batches of 8192; here 3 layers) with sampled
-fanouts [10, 10, 10] and with full neighbourhoods ([-1, -1, -1]) for `--epochs` epochs each, validating
-on the test split after every epoch. Figures per run: training edges/s per trainer, epoch seconds,
+Runs `gnnrec train` (the Gowalla config: 1 partition, 1 trainer, LightGCN dim 64, batches of 8192;
+here 3 layers) with sampled fanouts [10, 10, 10] and with full neighbourhoods ([-1, -1, -1]) for
+`--epochs` epochs each, validating on the test split after every epoch. Figures per run: training edges/s per trainer, epoch seconds,
 Recall@20 after the epochs. Anchor, in the same run: one process of pure PyTorch doing full-graph
 LightGCN steps (the whole graph propagated per batch, no sampling, no servers) on the same data —
 `ratio` is ours over the anchor in training edges/s. `time_to_recall_0.15_s` is read from the
@@ -80,8 +80,9 @@ def main() -> None:
     anchor = anchor_edges_per_s(Path(args.workdir) / "dataset")
     out = {"dataset": "gowalla", "anchor_full_graph_torch_edges_per_s": round(anchor)}
     for name, fanouts in (("fanouts_10_10_10", "[10, 10, 10]"), ("full_neighbourhood", "[-1, -1, -1]")):
-        summary = run(load_config(CONFIG, base + ["train.layers=3", f"train.fanouts={fanouts}", "run.stages=[train]",
-                                                  f"train.out={{workdir}}/train-{name}"]))["train"]
+        overrides = ["train.layers=3", f"train.fanouts={fanouts}", "run.stages=[train]",
+                     f"train.out={{workdir}}/train-{name}"]
+        summary = run(load_config(CONFIG, base + overrides))["train"]
         history = [json.loads(line) for line in
                    (Path(args.workdir) / f"train-{name}" / "metrics.jsonl").read_text().splitlines()]
         edges_per_s = float(np.mean([m["edges_per_s"] for m in history]))

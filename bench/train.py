@@ -5,11 +5,11 @@
 Runs `gnnrec train` (the Gowalla config: 1 partition, 1 trainer, LightGCN dim 64, batches of 8192;
 here 3 layers) with sampled fanouts [10, 10, 10] and with full neighbourhoods ([-1, -1, -1]) for
 `--epochs` epochs each, validating on the test split after every epoch. Figures per run: training
-edges/s per trainer, epoch seconds, Recall@20 after the epochs. Anchor, in the same run: one process of pure PyTorch doing full-graph
-LightGCN steps (the whole graph propagated per batch, no sampling, no servers) on the same data —
-`ratio` is ours over the anchor in training edges/s. `time_to_recall_0.15_s` is read from the
-metrics.jsonl of a longer run (`--metrics`, default the Gowalla config's), cumulative training seconds
-until validation Recall@20 >= 0.15 (null when never reached).
+edges/s per trainer, epoch seconds, Recall@20 after the epochs. Anchor, in the same run: one process
+of pure PyTorch doing full-graph LightGCN steps (the whole graph propagated per batch, no sampling, no
+servers) on the same data; `ratio` is ours over the anchor in training edges/s.
+`time_to_recall_0.15_s` is read from the metrics.jsonl of a longer run (`--metrics`, default the
+Gowalla config's): cumulative training seconds until validation Recall@20 >= 0.15 (null if never).
 """
 from __future__ import annotations
 

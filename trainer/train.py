@@ -72,6 +72,8 @@ def _train(cfg, part_config: Path) -> dict:
     with atomic_dir(out) as tmp_dir:
         tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
         progress = _Progress(tmp / "metrics.jsonl")
+        if t.resume:  # epochs of earlier runs are not news
+            progress.seen = len(json.loads((checkpoint.latest(checkpoints) / "state.json").read_text())["history"])
         for attempt in range(t.max_failures + 1):
             resume = t.resume or checkpoint.latest(checkpoints) is not None
             try:

@@ -1,5 +1,6 @@
 """The evaluate stage: partition ids mapped back to dataset ids, metrics of model and popularity."""
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -61,3 +62,13 @@ def test_evaluate_stage_reports_model_and_popularity(checkpoint):
 def test_evaluate_without_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a training output"):
         evaluate_stage(load_config(None, [f"workdir={tmp_path}"]))
+
+
+def test_a_checkpoint_of_another_model_is_a_user_error(checkpoint, tmp_path):
+    work, _ = checkpoint
+    other = tmp_path / "train"
+    shutil.copytree(work / "train", other)
+    cfg = load_config(other / "config.yaml", ["train.model=ngcf"])  # the saved weights are LightGCN's (none)
+    cfg.save(other)
+    with pytest.raises(UserError, match="do not fit train.model=ngcf"):
+        evaluate_stage(load_config(None, [f"workdir={work}", f"evaluate.checkpoint={other}"]))

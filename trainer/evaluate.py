@@ -69,7 +69,13 @@ def load_model(train_dir) -> tuple:
     trained = check_training_output(train_dir)
     tables, dense = load_tables(train_dir / "model")
     model = Recommender(trained.train)
-    model.load_state_dict(dense["model"])
+    try:
+        model.load_state_dict(dense["model"])
+    except RuntimeError:
+        raise UserError(f"{train_dir}: its weights do not fit train.model={trained.train.model} with the saved "
+                        f"config (a checkpoint of another model?)") from None
+    if tables["user"].shape[1] != trained.train.dim:
+        raise UserError(f"{train_dir}: ID tables of dim {tables['user'].shape[1]}, config says {trained.train.dim}")
     return trained, model, tables
 
 

@@ -1,6 +1,8 @@
 """The stage registry: name -> plain function of the config returning a summary dict."""
 from __future__ import annotations
 
+import importlib
+
 from gnnrec import UserError
 
 ORDER = ("synth", "ingest", "partition", "train", "mine", "infer", "evaluate")
@@ -17,54 +19,24 @@ HELP = {
 }
 
 
-def synth(cfg):
-    from gnnrec.partition.synth import synth
-    return synth(cfg)
-
-
-def ingest(cfg):
-    from gnnrec.partition.ingest import ingest
-    return ingest(cfg)
-
-
-def partition(cfg):
-    from gnnrec.partition.partitioning import partition
-    return partition(cfg)
-
-
-def train(cfg):
-    from gnnrec.trainer.train import train
-    return train(cfg)
-
-
-def mine(cfg):
-    from gnnrec.trainer.mine import mine_stage
-    return mine_stage(cfg)
-
-
-def infer(cfg):
-    from gnnrec.trainer.infer import infer_stage
-    return infer_stage(cfg)
-
-
-def evaluate(cfg):
-    from gnnrec.trainer.evaluate import evaluate_stage
-    return evaluate_stage(cfg)
-
-
-def recommend(cfg):
-    from gnnrec.trainer.recommend import recommend_stage
-    return recommend_stage(cfg)
-
-
-STAGES = {"synth": synth, "ingest": ingest, "partition": partition, "train": train, "mine": mine, "infer": infer,
-          "evaluate": evaluate, "recommend": recommend}
+# stage -> "module:function", imported when the stage runs (so `gnnrec --help` stays fast)
+STAGES = {
+    "synth": "gnnrec.partition.synth:synth",
+    "ingest": "gnnrec.partition.ingest:ingest",
+    "partition": "gnnrec.partition.partitioning:partition",
+    "train": "gnnrec.trainer.train:train",
+    "mine": "gnnrec.trainer.mine:mine_stage",
+    "infer": "gnnrec.trainer.infer:infer_stage",
+    "evaluate": "gnnrec.trainer.evaluate:evaluate_stage",
+    "recommend": "gnnrec.trainer.recommend:recommend_stage",
+}
 
 
 def run_stage(name: str, cfg) -> dict:
     if name not in STAGES:
         raise UserError(f"unknown stage '{name}'")
-    return STAGES[name](cfg)
+    module, function = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), function)(cfg)
 
 
 def run(cfg) -> dict[str, dict]:

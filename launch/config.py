@@ -135,7 +135,8 @@ class TrainConfig(Section):
     fanouts: list[int] = [10, 5]
     batch_size: int = Field(1024, ge=1)
     epochs: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="learning rate of the ID embeddings (and of dense weights)")
+    dense_lr: Optional[float] = Field(None, gt=0, description="learning rate of dense weights (null: lr)")
     l2: float = Field(1e-4, ge=0)
     loss: Literal["bpr", "max_margin"] = "bpr"
     negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"

@@ -26,8 +26,9 @@ def pair_scores(u: Tensor, pos: Tensor, neg: Optional[Tensor]):
 
 
 def l2_reg(ego, batch_size: int) -> Tensor:
-    """(1/2B) sum of squared L2 norms of the given embedding rows."""
-    return sum(t.pow(2).sum() for t in ego) / (2 * batch_size)
+    """(1/2B) sum of squared L2 norms of the given embedding rows; the rows of a [B, n, d] tensor (n
+    negatives per pair) count 1/n each, so every (u, i, j) triple is regularized as with one negative."""
+    return sum(t.pow(2).sum() / (t.shape[1] if t.dim() == 3 else 1) for t in ego) / (2 * batch_size)
 
 
 def bpr_loss(u: Tensor, pos: Tensor, neg: Optional[Tensor], ego=None, l2: float = 1e-4) -> Tensor:

@@ -68,6 +68,30 @@ class ColdStart:
         return items.numpy(), scores.numpy()
 
 
+def held_out_recall(cold: ColdStart, histories, k: int = 20, seed: int = 0) -> dict:
+    """Recall@k of cold-start recommendations, and of the most popular items, for users held out of
+    training: of each history (raw item IDs), 1-5 random items are given and the rest are to be found.
+    Histories with nothing left to find are skipped."""
+    rng = np.random.default_rng(seed)
+    catalog = cold.raw_items.to_numpy()
+    given, rest = [], []
+    for history in histories:
+        items = rng.permutation(np.unique(history))
+        items = items[np.isin(items, catalog)]
+        n = int(rng.integers(1, 6))
+        if len(items) > n:
+            given.append(cold.item_ids(items[:n].tolist()))
+            rest.append(set(cold.item_ids(items[n:].tolist()).tolist()))
+    top, _ = cold.recommend(given, k)
+    popular = np.argsort(-np.bincount(cold.train[1].numpy(), minlength=cold.num_items))[:k + 5]
+    by_popularity = [[i for i in popular if i not in set(g.tolist())][:k] for g in given]
+
+    def recall(lists) -> float:
+        return float(np.mean([len(set(found) & r) / len(r) for found, r in zip(lists, rest)]))
+
+    return {"users": len(given), "k": k, "recall": recall(top.tolist()), "popularity_recall": recall(by_popularity)}
+
+
 def recommend_stage(cfg) -> dict:
     r = cfg.recommend
     if not r.items:

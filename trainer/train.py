@@ -30,6 +30,7 @@ import numpy as np
 import ray
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from gnnrec import JobFailed, UserError, atomic_dir
 from gnnrec.trainer import checkpoint
@@ -165,7 +166,7 @@ def _watch(trainer, servers, heartbeats, stale_after_s: float, progress, world: 
         started = time.time()
         while not ray.wait([fit], timeout=1.0)[0]:
             if progress is not None:
-                progress.show()
+                progress.show(ray.get(heartbeats.position.remote()))
             servers.check()
             silent, beating = ray.get(heartbeats.silent.remote(stale_after_s))
             if silent:
@@ -203,13 +204,19 @@ def _fit(trainer):
 
 @ray.remote(num_cpus=0)
 class Heartbeats:
-    """Last sign of life of each trainer, sent once a second by a thread of the trainer process."""
+    """Last sign of life of each trainer, sent once a second by a thread of the trainer process, with
+    where rank 0 is: {"epoch", "step", "steps", "loss"} (the epoch's mean loss so far)."""
 
     def __init__(self):
-        self.last = {}
+        self.last, self.where = {}, None
 
-    def beat(self, rank: int) -> None:
+    def beat(self, rank: int, where: dict | None = None) -> None:
         self.last[rank] = time.time()
+        if rank == 0:
+            self.where = where
+
+    def position(self) -> dict | None:
+        return self.where
 
     def silent(self, seconds: float) -> tuple[list[int], int]:
         """The ranks silent for `seconds`, and how many ranks have ever beaten."""
@@ -217,27 +224,44 @@ class Heartbeats:
         return [rank for rank, t in self.last.items() if now - t > seconds], len(self.last)
 
 
-def _beat_forever(heartbeats, rank: int) -> None:
+def _beat_forever(heartbeats, rank: int, where: dict) -> None:
     while True:
-        heartbeats.beat.remote(rank)
+        heartbeats.beat.remote(rank, dict(where))
         time.sleep(1.0)
 
 
 class _Progress:
-    """Prints the epochs rank 0 appends to metrics.jsonl, as they come."""
+    """Prints the epochs rank 0 appends to metrics.jsonl as they come, and a bar of the steps of the
+    epoch in progress (on a terminal only)."""
 
     def __init__(self, path: Path):
-        self.path, self.seen = path, 0
+        self.path, self.seen, self.bar, self.bar_epoch = path, 0, None, None
 
-    def show(self) -> None:
+    def show(self, where: dict | None = None) -> None:
         if self.path.exists():
             lines = self.path.read_text().splitlines()
             for line in lines[self.seen:]:
+                self._close_bar()
                 m = json.loads(line)
                 val = "".join(f", {k} {v:.4f}" for k, v in m.items() if k.startswith(("recall@", "ndcg@")))
                 print(f"epoch {m['epoch'] + 1}: loss {m['loss']:.4f}{val}, {m['edges_per_s']:,.0f} edges/s per "
                       f"trainer, {m['seconds']:.1f} s", flush=True)
             self.seen = len(lines)
+        if where and where["epoch"] >= self.seen:  # not an epoch already printed
+            if self.bar_epoch != where["epoch"]:
+                self._close_bar()
+                self.bar_epoch = where["epoch"]
+                self.bar = tqdm(total=where["steps"], desc=f"epoch {where['epoch'] + 1}", unit="step", disable=None,
+                                leave=False)
+            self.bar.n = where["step"]
+            self.bar.set_postfix(loss=f"{where['loss']:.4f}")
+        elif where is None:  # the job has ended
+            self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.bar_epoch = None, None
 
 
 def _part_config(directory: Path) -> Path:
@@ -268,7 +292,8 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(t.torch_threads)
     torch.manual_seed(t.seed)
-    threading.Thread(target=_beat_forever, args=(config["heartbeats"], rank), daemon=True).start()
+    where = {"epoch": 0, "step": 0, "steps": 0, "loss": float("nan")}  # for the driver's progress bar
+    threading.Thread(target=_beat_forever, args=(config["heartbeats"], rank, where), daemon=True).start()
     device = get_device()
     out, checkpoints = Path(config["out"]), Path(config["checkpoints"])
     graph = connect_client(config["client"])
@@ -278,7 +303,7 @@ def train_loop(config: dict) -> None:
         module = Recommender(t).to(device)
         dense = list(module.parameters())
         model = prepare_model(module) if dense and world > 1 else module
-        dense_opt = torch.optim.Adam(dense, lr=t.lr) if dense else None
+        dense_opt = torch.optim.Adam(dense, lr=t.dense_lr or t.lr) if dense else None
         sparse_opt = dgl_adapter.sparse_adam(list(tables.values()), t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
         steps = _agreed_steps(len(my_edges), t.batch_size)
@@ -330,6 +355,8 @@ def train_loop(config: dict) -> None:
                 state["step"] += 1
                 state["global_step"] += 1
                 steps_run += 1
+                where.update(epoch=epoch, step=state["step"], steps=steps,
+                             loss=state["loss_sum"] / state["loss_count"])
                 if t.checkpoint_every and state["global_step"] % t.checkpoint_every == 0 and state["step"] < steps:
                     total, count = _all_sum(state["loss_sum"], state["loss_count"])
                     state["loss_sum"], state["loss_count"] = (total, count) if rank == 0 else (0.0, 0)

@@ -43,8 +43,9 @@ class GraphServer:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def serve(self, env: dict[str, str], ip_config_text: str) -> str:
-        env["DGL_IP_CONFIG"] = _write_ip_config(ip_config_text)
-        dgl_adapter.serve(env)
+        with tempfile.TemporaryDirectory(prefix="gnnrec-server-") as features:
+            part_config = dgl_adapter.job_features(env["DGL_CONF_PATH"], int(env["DGL_SERVER_ID"]), features)
+            dgl_adapter.serve(dict(env, DGL_IP_CONFIG=_write_ip_config(ip_config_text), DGL_CONF_PATH=part_config))
         return "exited"
 
 
@@ -126,8 +127,8 @@ class GraphServers:
 
 def _job_part_config(part_config: Path) -> tuple[str, str, int]:
     """A copy of the partition config for one job: a graph name of its own (DistDGL names its shared
-    memory after the graph and its tensors, so two jobs on one machine would clobber each other's)
-    and absolute paths to the parts. Returns (its path, the graph name, the number of partitions)."""
+    memory after the graph and its tensors, so two jobs on one machine would clobber each other's; the
+    servers name the features after it too, `dgl_adapter.job_features`) and absolute paths to the parts. Returns (its path, the graph name, the number of partitions)."""
     meta = json.loads(part_config.read_text())
     name = f"{meta['graph_name']}_{uuid.uuid4().hex[:8]}"
     for i in range(meta["num_parts"]):

@@ -130,6 +130,38 @@ def serve(env: dict[str, str]) -> None:
         pass
 
 
+def job_features(part_config: str, part: int, directory: str) -> str:
+    """The part config to serve partition `part` with: its feature files copied into `directory` with
+    every name made the job's own (`<type>/<feat>` -> `<type>/<graph name>_<feat>`, the graph name being
+    the job's; read them with `dist_edge_feature`); `part_config` itself when the part has none.
+    DistDGL names a feature's shared memory after the feature alone, so two jobs serving features of the
+    same name on one machine would write into each other's."""
+    import json
+    import os
+
+    from dgl.data.utils import load_tensors, save_tensors
+    meta = json.loads(open(part_config).read())
+    files, graph, copied = meta[f"part-{part}"], meta["graph_name"], False
+    for key in ("node_feats", "edge_feats"):
+        tensors = load_tensors(files[key]) if os.path.exists(files[key]) else {}
+        if tensors:
+            files[key] = os.path.join(directory, f"{key}.dgl")
+            save_tensors(files[key], {f"{k.rsplit('/', 1)[0]}/{graph}_{k.rsplit('/', 1)[1]}": v
+                                      for k, v in tensors.items()})
+            copied = True
+    if not copied:
+        return part_config
+    path = os.path.join(directory, "part_config.json")
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    return path
+
+
+def dist_edge_feature(graph, canonical_etype: tuple, feat: str):
+    """The DistTensor of an edge feature written by the partitioner (see `job_features`)."""
+    return graph.edges[canonical_etype].data[f"{graph.graph_name}_{feat}"]
+
+
 def connect(env: dict[str, str], graph_name: str):
     """Connect this process to the graph servers as a client; return the DistGraph."""
     import os

@@ -119,3 +119,29 @@ def test_servers_load_gnnrec_partitions(local_ray, tmp_path):
     has_edges = np.bincount(train_users, minlength=num_users) > 0
     assert np.all((steps >= 0) == has_edges)  # one step from every user with a training edge, none otherwise
     assert steps.max() < num_items
+
+
+def test_two_jobs_on_one_machine_serve_their_own_features(local_ray, tmp_path_factory):
+    """DistDGL names a feature's shared memory after the feature alone: two jobs serving an edge feature
+    of the same name and shape must each read their own values."""
+    import dgl
+    configs = {}
+    for job, counts in (("a", torch.arange(1, 41)), ("b", torch.zeros(40, dtype=torch.int64))):
+        g = dgl.heterograph({("user", "interacts", "item"): (torch.arange(40) % 8, torch.arange(40) % 5)})
+        g.edata["count"] = counts
+        out = tmp_path_factory.mktemp(f"job-{job}")
+        dgl.distributed.partition_graph(g, "same", 1, str(out), part_method="random")
+        configs[job] = out / "same.json"
+
+    @ray.remote(num_cpus=0, max_calls=1)  # a fresh process per client
+    def read_counts(info):
+        from gnnrec.launch.graph_servers import connect_client
+        from gnnrec.partition.dgl_adapter import disconnect, dist_edge_feature
+        graph = connect_client(info)
+        values = dist_edge_feature(graph, ("user", "interacts", "item"), "count")[0:40]
+        disconnect()
+        return sorted(values.tolist())
+
+    with GraphServers(configs["a"], num_clients=1) as a, GraphServers(configs["b"], num_clients=1) as b:
+        got = ray.get([read_counts.remote(a.client_info), read_counts.remote(b.client_info)], timeout=120)
+    assert got == [list(range(1, 41)), [0] * 40]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gnnrec import UserError
+from gnnrec.launch import cli
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
 from gnnrec.trainer.evaluate import embeddings, evaluate_stage
@@ -72,3 +73,5 @@ def test_a_checkpoint_of_another_model_is_a_user_error(checkpoint, tmp_path):
     cfg.save(other)
     with pytest.raises(UserError, match="do not fit train.model=ngcf"):
         evaluate_stage(load_config(None, [f"workdir={work}", f"evaluate.checkpoint={other}"]))
+    for stage in ("infer", "mine"):  # refused in the driver, before any worker starts
+        assert cli.main([stage, f"workdir={work}", f"{stage}.checkpoint={other}"]) == 2

@@ -27,6 +27,7 @@ EDGE_TYPES = {
     "interacts": ("user", "interacts", "item"),
     "interacted_by": ("item", "interacted_by", "user"),
     "follows": ("user", "follows", "user"),
+    "followed_by": ("user", "followed_by", "user"),  # the reverse of follows (partitions only)
 }
 
 

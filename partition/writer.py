@@ -70,7 +70,8 @@ class Layout:
         self.node_count = {t: np.bincount(p, minlength=parts) for t, p in self.node_part.items()}
         self.edge_count = {EDGE_TYPES["interacts"]: np.bincount(item_part, csr.item_degree(g), parts),
                            EDGE_TYPES["interacted_by"]: np.bincount(user_part, csr.user_degree(g), parts),
-                           EDGE_TYPES["follows"]: np.bincount(user_part, np.diff(g.follow_in_ptr), parts)}
+                           EDGE_TYPES["follows"]: np.bincount(user_part, np.diff(g.follow_in_ptr), parts),
+                           EDGE_TYPES["followed_by"]: np.bincount(user_part, np.diff(g.follow_out_ptr), parts)}
         self.edge_count = {et: np.rint(c).astype(np.int64) for et, c in self.edge_count.items() if et in self.etype_ids}
         self.node_typed_start, self.node_homo_start = self._ranges(self.node_count, self.ntypes)
         self.edge_typed_start, self.edge_homo_start = self._ranges(self.edge_count, self.etypes)
@@ -106,6 +107,7 @@ def in_edge_csrs(g, etypes) -> dict:
            EDGE_TYPES["interacts"]: (g.item_ptr, g.item_users, g.item_eids)}
     if EDGE_TYPES["follows"] in etypes:
         out[EDGE_TYPES["follows"]] = (g.follow_in_ptr, g.follow_in, g.follow_in_eids)
+        out[EDGE_TYPES["followed_by"]] = (g.follow_out_ptr, g.follow_out, None)
     return out
 
 
@@ -140,7 +142,7 @@ def position_new_ids(layout: Layout, csrs: dict) -> dict:
 def write_partitions(g, user_part: np.ndarray, item_part: np.ndarray, parts: int, halo_hops: int,
                      dataset: Path, meta: dict, out: Path, method: str) -> list[dict]:
     """Write every partition and the config JSON into `out`; per-partition stats."""
-    etypes = [EDGE_TYPES["interacts"], EDGE_TYPES["interacted_by"]] + ([EDGE_TYPES["follows"]] if g.num_social else [])
+    etypes = [EDGE_TYPES[r] for r in ("interacts", "interacted_by") + (("follows", "followed_by") if g.num_social else ())]
     layout = Layout(g, user_part, item_part, parts, etypes)
     names = {et: etype_str(et) for et in layout.etypes}
     csrs = in_edge_csrs(g, layout.etypes)
@@ -228,7 +230,7 @@ def _write_one(g, layout: Layout, csrs: dict, p: int, halo_hops: int, new_ids, p
         ptr, sources, eids = csrs[et]
         begin = o
         typed_start = int(layout.edge_typed_start[et][p])
-        columns = [] if et == EDGE_TYPES["follows"] else g.edge_columns
+        columns = [] if et[0] == et[2] else g.edge_columns  # user-user edges carry no data
         feats = {c: [] for c in columns}
         for rows in row_chunks(ptr, inner[et[2]]):
             pos = csr.gather_rows(ptr, rows)

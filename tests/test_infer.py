@@ -10,7 +10,7 @@ import torch
 
 from gnnrec import UserError
 from gnnrec.launch.config import load_config
-from gnnrec.trainer.evaluate import _edges, embeddings, evaluate_stage, load_model
+from gnnrec.trainer.evaluate import _edges, embeddings, evaluate_stage, load_model, social_edges
 from gnnrec.trainer.infer import infer_stage
 from gnnrec.trainer.mine import draw_slots, mine_stage, window_ranks
 from gnnrec.trainer.train import train
@@ -42,9 +42,22 @@ def _dataset_ids(work, node_type: str, raw) -> np.ndarray:
     return pc.index_in(raw, value_set=ids).to_numpy(zero_copy_only=False)
 
 
-def _exported(work, node_type: str) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def trained_social(trained):
+    """SocialGCN trained 1 epoch on the same dataset (it has social edges), then `infer` of it."""
+    work, _ = trained
+    cfg = load_config(None, [f"workdir={work}", "train.model=socialgcn", "train.batch_size=512", "train.lr=0.05",
+                             "train.layers=2", "train.fanouts=[5, 5]", "train.validate_split=none",
+                             "train.out={workdir}/train-social", "train.checkpoints={workdir}/checkpoints-social",
+                             "infer.checkpoint={workdir}/train-social", "infer.out={workdir}/infer-social"])
+    train(cfg)
+    infer_stage(cfg)
+    return work
+
+
+def _exported(work, node_type: str, infer="infer") -> torch.Tensor:
     """The exported embeddings of a node type as a matrix in dataset-id order."""
-    table = _read(work / "infer" / f"{node_type}s")
+    table = _read(work / infer / f"{node_type}s")
     rows = _dataset_ids(work, node_type, table["id"])
     assert np.array_equal(np.sort(rows), np.arange(len(rows)))  # every node exactly once
     vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
@@ -53,15 +66,21 @@ def _exported(work, node_type: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def test_layerwise_inference_equals_the_full_graph_forward(trained):
-    work, _ = trained
-    trained_cfg, model, tables = load_model(work / "train")
+@pytest.mark.parametrize("model", ["lightgcn", "socialgcn"])
+def test_layerwise_inference_equals_the_full_graph_forward(request, model):
+    """Through the graph servers as in one process: for SocialGCN, social ties count both ways."""
+    work = request.getfixturevalue("trained")[0] if model == "lightgcn" else request.getfixturevalue("trained_social")
+    train_dir, infer = (work / "train", "infer") if model == "lightgcn" else (work / "train-social", "infer-social")
+    trained_cfg, recommender, tables = load_model(train_dir)
+    assert trained_cfg.train.model == model
     parts = work / "partitions" / "orig_nids"
-    U, I = embeddings(model, tables, np.load(parts / "user.npy"), np.load(parts / "item.npy"),
-                      _edges(work / "dataset", "train"), trained_cfg.train.layers)
-    assert torch.allclose(_exported(work, "user"), U, atol=1e-5)
-    assert torch.allclose(_exported(work, "item"), I, atol=1e-5)
-    manifest = json.loads((work / "infer" / "manifest.json").read_text())
+    social = social_edges(work / "dataset", recommender)
+    assert (social is not None) == (model == "socialgcn")
+    U, I = embeddings(recommender, tables, np.load(parts / "user.npy"), np.load(parts / "item.npy"),
+                      _edges(work / "dataset", "train"), trained_cfg.train.layers, social)
+    assert torch.allclose(_exported(work, "user", infer), U, atol=1e-5)
+    assert torch.allclose(_exported(work, "item", infer), I, atol=1e-5)
+    manifest = json.loads((work / infer / "manifest.json").read_text())
     assert manifest["users"]["rows"] == U.shape[0] and manifest["dim"] == U.shape[1] and manifest["k"] == K
 
 

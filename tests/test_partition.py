@@ -69,11 +69,12 @@ def test_dgl_loads_partitions_and_every_edge_is_inner_once(dataset, partitioned)
     social = pq.read_table(dataset / "dataset" / "edges" / "social.parquet").to_pandas()
     orig = {t: np.load(out / "orig_nids" / f"{t}.npy") for t in ("user", "item")}
     features = np.load(dataset / "dataset" / "features" / "item.npy")
-    seen = {"user:interacts:item": [], "item:interacted_by:user": [], "user:follows:user": []}
+    seen = {"user:interacts:item": [], "item:interacted_by:user": [], "user:follows:user": [],
+            "user:followed_by:user": []}  # the reverse twins are read back as the pairs they reverse
     inner_count = {"user": 0, "item": 0}
     for p in range(parts):
         g, nfeat, efeat, gpb, ntypes, etypes = dgl_load(config, p)
-        assert set(ntypes) == {"user", "item"} and len(etypes) == 3
+        assert set(ntypes) == {"user", "item"} and len(etypes) == 4
         inner = g.ndata["inner_node"].numpy().astype(bool)
         nid, ntype = g.ndata["_ID"].numpy(), g.ndata["_TYPE"].numpy()
         # inner nodes first, in global order, and the partition book agrees they are ours
@@ -101,24 +102,24 @@ def test_dgl_loads_partitions_and_every_edge_is_inner_once(dataset, partitioned)
             _, s_typed = gpb.map_to_per_ntype(g.ndata["_ID"][src[m]])
             _, d_typed = gpb.map_to_per_ntype(g.ndata["_ID"][dst[m]])
             s_orig, d_orig = orig[s_type][s_typed.numpy()], orig[d_type][d_typed.numpy()]
-            if name == "item:interacted_by:user":
+            if name in ("item:interacted_by:user", "user:followed_by:user"):
                 s_orig, d_orig = d_orig, s_orig
             seen[name].append(np.stack([s_orig, d_orig], 1))
             # orig_eids: new per-type edge id -> dataset edge (row of train.parquet / social.parquet)
             _, typed_eids = gpb.map_to_per_etype(g.edata["_ID"][m])
             rows = np.load(out / "orig_eids" / f"{name}.npy")[typed_eids.numpy()]
-            table = social[["src", "dst"]] if "follows" in name else train[["user", "item"]]
+            table = social[["src", "dst"]] if "follow" in name else train[["user", "item"]]
             np.testing.assert_array_equal(table.to_numpy()[rows], np.stack([s_orig, d_orig], 1))
             if name == "user:interacts:item":
                 np.testing.assert_array_equal(efeat[f"{name}/count"].numpy(), train["count"].to_numpy()[rows])
-            if name != "user:follows:user":
+            if "follow" not in name:
                 assert len(efeat[f"{name}/count"]) == m.sum()
         assert np.isfinite(summary["edge_cut"])
     users, items = meta["num_users"], meta["num_items"]
     assert inner_count == {"user": users, "item": items}
     for name, pairs in seen.items():
         pairs = np.concatenate(pairs)
-        expected = social[["src", "dst"]].to_numpy() if "follows" in name else train[["user", "item"]].to_numpy()
+        expected = social[["src", "dst"]].to_numpy() if "follow" in name else train[["user", "item"]].to_numpy()
         got = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
         np.testing.assert_array_equal(got, expected)  # each edge exactly once, none missing
     stats = json.loads((out / "partition_stats.json").read_text())

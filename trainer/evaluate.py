@@ -17,7 +17,7 @@ import torch
 from gnnrec import UserError, atomic_dir
 from gnnrec.trainer.blocks import full_graph_blocks, graph_edges
 from gnnrec.trainer.metrics import evaluate, evaluate_topk
-from gnnrec.trainer.models import Popularity
+from gnnrec.trainer.models import Popularity, uses_social
 from gnnrec.trainer.train import Recommender
 
 
@@ -35,20 +35,32 @@ def input_embeddings(tables: dict, orig_user: np.ndarray, orig_item: np.ndarray)
     return h0
 
 
+def social_edges(dataset, model: Recommender):
+    """The dataset's (follower, followee) pairs when the model propagates over them, else None."""
+    path = dataset / "edges" / "social.parquet"
+    if not uses_social(model.gnn) or not path.exists():
+        return None
+    table = pq.read_table(path, columns=["src", "dst"])
+    return torch.tensor(table["src"].to_numpy()), torch.tensor(table["dst"].to_numpy())
+
+
 def propagate_all(model: Recommender, h0: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_users: int,
-                  num_layers: int) -> torch.Tensor:
-    """Final representations of all nodes: the model's GNN over the whole graph of (user, item) pairs."""
-    src, dst, etype = graph_edges(users, items, num_users)
+                  num_layers: int, social=None) -> torch.Tensor:
+    """Final representations of all nodes: the model's GNN over the whole graph of (user, item) pairs
+    and, given, (follower, followee) pairs, every pair both ways."""
+    src, dst, etype = graph_edges(users, items, num_users, *(social or ()))
     model.eval()
     with torch.no_grad():
         return model.gnn(h0, full_graph_blocks(src, dst, h0.shape[0], num_layers, etype=etype) if num_layers else [])
 
 
 def embeddings(model: Recommender, tables: dict, orig_user: np.ndarray, orig_item: np.ndarray,
-               train: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, I) in dataset ids: the ID tables re-ordered from partition ids, propagated over `train`."""
+               train: torch.Tensor, num_layers: int, social=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, I) in dataset ids: the ID tables re-ordered from partition ids, propagated over `train` (and
+    `social`)."""
     nu = len(orig_user)
-    h = propagate_all(model, input_embeddings(tables, orig_user, orig_item), train[0], train[1], nu, num_layers)
+    h = propagate_all(model, input_embeddings(tables, orig_user, orig_item), train[0], train[1], nu, num_layers,
+                      social)
     return h[:nu], h[nu:]
 
 
@@ -99,7 +111,7 @@ def evaluate_stage(cfg) -> dict:
     known = train if e.split == "val" else torch.cat([train, _edges(dataset, "val")], dim=1)
     if truth.shape[1] == 0:
         raise UserError(f"evaluate.split={e.split}: the dataset has no {e.split} edges")
-    U, I = embeddings(model, tables, orig_user, orig_item, train, t.layers)
+    U, I = embeddings(model, tables, orig_user, orig_item, train, t.layers, social_edges(dataset, model))
     results = {t.model: evaluate(U, I, truth, known, ks=e.ks)}
     pop_u, pop_i = Popularity.from_interactions(train[0], train[1], meta["num_users"], meta["num_items"]).embeddings()
     results["popularity"] = evaluate(pop_u, pop_i, truth, known, ks=e.ks)

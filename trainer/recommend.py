@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gnnrec import UserError
-from gnnrec.trainer.evaluate import _edges, input_embeddings, load_model, propagate_all
+from gnnrec.trainer.evaluate import _edges, input_embeddings, load_model, propagate_all, social_edges
 from gnnrec.trainer.topk import top_k
 
 
@@ -36,6 +36,7 @@ class ColdStart:
         orig = {n: np.load(parts / "orig_nids" / f"{n}.npy") for n in ("user", "item")}
         self.h0 = input_embeddings(tables, orig["user"], orig["item"])
         self.train = _edges(self.dataset, "train")
+        self.social = social_edges(self.dataset, self.model)
         self.raw_items = pq.read_table(self.dataset / "ids" / "item.parquet", columns=["raw_id"])["raw_id"]
 
     def item_ids(self, raw: list) -> np.ndarray:
@@ -62,7 +63,7 @@ class ColdStart:
         h0 = torch.cat([self.h0[:nu], torch.stack([self.h0[nu + torch.from_numpy(s)].mean(0) for s in item_lists]),
                         self.h0[nu:]])
         h = propagate_all(self.model, h0, torch.cat([self.train[0], new_users]), torch.cat([self.train[1], new_items]),
-                          nu + n, self.num_layers)
+                          nu + n, self.num_layers, self.social)
         given = torch.stack([new_users - nu, new_items])
         (_, items, scores), = top_k(h[nu:nu + n], h[nu + n:], k, given, user_chunk=max(n, 1))
         return items.numpy(), scores.numpy()

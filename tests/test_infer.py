@@ -1,5 +1,6 @@
 """infer, mine and training with mined negatives, through the real runtime (graph servers, Ray Train)."""
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -130,6 +131,21 @@ def test_training_round_with_mined_negatives_follows_the_curriculum(trained):
     history = [json.loads(line) for line in (work / "round2" / "metrics.jsonl").read_text().splitlines()]
     assert summary["epochs"] == 4 and [m.get("hard_negatives") for m in history] == [None, None, 0, 1]
     assert all(np.isfinite(m["loss"]) for m in history)
+
+
+def test_unreadable_mined_negatives_are_a_user_error_without_restart(trained, tmp_path):
+    work, _ = trained
+    shutil.copytree(work / "checkpoints", tmp_path / "checkpoints")
+    (tmp_path / "mined").mkdir()
+    (tmp_path / "mined" / "part-00000.parquet").write_bytes(b"not parquet")  # found by a worker, not the driver
+    cfg = load_config(None, [f"workdir={work}", "train.trainers_per_partition=2", "train.batch_size=256",
+                             "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=6", "train.resume=true",
+                             f"train.hard_negatives={tmp_path}/mined", f"train.checkpoints={tmp_path}/checkpoints",
+                             f"train.out={tmp_path}/out"])
+    with pytest.raises(UserError, match="cannot read hard negatives") as raised:
+        train(cfg)
+    assert str(raised.value).startswith(f"{tmp_path / 'mined'}: ")  # the worker's one line, as it wrote it
+    assert not (tmp_path / "out").exists()
 
 
 def test_draws_depend_on_the_user_alone():

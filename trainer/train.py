@@ -146,6 +146,8 @@ def run_workers(cfg, part_config: Path, job: dict, loop, loop_config: dict, tmp:
         error = _watch(trainer, servers, heartbeats, cfg.launch.health_timeout_s / 4, progress, job["trainers"])
         ray.kill(heartbeats)
         shutil.rmtree(tmp / ".ray", ignore_errors=True)
+        if isinstance(error, UserError):  # bad input found by a worker: no restart would help
+            raise error
         if error:
             raise JobFailed(f"{loop.__name__} failed: {error}")
 
@@ -189,10 +191,14 @@ def _watch(trainer, servers, heartbeats, stale_after_s: float, progress, world: 
 
 def _fit(trainer):
     """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile; returns the
-    failure in one line, naming the trainer that died when Ray Train says which."""
+    failure in one line, naming the trainer that died when Ray Train says which, or the UserError a
+    worker raised."""
     try:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - reported to the driver as the job's error
+        user_error = next((f for f in getattr(e, "worker_failures", {}).values() if isinstance(f, UserError)), None)
+        if user_error is not None:
+            return UserError(str(getattr(user_error, "cause", user_error)))  # a RayTaskError's cause: the message alone
         text = " ".join(str(e).split())
         rank, pid, ip = (re.search(p, text) for p in (r"Rank (\d+)", r"pid=(\d+)", r"node_ip='([^']+)'"))
         if rank and "died" in text:

@@ -92,11 +92,13 @@ def _train(cfg, part_config: Path) -> dict:
         plot_curves(state["history"], tmp / "curves.png")
         ranks = [json.loads(p.read_text()) for p in sorted((tmp / "ranks").glob("rank*.json"))]
     last = state["history"][-1] if state["history"] else {}
+    chosen = next((m for m in state["history"] if f"step-{m['step']:09d}" == final.name), last)  # the output's epoch
     return {"out": str(out), **{k: v for k, v in job.items() if k != "backend"}, "epochs": state["epoch"],
             "steps": state["global_step"], "restarts": attempt, "model": final.name,
+            "model_epoch": chosen.get("epoch", -1) + 1,
             "edges_per_epoch": sum(r["edges_per_epoch"] for r in ranks),
             "final_loss": round(last.get("loss", float("nan")), 4),
-            **{k: round(v, 4) for k, v in last.items() if k.startswith(("recall@", "ndcg@"))},
+            **{k: round(v, 4) for k, v in chosen.items() if k.startswith(("recall@", "ndcg@"))},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

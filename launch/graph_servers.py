@@ -128,7 +128,8 @@ class GraphServers:
 def _job_part_config(part_config: Path) -> tuple[str, str, int]:
     """A copy of the partition config for one job: a graph name of its own (DistDGL names its shared
     memory after the graph and its tensors, so two jobs on one machine would clobber each other's; the
-    servers name the features after it too, `dgl_adapter.job_features`) and absolute paths to the parts. Returns (its path, the graph name, the number of partitions)."""
+    servers name the features after it too, `dgl_adapter.job_features`) and absolute paths to the parts.
+    Returns (its path, the graph name, the number of partitions)."""
     meta = json.loads(part_config.read_text())
     name = f"{meta['graph_name']}_{uuid.uuid4().hex[:8]}"
     for i in range(meta["num_parts"]):

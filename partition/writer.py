@@ -142,7 +142,8 @@ def position_new_ids(layout: Layout, csrs: dict) -> dict:
 def write_partitions(g, user_part: np.ndarray, item_part: np.ndarray, parts: int, halo_hops: int,
                      dataset: Path, meta: dict, out: Path, method: str) -> list[dict]:
     """Write every partition and the config JSON into `out`; per-partition stats."""
-    etypes = [EDGE_TYPES[r] for r in ("interacts", "interacted_by") + (("follows", "followed_by") if g.num_social else ())]
+    relations = ("interacts", "interacted_by") + (("follows", "followed_by") if g.num_social else ())
+    etypes = [EDGE_TYPES[r] for r in relations]
     layout = Layout(g, user_part, item_part, parts, etypes)
     names = {et: etype_str(et) for et in layout.etypes}
     csrs = in_edge_csrs(g, layout.etypes)

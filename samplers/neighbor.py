@@ -153,7 +153,8 @@ class DistNeighborhoods:
 
     Only in-edges are drawn (a partition holds every in-edge of its nodes, not their out-edges), so
     social ties count both ways because gnnrec partitions carry a `followed_by` edge type (a graph
-    without one: a user hears its followers only). `social=False` leaves the user-user relations out (models of interactions only).
+    without one: a user hears its followers only). `social=False` leaves the user-user relations out
+    (models of interactions only).
     Degrees are the servers' in-degrees over the relations used: over all of them, or, when social edges
     are left out of a graph that has them, counted once for every node (a pass over the graph, cached).
     """

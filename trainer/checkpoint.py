@@ -113,9 +113,9 @@ def _renamed(saved: dict, tables: dict) -> dict:
     return saved
 
 
-def load_tables(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The whole ID tables ({node type: [n, dim]}, partition ids) and dense.pt of a checkpoint, in one
-    process (evaluation on one machine)."""
+def load_tables(path: Path) -> dict[str, torch.Tensor]:
+    """The whole ID tables ({node type: [n, dim]}, partition ids) of a checkpoint, in one process
+    (evaluation on one machine)."""
     path = Path(path)
     if not (path / "state.json").exists():
         raise UserError(f"checkpoint {path}: incomplete or not a checkpoint (no state.json)")
@@ -128,4 +128,4 @@ def load_tables(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         table = torch.empty(len(rows), values.shape[1])
         table[torch.from_numpy(rows)] = values
         tables[node_type] = table
-    return tables, torch.load(path / "dense.pt")
+    return tables

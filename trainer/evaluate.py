@@ -64,20 +64,21 @@ def embeddings(model: Recommender, tables: dict, orig_user: np.ndarray, orig_ite
     return h[:nu], h[nu:]
 
 
-def check_training_output(train_dir):
-    """The training config of a `gnnrec train` output directory (UserError if it is not one, or if its
-    dense weights do not fit the model that config describes)."""
+def trained_model(train_dir) -> tuple:
+    """(training config, Recommender with its dense weights) of a `gnnrec train` output directory;
+    UserError if it is not one, or if its dense weights do not fit the model that config describes."""
     from gnnrec.launch.config import load_config
 
     if not (train_dir / "model" / "state.json").exists() or not (train_dir / "config.yaml").exists():
         raise UserError(f"{train_dir}: not a training output (no model/ and config.yaml; run `gnnrec train`)")
     trained = load_config(train_dir / "config.yaml")
+    model = Recommender(trained.train)
     try:
-        Recommender(trained.train).load_state_dict(torch.load(train_dir / "model" / "dense.pt")["model"])
+        model.load_state_dict(torch.load(train_dir / "model" / "dense.pt")["model"])
     except RuntimeError:
         raise UserError(f"{train_dir}: its weights do not fit train.model={trained.train.model} with the saved "
                         f"config (a checkpoint of another model?)") from None
-    return trained
+    return trained, model
 
 
 def load_model(train_dir) -> tuple:
@@ -85,10 +86,8 @@ def load_model(train_dir) -> tuple:
     of a `gnnrec train` output directory, in this process."""
     from gnnrec.trainer.checkpoint import load_tables
 
-    trained = check_training_output(train_dir)
-    tables, dense = load_tables(train_dir / "model")
-    model = Recommender(trained.train)
-    model.load_state_dict(dense["model"])
+    trained, model = trained_model(train_dir)
+    tables = load_tables(train_dir / "model")
     if tables["user"].shape[1] != trained.train.dim:
         raise UserError(f"{train_dir}: ID tables of dim {tables['user'].shape[1]}, config says {trained.train.dim}")
     return trained, model, tables

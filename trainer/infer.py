@@ -27,11 +27,13 @@ TABLES = ("users", "items", "topk")
 
 
 def infer_stage(cfg) -> dict:
+    from gnnrec.trainer.evaluate import trained_model
     from gnnrec.trainer.inference import model_job
 
     i = cfg.infer
     train_dir, out = cfg.path(i.checkpoint), cfg.path(i.out)
-    with model_job(cfg, train_dir, out, infer_loop, {}) as (trained, job, tmp):
+    trained, _ = trained_model(train_dir)
+    with model_job(cfg, trained, train_dir, out, infer_loop, {}) as tmp:
         manifest = {"checkpoint": str(train_dir), "model": trained.train.model, "k": i.k}
         for table in TABLES:
             files = sorted((tmp / table).glob("part-*.parquet"))

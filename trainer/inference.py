@@ -127,18 +127,17 @@ def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, k
 # ---------------------------------------------------------------- jobs over a trained model (infer, mine)
 
 @contextlib.contextmanager
-def model_job(cfg, train_dir: Path, out: Path, loop, loop_config: dict):
-    """Start (or attach to) Ray, serve the partitions the model was trained on, run `loop` in one worker
-    per trainer of the original job writing into a temporary `out`, then yield (trained config, job
-    plan, the temporary directory) for the caller to finish. `out` appears complete or not at all."""
+def model_job(cfg, trained, train_dir: Path, out: Path, loop, loop_config: dict):
+    """Start (or attach to) Ray, serve the partitions the model in `train_dir` (training config
+    `trained`, see evaluate.trained_model) was trained on, run `loop` in one worker per trainer of the
+    original job writing into a temporary `out`, then yield that temporary directory for the caller to
+    finish. `out` appears complete or not at all."""
     import ray
 
     from gnnrec import atomic_dir
     from gnnrec.launch.cluster import plan, start_ray
-    from gnnrec.trainer.evaluate import check_training_output
     from gnnrec.trainer.train import _format_plan, _part_config, run_workers
 
-    trained = check_training_output(train_dir)
     part_config = _part_config(trained.path(trained.train.partitions))
     started = start_ray(cfg.launch)
     try:
@@ -149,7 +148,7 @@ def model_job(cfg, train_dir: Path, out: Path, loop, loop_config: dict):
                         {**loop_config, "out": str(tmp.resolve()), "model": str((train_dir / "model").resolve()),
                          "trained": trained.model_dump(mode="json"),
                          "dataset": str(trained.path(trained.partition.dataset).resolve())}, tmp)
-            yield trained, job, tmp
+            yield tmp
             cfg.save(tmp)
     finally:
         if started:
@@ -157,7 +156,7 @@ def model_job(cfg, train_dir: Path, out: Path, loop, loop_config: dict):
 
 
 def connect_model(config: dict):
-    """Worker side of run_model_job: (graph, Recommender in eval mode, ID tables restored from the
+    """Worker side of model_job: (graph, Recommender in eval mode, ID tables restored from the
     checkpoint, LayerwiseInference, rank, world)."""
     import ray.train
 

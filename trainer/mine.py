@@ -34,14 +34,14 @@ def window_ranks(window, num_items: int) -> tuple[int, int]:
 
 def mine_stage(cfg) -> dict:
     from gnnrec.partition.ingest import load_meta
-    from gnnrec.trainer.evaluate import check_training_output
+    from gnnrec.trainer.evaluate import trained_model
     from gnnrec.trainer.inference import model_job
 
     m = cfg.mine
     train_dir, out = cfg.path(m.checkpoint), cfg.path(m.out)
-    trained = check_training_output(train_dir)
+    trained, _ = trained_model(train_dir)
     lo, hi = window_ranks(m.window, load_meta(trained.path(trained.partition.dataset))["num_items"])
-    with model_job(cfg, train_dir, out, mine_loop, {"window": [lo, hi]}) as (_, _, tmp):
+    with model_job(cfg, trained, train_dir, out, mine_loop, {"window": [lo, hi]}) as tmp:
         rows = sum(pq.read_metadata(f).num_rows for f in tmp.glob("part-*.parquet"))
     return {"out": str(out), "window": [lo, hi], "per_user": m.per_user, "negatives": rows}
 

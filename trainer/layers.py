@@ -99,6 +99,9 @@ class NGCFConv(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1):
         super().__init__()
         self.w1, self.w2 = nn.Linear(in_dim, out_dim), nn.Linear(in_dim, out_dim)
+        for w in (self.w1, self.w2):  # scale-preserving: a random bias would outweigh small embeddings
+            nn.init.xavier_uniform_(w.weight)
+            nn.init.zeros_(w.bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, block: Block, h: Tensor) -> Tensor:

@@ -89,6 +89,24 @@ def test_gcn_matches_dense_formula():
     assert torch.allclose(model(h0, full_graph_blocks(src, dst, N, 2)), want, atol=1e-5)
 
 
+def test_ngcf_matches_dense_formula():
+    torch.manual_seed(0)
+    src, dst, _ = tiny_graph()
+    a = dense_adj(src, dst, N)
+    d = a.sum(1).clamp(min=1).rsqrt()
+    a_hat = d[:, None] * a * d[None, :]
+    model = MODELS["ngcf"](8, 2, dropout=0.0).eval()
+    h0 = torch.randn(N, 8)
+    layers, h = [h0], h0
+    for conv in model.convs:
+        s = a_hat @ h
+        h = torch.nn.functional.leaky_relu(conv.w1(h + s) + conv.w2(s * h), 0.2)
+        layers.append(torch.nn.functional.normalize(h, dim=1))
+    assert torch.allclose(model(h0, full_graph_blocks(src, dst, N, 2)), torch.cat(layers, 1), atol=1e-5)
+    # biases start at zero: no shared offset outweighs small embeddings in the normalized layers
+    assert torch.equal(model(torch.zeros(N, 8), full_graph_blocks(src, dst, N, 2)), torch.zeros(N, 24))
+
+
 def test_segment_softmax_and_gat_attention_sum_to_one():
     logits = torch.tensor([1.0, 2.0, 3.0, 0.5])
     index = torch.tensor([0, 0, 1, 0])

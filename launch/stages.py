@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
 
 from gnnrec import UserError
 
 ORDER = ("synth", "ingest", "partition", "train", "mine", "infer", "evaluate")
+RAY_STAGES = {"train", "mine", "infer", "evaluate"}  # the stages that run on Ray
 HELP = {
     "synth": "generate a synthetic interaction log (power-law degrees, planted communities)",
     "ingest": "Parquet edge lists -> validated dataset (ID maps, dedup, splits, stats)",
@@ -47,16 +49,35 @@ def run(cfg) -> dict[str, dict]:
     (train.hard_negatives = mine.out). With one round, mine just runs after train.
     """
     stages, summaries = cfg.run.stages, {}
-    for name in ORDER:
-        if name not in stages or name == "mine":
-            continue
-        summaries[name] = run_stage(name, cfg)
-        if name == "train" and "mine" in stages:
-            for r in range(2, cfg.run.rounds + 1):
-                summaries[f"mine (round {r})"] = run_stage("mine", cfg)
-                cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
-                    "resume": True, "hard_negatives": cfg.mine.out, "epochs": cfg.train.epochs + cfg.run.round_epochs})})
-                summaries[f"train (round {r})"] = run_stage("train", cfg)
-            if cfg.run.rounds == 1:
-                summaries["mine"] = run_stage("mine", cfg)
+    with _ray_for(cfg, stages):
+        for name in ORDER:
+            if name not in stages or name == "mine":
+                continue
+            summaries[name] = run_stage(name, cfg)
+            if name == "train" and "mine" in stages:
+                for r in range(2, cfg.run.rounds + 1):
+                    summaries[f"mine (round {r})"] = run_stage("mine", cfg)
+                    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+                        "resume": True, "hard_negatives": cfg.mine.out,
+                        "epochs": cfg.train.epochs + cfg.run.round_epochs})})
+                    summaries[f"train (round {r})"] = run_stage("train", cfg)
+                if cfg.run.rounds == 1:
+                    summaries["mine"] = run_stage("mine", cfg)
     return summaries
+
+
+@contextmanager
+def _ray_for(cfg, stages):
+    """One Ray (started or attached) for every stage of the run that needs it, not one per stage."""
+    if not RAY_STAGES & set(stages):
+        yield
+        return
+    import ray
+
+    from gnnrec.launch.cluster import start_ray
+    started = start_ray(cfg.launch)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

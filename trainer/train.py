@@ -62,7 +62,7 @@ def _train(cfg, part_config: Path) -> dict:
     from gnnrec.trainer.curves import plot_curves
 
     t = cfg.train
-    job = plan(part_config, t.trainers_per_partition, t.dim, t.use_gpu)
+    job = plan(part_config, t.trainers_per_partition, t.dim, t.use_gpu, t.batch_size * (2 + t.num_negatives))
     print(_format_plan(job))
     out, checkpoints = cfg.path(t.out), cfg.path(t.checkpoints)
     _check_inputs(cfg, part_config.parent, checkpoints)

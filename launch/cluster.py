@@ -7,6 +7,7 @@ and refuses a job that cannot fit.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -39,6 +40,18 @@ def start_ray(launch) -> bool:
     except ConnectionError as e:
         raise UserError(f"launch.address={launch.address}: cannot connect to Ray ({e})") from None
     return True
+
+
+@contextmanager
+def ray_session(launch):
+    """Ray for the duration of the block: attached to or started, and an embedded one stopped after;
+    nothing to do when this process is already connected (an enclosing session's Ray is used)."""
+    started = start_ray(launch)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def plan(part_config, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0) -> dict:

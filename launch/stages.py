@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 from gnnrec import UserError
 
@@ -48,8 +48,10 @@ def run(cfg) -> dict[str, dict]:
     negatives from the model so far, then resumes training for `run.round_epochs` more epochs with them
     (train.hard_negatives = mine.out). With one round, mine just runs after train.
     """
+    from gnnrec.launch.cluster import ray_session
+
     stages, summaries = cfg.run.stages, {}
-    with _ray_for(cfg, stages):
+    with ray_session(cfg.launch) if RAY_STAGES & set(stages) else nullcontext():
         for name in ORDER:
             if name not in stages or name == "mine":
                 continue
@@ -64,20 +66,3 @@ def run(cfg) -> dict[str, dict]:
                 if cfg.run.rounds == 1:
                     summaries["mine"] = run_stage("mine", cfg)
     return summaries
-
-
-@contextmanager
-def _ray_for(cfg, stages):
-    """One Ray (started or attached) for every stage of the run that needs it, not one per stage."""
-    if not RAY_STAGES & set(stages):
-        yield
-        return
-    import ray
-
-    from gnnrec.launch.cluster import start_ray
-    started = start_ray(cfg.launch)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()

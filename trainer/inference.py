@@ -132,15 +132,12 @@ def model_job(cfg, trained, train_dir: Path, out: Path, loop, loop_config: dict)
     `trained`, see evaluate.trained_model) was trained on, run `loop` in one worker per trainer of the
     original job writing into a temporary `out`, then yield that temporary directory for the caller to
     finish. `out` appears complete or not at all."""
-    import ray
-
     from gnnrec import atomic_dir
-    from gnnrec.launch.cluster import plan, start_ray
+    from gnnrec.launch.cluster import plan, ray_session
     from gnnrec.trainer.train import _format_plan, _part_config, run_workers
 
     part_config = _part_config(trained.path(trained.train.partitions))
-    started = start_ray(cfg.launch)
-    try:
+    with ray_session(cfg.launch):
         job = plan(part_config, trained.train.trainers_per_partition, trained.train.dim, trained.train.use_gpu)
         print(_format_plan(job))
         with atomic_dir(out) as tmp:
@@ -150,9 +147,6 @@ def model_job(cfg, trained, train_dir: Path, out: Path, loop, loop_config: dict)
                          "dataset": str(trained.path(trained.partition.dataset).resolve())}, tmp)
             yield tmp
             cfg.save(tmp)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def connect_model(config: dict):

@@ -43,18 +43,14 @@ from gnnrec.trainer.models import MODELS, uses_social
 
 def train(cfg) -> dict:
     """The stage: validate, start (or attach to) Ray, plan, train; an embedded Ray is stopped after."""
-    from gnnrec.launch.cluster import start_ray
+    from gnnrec.launch.cluster import ray_session
 
     t = cfg.train
     if t.model not in MODELS or t.model == "popularity":
         raise UserError(f"train.model={t.model}: unknown (trainable: {', '.join(m for m in MODELS if m != 'popularity')})")
     part_config = _part_config(cfg.path(t.partitions))
-    started = start_ray(cfg.launch)
-    try:
+    with ray_session(cfg.launch):
         return _train(cfg, part_config)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _train(cfg, part_config: Path) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+NODE_TYPES = ("user", "item")  # every graph: users and items, ids 0-based per type
+
 
 class UserError(Exception):
     """Bad input or bad config: the CLI prints the message on one line and exits with status 2."""

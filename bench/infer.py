@@ -1,4 +1,4 @@
-"""Top-K scoring benchmark: trainer/topk.py's `top_k` vs bare torch.topk over U @ I^T, side by side, as JSON.
+"""Top-K scoring benchmark: ranking/topk.py's `top_k` vs bare torch.topk over U @ I^T, side by side, as JSON.
 
     python bench/infer.py [--users 29858] [--items 40981] [--catalog-users 20000] [--catalog-items 1000000]
                           [--measured-users 1024] [--threads 1]
@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from gnnrec.trainer.topk import top_k
+from gnnrec.ranking.topk import top_k
 
 K, DIM = 20, 64
 

@@ -25,7 +25,7 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 INGEST = """
 import json, sys, time
 from gnnrec.launch.config import load_config
-from gnnrec.partition.ingest import ingest
+from gnnrec.data.ingest import ingest
 cfg = load_config(None, sys.argv[1:])
 t = time.perf_counter()
 stats = ingest(cfg)
@@ -34,7 +34,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_mb": stats["peak
 """
 
 BASELINE = """
-import resource; import gnnrec.partition.ingest
+import resource; import gnnrec.data.ingest
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
@@ -50,7 +50,7 @@ def main():
     args = p.parse_args()
 
     from gnnrec.launch.config import load_config
-    from gnnrec.partition.synth import synth
+    from gnnrec.data.synth import synth
 
     results = {"import_rss_mb": float(python(BASELINE))}
     for edges in args.sizes:

@@ -23,7 +23,7 @@ GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla
 CHILD = r"""
 import json, resource, sys, time
 from gnnrec.launch.config import load_config
-from gnnrec.partition import dgl_adapter, partitioning
+from gnnrec import dgl_adapter, partitioning
 def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 dgl_adapter._dgl()  # the import is a fixed cost, not a per-edge one
 base = rss()

@@ -22,9 +22,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from gnnrec.partition import dgl_adapter
+from gnnrec import dgl_adapter
 from gnnrec.samplers.negatives import Positives, UniformNegatives
-from gnnrec.samplers.neighbor import CSRNeighborhoods, NeighborSampler
+from gnnrec.samplers.neighbor import NeighborSampler
+from gnnrec.samplers.neighborhoods import CSRNeighborhoods
 from gnnrec.samplers.pinsage import CSRNeighbors, PinSageSampler
 
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla" / "train.parquet"

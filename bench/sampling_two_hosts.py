@@ -50,7 +50,7 @@ class Client:
         return time.perf_counter() - start, pairs
 
     def leave(self):
-        from gnnrec.partition.dgl_adapter import disconnect
+        from gnnrec.dgl_adapter import disconnect
         disconnect()
 
 

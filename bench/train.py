@@ -25,9 +25,9 @@ import torch
 
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
-from gnnrec.trainer.blocks import full_graph_blocks, graph_edges
-from gnnrec.trainer.losses import bpr_loss
-from gnnrec.trainer.models import MODELS
+from gnnrec.model.blocks import full_graph_blocks, graph_edges
+from gnnrec.model.losses import bpr_loss
+from gnnrec.model.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "gowalla_lightgcn.yaml"

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gnnrec import UserError
+from gnnrec.launch.stages import PIPELINE
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -121,7 +122,9 @@ class LaunchConfig(Section):
     """Where the job runs: an embedded local Ray (address null) or an existing cluster."""
     address: Optional[str] = Field(None, description="null = embedded local Ray; 'auto' or ray://host:port")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded Ray (null = all)")
-    health_timeout_s: float = Field(60, gt=0, description="a dead server or trainer fails the job within this")
+    health_timeout_s: float = Field(60, gt=0, description="a dead server or worker fails the job within this")
+    start_timeout_s: float = Field(300, gt=0, description="every worker of a job must be up within this "
+                                   "(imports, DDP and DistDGL set-up)")
 
 
 class TrainConfig(Section):
@@ -219,8 +222,7 @@ class EvaluateConfig(Section):
 
 
 class RunConfig(Section):
-    stages: list[Literal["synth", "ingest", "partition", "train", "mine", "infer", "evaluate"]] = [
-        "synth", "ingest"]
+    stages: list[Literal[PIPELINE]] = ["synth", "ingest"]
     rounds: int = Field(1, ge=1, description="training rounds; each after the first mines hard negatives first")
     round_epochs: int = Field(1, ge=1, description="epochs of each later round")
 

@@ -26,7 +26,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from gnnrec import JobFailed
-from gnnrec.partition import dgl_adapter
+from gnnrec import dgl_adapter
 
 
 class GraphServerDied(JobFailed):

@@ -1,43 +1,49 @@
-"""The stage registry: name -> plain function of the config returning a summary dict."""
+"""The table of stages, from which the CLI, `gnnrec run` and the config's list of stage names are derived.
+
+Each stage is a plain function of the config returning a summary dict, imported when it runs (so
+`gnnrec --help` stays fast).
+"""
 from __future__ import annotations
 
 import importlib
 from contextlib import nullcontext
+from typing import NamedTuple
 
 from gnnrec import UserError
 
-ORDER = ("synth", "ingest", "partition", "train", "mine", "infer", "evaluate")
-RAY_STAGES = {"train", "mine", "infer", "evaluate"}  # the stages that run on Ray
-HELP = {
-    "synth": "generate a synthetic interaction log (power-law degrees, planted communities)",
-    "ingest": "Parquet edge lists -> validated dataset (ID maps, dedup, splits, stats)",
-    "partition": "dataset -> K partitions in DGL's format (metis, random, random-walk)",
-    "train": "mini-batch training across Ray workers with DDP and DistDGL",
-    "mine": "hard-negative mining from a checkpoint",
-    "infer": "embeddings and top-K recommendations over the full catalog",
-    "evaluate": "full-ranking metrics on held-out edges",
-    "recommend": "cold start: top-K for a new user from a few of their items",
-    "run": "run the stages listed in run.stages, in order",
-}
+
+class Stage(NamedTuple):
+    name: str
+    function: str  # "module:function"
+    help: str
+    needs_ray: bool = False
+    in_pipeline: bool = True  # may be listed in run.stages (recommend takes a new user's items instead)
 
 
-# stage -> "module:function", imported when the stage runs (so `gnnrec --help` stays fast)
-STAGES = {
-    "synth": "gnnrec.partition.synth:synth",
-    "ingest": "gnnrec.partition.ingest:ingest",
-    "partition": "gnnrec.partition.partitioning:partition",
-    "train": "gnnrec.trainer.train:train",
-    "mine": "gnnrec.trainer.mine:mine_stage",
-    "infer": "gnnrec.trainer.infer:infer_stage",
-    "evaluate": "gnnrec.trainer.evaluate:evaluate_stage",
-    "recommend": "gnnrec.trainer.recommend:recommend_stage",
-}
+STAGES = (
+    Stage("synth", "gnnrec.data.synth:synth",
+          "generate a synthetic interaction log (power-law degrees, planted communities)"),
+    Stage("ingest", "gnnrec.data.ingest:ingest", "Parquet edge lists -> validated dataset (ID maps, dedup, splits, stats)"),
+    Stage("partition", "gnnrec.partition.stage:partition",
+          "dataset -> K partitions in DGL's format (metis, random, random-walk)"),
+    Stage("train", "gnnrec.trainer.train:train", "mini-batch training across Ray workers with DDP and DistDGL",
+          needs_ray=True),
+    Stage("mine", "gnnrec.trainer.mine:mine_stage", "hard-negative mining from a checkpoint", needs_ray=True),
+    Stage("infer", "gnnrec.trainer.infer:infer_stage", "embeddings and top-K recommendations over the full catalog",
+          needs_ray=True),
+    Stage("evaluate", "gnnrec.trainer.evaluate:evaluate_stage", "full-ranking metrics on held-out edges"),
+    Stage("recommend", "gnnrec.trainer.recommend:recommend_stage",
+          "cold start: top-K for a new user from a few of their items", in_pipeline=False),
+)
+BY_NAME = {s.name: s for s in STAGES}
+PIPELINE = tuple(s.name for s in STAGES if s.in_pipeline)  # the order `run` keeps
+HELP = {**{s.name: s.help for s in STAGES}, "run": "run the stages listed in run.stages, in order"}
 
 
 def run_stage(name: str, cfg) -> dict:
-    if name not in STAGES:
+    if name not in BY_NAME:
         raise UserError(f"unknown stage '{name}'")
-    module, function = STAGES[name].split(":")
+    module, function = BY_NAME[name].function.split(":")
     return getattr(importlib.import_module(module), function)(cfg)
 
 
@@ -51,8 +57,8 @@ def run(cfg) -> dict[str, dict]:
     from gnnrec.launch.cluster import ray_session
 
     stages, summaries = cfg.run.stages, {}
-    with ray_session(cfg.launch) if RAY_STAGES & set(stages) else nullcontext():
-        for name in ORDER:
+    with ray_session(cfg.launch) if any(BY_NAME[s].needs_ray for s in stages) else nullcontext():
+        for name in PIPELINE:
             if name not in stages or name == "mine":
                 continue
             summaries[name] = run_stage(name, cfg)

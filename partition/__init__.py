@@ -1,7 +1,2 @@
-"""Parquet ingest, the synthetic generator, partition algorithms and the DGL adapter."""
-import os
-
-# pyarrow's default mimalloc pool keeps freed segments, so a stage's RSS stays at its Parquet high-water
-# mark; the system allocator gives them back (partition.csr.return_freed_memory does the same for numpy).
-# Only takes effect if pyarrow is not imported yet.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+"""Partition algorithms (METIS, random, random-walk), the on-disk CSR they read and the DGL partition writer."""
+import gnnrec.data  # noqa: F401  (sets pyarrow's allocator before pyarrow is imported)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gnnrec import UserError
+from gnnrec.arrays import indptr, ranges
 
 BATCH = 1 << 20
 
@@ -58,12 +59,6 @@ def id_dtype(n: int):
     return np.int32 if n < 2**31 - 1 else np.int64
 
 
-def _ptr(counts: np.ndarray) -> np.ndarray:
-    ptr = np.zeros(len(counts) + 1, np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return ptr
-
-
 def _counting_sort(keys_path: Path, payload, num_keys: int, n: int, out_dir: Path, names: tuple[str, str, str]):
     """Group edges by key (stable): writes <names[0]> ptr, <names[1]> payload, <names[2]> edge ids.
 
@@ -73,7 +68,7 @@ def _counting_sort(keys_path: Path, payload, num_keys: int, n: int, out_dir: Pat
     counts = np.zeros(num_keys, np.int64)
     for a in range(0, n, BATCH):
         counts += np.bincount(keys[a:a + BATCH], minlength=num_keys)
-    ptr = _ptr(counts)
+    ptr = indptr(counts)
     del counts
     dtype = id_dtype(max(n, 1))
     others = np.lib.format.open_memmap(out_dir / f"{names[1]}.npy", "w+", payload(0, 0).dtype, (n,))
@@ -130,7 +125,7 @@ def build_csr(dataset: Path, meta: dict, out_dir: Path) -> None:
         if column is not None:
             column.flush()
     del user_items, data, column
-    np.save(out_dir / "user_ptr.npy", _ptr(user_counts))
+    np.save(out_dir / "user_ptr.npy", indptr(user_counts))
     user_of_edge = lambda a, b: _rows_of(np.load(out_dir / "user_ptr.npy", mmap_mode="r"), a, b, id_dtype(nu))
     _counting_sort(out_dir / "user_items.npy", user_of_edge, ni, n, out_dir, ("item_ptr", "item_users", "item_eids"))
 
@@ -149,7 +144,7 @@ def build_csr(dataset: Path, meta: dict, out_dir: Path) -> None:
         if s > 1 and not np.all((src[1:] > src[:-1]) | ((src[1:] == src[:-1]) & (dst[1:] > dst[:-1]))):
             raise UserError(f"{dataset}: edges/social.parquet is not sorted by (src, dst) without duplicates; "
                             "ingest it again")
-        np.save(out_dir / "follow_out_ptr.npy", _ptr(np.bincount(src, minlength=nu)))
+        np.save(out_dir / "follow_out_ptr.npy", indptr(np.bincount(src, minlength=nu)))
         np.save(out_dir / "follow_out.npy", dst)
         np.save(out_dir / "_social_dst.npy", dst)
         _counting_sort(out_dir / "_social_dst.npy", lambda a, b: src[a:b], nu, s, out_dir,
@@ -190,13 +185,8 @@ def item_degree(g) -> np.ndarray:
 def gather_rows(ptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Positions of all entries of CSR rows `rows` (in the order of `rows`), as int64."""
     rows = np.asarray(rows, np.int64)
-    starts = np.asarray(ptr[rows])
-    lens = np.asarray(ptr[rows + 1]) - starts
-    total = int(lens.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    offsets = np.repeat(starts - (np.cumsum(lens) - lens), lens)
-    return offsets + np.arange(total, dtype=np.int64)
+    starts = np.asarray(ptr[rows], np.int64)
+    return ranges(starts, np.asarray(ptr[rows + 1], np.int64) - starts)
 
 
 def row_ids(ptr: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ from __future__ import annotations
 import numpy as np
 
 from gnnrec.partition import csr
-from gnnrec.partition.partitioners import COUNT_COLUMN, DEGREE_COLUMN, _hash, node_weights, part_loads
+from gnnrec.arrays import splitmix64
+from gnnrec.partition.balance import COUNT_COLUMN, DEGREE_COLUMN, node_weights, part_loads
 
 EPS = 0.05
 REFINE_ROUNDS = 24
@@ -136,23 +137,20 @@ def _walk_task(csr_dir, meta, seeds, first_cluster, cfg, seed):
 
 
 def run_walks(g, seeds: np.ndarray, cfg, meta: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Walks from every seed: in-process, or over `cfg.partition.workers` Ray tasks."""
+    """Walks from every seed: in-process, or over `cfg.partition.workers` Ray tasks (on the Ray of
+    `launch`: attached to, or an embedded one for the call)."""
     workers = cfg.partition.workers
     if workers == 0 or len(seeds) < 2:
         return walk(g, seeds, 0, cfg, cfg.partition.seed)
     import ray
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+
+    from gnnrec.launch.cluster import ray_session
+    with ray_session(cfg.launch):
         task = ray.remote(_walk_task)
         bounds = np.linspace(0, len(seeds), min(workers, len(seeds)) + 1).astype(int)
         refs = [task.remote(str(g.directory), meta, seeds[a:b], int(a), cfg, cfg.partition.seed + 1000 * k)
                 for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
         results = ray.get(refs)
-    finally:
-        if started:
-            ray.shutdown()
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
@@ -373,7 +371,7 @@ def random_walk_partition(g, parts: int, cfg) -> tuple[np.ndarray, np.ndarray]:
     del nodes, clusters
     label = fill_unreached(g, label, num_labels, deg)
     isolated = label < 0
-    label[isolated] = (_hash(np.flatnonzero(isolated), cfg.partition.seed) % np.uint64(num_labels)).astype(np.int64)
+    label[isolated] = (splitmix64(np.flatnonzero(isolated), cfg.partition.seed) % np.uint64(num_labels)).astype(np.int64)
     part = pack_clusters(g, label, num_labels, weights, parts, deg)
     del label
     part = refine(g, part, weights, parts, deg, rng).astype(np.int32)

@@ -38,8 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gnnrec.partition import csr, dgl_adapter
-from gnnrec.partition.dgl_adapter import EDGE_TYPES
+from gnnrec import dgl_adapter
+from gnnrec.partition import csr
+from gnnrec.dgl_adapter import EDGE_TYPES
 
 GRAPH_NAME = "gnnrec"
 SPLITS_HELD_OUT = ("val", "test")

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gnnrec import UserError
+from gnnrec.arrays import group_by
 
 HARD_NEGATIVE_COLUMNS = ("user", "item", "rank")
 
@@ -115,10 +116,7 @@ class HardNegatives(NegativeSampler):
             raise UserError(f"{path}: user or item id out of range for this dataset")
         if id_maps is not None:
             user, item = id_maps[0][user], id_maps[1][item]
-        order = np.argsort(user, kind="stable")
-        self.items = item[order]
-        self.indptr = np.zeros(num_users + 1, np.int64)
-        np.cumsum(np.bincount(user, minlength=num_users), out=self.indptr[1:])
+        self.indptr, self.items = group_by(user, item, num_users)
 
     def draw(self, users, pos_items, k, rng):
         start, deg = self.indptr[users], self.indptr[users + 1] - self.indptr[users]

@@ -15,6 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
+from gnnrec.arrays import group_by
+
 
 class Neighbors(Protocol):
     def sample_one(self, nodes: np.ndarray, relation: str, rng: np.random.Generator) -> np.ndarray:
@@ -30,12 +32,7 @@ class CSRNeighbors:
 
     @classmethod
     def from_edges(cls, user: np.ndarray, item: np.ndarray, num_users: int, num_items: int) -> "CSRNeighbors":
-        def csr(src, dst, n):
-            order = np.argsort(src, kind="stable")
-            indptr = np.zeros(n + 1, np.int64)
-            np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
-            return indptr, dst[order]
-        return cls({"user->item": csr(user, item, num_users), "item->user": csr(item, user, num_items)})
+        return cls({"user->item": group_by(user, item, num_users), "item->user": group_by(item, user, num_items)})
 
     def sample_one(self, nodes, relation, rng):
         indptr, indices = self.csr[relation]
@@ -106,6 +103,6 @@ class DistNeighbors:
         self.graph = graph
 
     def sample_one(self, nodes, relation, rng):  # the servers draw; rng is unused
-        from gnnrec.partition.dgl_adapter import dist_sample_one
+        from gnnrec.dgl_adapter import dist_sample_one
         node_type, etype = self.RELATIONS[relation]
         return dist_sample_one(self.graph, nodes, node_type, etype)

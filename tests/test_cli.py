@@ -7,7 +7,7 @@ import pytest
 
 from gnnrec.launch import cli, stages
 from gnnrec.launch.config import load_config
-from gnnrec.partition.ingest import load_meta
+from gnnrec.data.formats import Dataset
 
 from conftest import REPO, leftovers, make_cfg, read_json
 
@@ -54,7 +54,7 @@ def test_run_end_to_end(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "synth summary" in out and "ingest summary" in out
     assert out.index("synth summary") < out.index("ingest summary")
-    meta = load_meta(tmp_path / "dataset")
+    meta = Dataset(tmp_path / "dataset").meta
     stats = read_json(tmp_path / "dataset" / "stats.json")
     ingest_part = out[out.index("ingest summary"):]
     for key in ("users", "items", "train_edges", "val_edges", "test_edges", "social_edges"):
@@ -79,7 +79,7 @@ def test_single_stages_and_config_file(tmp_path, capsys):
     assert cli.main(["ingest", "--config", str(config), "split.method=temporal"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ingest summary")
-    meta = load_meta(tmp_path / "dataset")
+    meta = Dataset(tmp_path / "dataset").meta
     assert meta["num_users"] <= 300 and meta["num_items"] <= 200
     assert load_config(tmp_path / "dataset" / "config.yaml").split.method == "temporal"
 

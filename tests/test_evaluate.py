@@ -11,17 +11,18 @@ from gnnrec import UserError
 from gnnrec.launch import cli
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
-from gnnrec.trainer.evaluate import embeddings, evaluate_stage
-from gnnrec.trainer.metrics import evaluate
-from gnnrec.trainer.models import Popularity
-from gnnrec.trainer.train import Recommender
+from gnnrec.model.models import Popularity, Recommender
+from gnnrec.ranking.metrics import evaluate
+from gnnrec.trainer.evaluate import evaluate_stage, input_embeddings, propagate_all
 
 
 def test_embeddings_follow_partition_renumbering():
     cfg = load_config(None, ["train.model=mf", "train.layers=0", "train.fanouts=[]", "train.dim=4"])
     tables = {"user": torch.randn(3, 4), "item": torch.randn(2, 4)}  # rows in partition ids
     orig_user, orig_item = np.array([2, 0, 1]), np.array([1, 0])  # partition id -> dataset id
-    U, I = embeddings(Recommender(cfg.train), tables, orig_user, orig_item, torch.zeros(2, 0, dtype=torch.long), 0)
+    none = torch.zeros(0, dtype=torch.long)
+    h = propagate_all(Recommender(cfg.train), input_embeddings(tables, orig_user, orig_item), none, none, 3, 0)
+    U, I = h[:3], h[3:]
     assert torch.equal(U[2], tables["user"][0]) and torch.equal(U[0], tables["user"][1])
     assert torch.equal(U[1], tables["user"][2])
     assert torch.equal(I[1], tables["item"][0]) and torch.equal(I[0], tables["item"][1])

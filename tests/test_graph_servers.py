@@ -29,7 +29,7 @@ def _client_class():
     class Client:
         def sample(self, info, users):
             from gnnrec.launch.graph_servers import connect_client
-            from gnnrec.partition.dgl_adapter import dist_sample_one
+            from gnnrec.dgl_adapter import dist_sample_one
             self.graph = connect_client(info)
             return dist_sample_one(self.graph, users, "user", "interacts")
 
@@ -40,7 +40,7 @@ def _client_class():
             return PinSageSampler(DistNeighbors(self.graph), 30, num_walks=400, num_neighbors=5).sample(seeds)
 
         def leave(self):
-            from gnnrec.partition.dgl_adapter import disconnect
+            from gnnrec.dgl_adapter import disconnect
             disconnect()
     return Client
 
@@ -105,7 +105,7 @@ def test_servers_load_gnnrec_partitions(local_ray, tmp_path):
     @ray.remote(num_cpus=0)
     def client(info):
         from gnnrec.launch.graph_servers import connect_client
-        from gnnrec.partition.dgl_adapter import disconnect, dist_sample_one
+        from gnnrec.dgl_adapter import disconnect, dist_sample_one
         graph = connect_client(info)
         counts = graph.num_nodes("user"), graph.num_nodes("item")
         steps = dist_sample_one(graph, users, "user", "interacts")
@@ -136,7 +136,7 @@ def test_two_jobs_on_one_machine_serve_their_own_features(local_ray, tmp_path_fa
     @ray.remote(num_cpus=0, max_calls=1)  # a fresh process per client
     def read_counts(info):
         from gnnrec.launch.graph_servers import connect_client
-        from gnnrec.partition.dgl_adapter import disconnect, dist_edge_feature
+        from gnnrec.dgl_adapter import disconnect, dist_edge_feature
         graph = connect_client(info)
         values = dist_edge_feature(graph, ("user", "interacts", "item"), "count")[0:40]
         disconnect()

@@ -11,7 +11,8 @@ import torch
 
 from gnnrec import UserError
 from gnnrec.launch.config import load_config
-from gnnrec.trainer.evaluate import _edges, embeddings, evaluate_stage, load_model, social_edges
+from gnnrec.data.formats import Dataset
+from gnnrec.trainer.evaluate import TrainedModel, evaluate_stage
 from gnnrec.trainer.infer import infer_stage
 from gnnrec.trainer.mine import draw_slots, mine_stage, window_ranks
 from gnnrec.trainer.train import train
@@ -72,13 +73,10 @@ def test_layerwise_inference_equals_the_full_graph_forward(request, model):
     """Through the graph servers as in one process: for SocialGCN, social ties count both ways."""
     work = request.getfixturevalue("trained")[0] if model == "lightgcn" else request.getfixturevalue("trained_social")
     train_dir, infer = (work / "train", "infer") if model == "lightgcn" else (work / "train-social", "infer-social")
-    trained_cfg, recommender, tables = load_model(train_dir)
-    assert trained_cfg.train.model == model
-    parts = work / "partitions" / "orig_nids"
-    social = social_edges(work / "dataset", recommender)
-    assert (social is not None) == (model == "socialgcn")
-    U, I = embeddings(recommender, tables, np.load(parts / "user.npy"), np.load(parts / "item.npy"),
-                      _edges(work / "dataset", "train"), trained_cfg.train.layers, social)
+    trained_model = TrainedModel(train_dir)
+    assert trained_model.config.train.model == model
+    assert (trained_model.social is not None) == (model == "socialgcn")
+    U, I = trained_model.embeddings()
     assert torch.allclose(_exported(work, "user", infer), U, atol=1e-5)
     assert torch.allclose(_exported(work, "item", infer), I, atol=1e-5)
     manifest = json.loads((work / infer / "manifest.json").read_text())
@@ -88,7 +86,7 @@ def test_layerwise_inference_equals_the_full_graph_forward(request, model):
 def test_exported_top_k_masks_training_items_and_reproduces_validation(trained):
     work, cfg = trained
     top = _read(work / "infer" / "topk").to_pandas()
-    train_pairs = _edges(work / "dataset", "train").numpy()
+    train_pairs = Dataset(work / "dataset").edges("train").numpy()
     user = _dataset_ids(work, "user", pa.array(top["user_id"]))
     item = _dataset_ids(work, "item", pa.array(top["item_id"]))
     assert not np.isin(user * 10**6 + item, train_pairs[0] * 10**6 + train_pairs[1]).any()
@@ -109,7 +107,7 @@ def test_mined_negatives_come_from_the_rank_window(trained):
     work, cfg = trained
     mined = _read(work / "mined").to_pandas()
     U, I = _exported(work, "user"), _exported(work, "item")
-    train_pairs = _edges(work / "dataset", "train")
+    train_pairs = Dataset(work / "dataset").edges("train")
     scores = U @ I.T
     scores[train_pairs[0], train_pairs[1]] = float("-inf")
     rank_of = torch.argsort(torch.argsort(scores, dim=1, descending=True), dim=1)  # 0 = top

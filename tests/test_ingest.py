@@ -10,8 +10,9 @@ import pytest
 from gnnrec import UserError
 from gnnrec.launch import cli
 from gnnrec.launch.config import load_config
-from gnnrec.partition.dgl_adapter import load_graph
-from gnnrec.partition.ingest import ingest, load_meta
+from gnnrec.dgl_adapter import load_graph
+from gnnrec.data.formats import Dataset
+from gnnrec.data.ingest import ingest
 
 from conftest import (BARE, DATASETS, edge_cfg, leftovers, make_cfg, raw_pairs, read_ids, read_json,
                       read_split, write_parquet)
@@ -36,7 +37,7 @@ def test_counts_on_small_synthetic(small_synth):
     friends = set(zip(social.user_id[~loops], social.friend_id[~loops]))
     users = set(inter.user_id) | set(social.user_id) | set(social.friend_id)
 
-    meta, saved = load_meta(d), read_json(d / "stats.json")
+    meta, saved = Dataset(d).meta, read_json(d / "stats.json")
     assert meta["num_users"] == stats["users"] == len(users)
     assert meta["num_items"] == stats["items"] == inter.item_id.nunique()
     assert sum(meta["edges"].values()) == len(pairs)
@@ -65,7 +66,7 @@ def test_counts_on_small_synthetic(small_synth):
 
 def test_graph_loads_with_dgl(small_synth):
     d = small_synth["dataset"]
-    meta = load_meta(d)
+    meta = Dataset(d).meta
     g = load_graph(d / "graph.dgl")
     assert set(g.ntypes) == {"user", "item"}
     assert g.num_nodes("user") == meta["num_users"] and g.num_nodes("item") == meta["num_items"]
@@ -172,7 +173,7 @@ def test_string_ids_round_trip(tmp_path):
     cfg = edge_cfg(tmp_path, path)
     ingest(cfg)
     d = cfg.path(cfg.ingest.out)
-    assert load_meta(d)["id_types"] == {"user": "str", "item": "str"}
+    assert Dataset(d).meta["id_types"] == {"user": "str", "item": "str"}
     t = pq.read_table(d / "ids" / "user.parquet")
     assert t.schema.field("id").type == pa.int64()
     assert pa.types.is_large_string(t.schema.field("raw_id").type) or pa.types.is_string(t.schema.field("raw_id").type)
@@ -183,7 +184,7 @@ def test_string_ids_round_trip(tmp_path):
 
 
 def test_string_ids_from_synth_with_social_and_features(tmp_path):
-    from gnnrec.partition.synth import synth
+    from gnnrec.data.synth import synth
     cfg = make_cfg(tmp_path, "synth.users=200", "synth.items=100", "synth.edges=3000", "synth.social_edges=300",
                    "synth.item_feature_dim=2", "synth.string_ids=true")
     synth(cfg)
@@ -373,7 +374,7 @@ def test_feature_table(tmp_path):
     assert stats["items_without_features"] == 1
     xu = np.load(d / "features" / "user.npy")
     assert xu.shape == (3, 1) and np.allclose(xu[:, 0], [0.1, 0.2, 0.3])
-    assert load_meta(d)["feature_dims"] == {"user": 1, "item": 2}
+    assert Dataset(d).meta["feature_dims"] == {"user": 1, "item": 2}
 
 
 # ---------------------------------------------------------------- input forms
@@ -580,10 +581,10 @@ def test_failed_ingest_keeps_the_previous_dataset(tmp_path):
 
 def test_load_meta_rejects_non_datasets(tmp_path):
     with pytest.raises(UserError, match="not a gnnrec dataset"):
-        load_meta(tmp_path)
+        Dataset(tmp_path).meta
     (tmp_path / "meta.json").write_text('{"format": "gnnrec-dataset", "version": 999}')
     with pytest.raises(UserError, match="ingest it again"):
-        load_meta(tmp_path)
+        Dataset(tmp_path).meta
 
 
 # ---------------------------------------------------------------- the shared datasets

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from gnnrec.trainer.metrics import evaluate, evaluate_topk, recommend, to_csr
+from gnnrec.ranking.metrics import evaluate, evaluate_topk, recommend, to_csr
 
 # I = identity, so U's rows are the scores themselves. 5 items, 4 users.
 SCORES = torch.tensor([[5., 4, 3, 2, 1],    # u0: ranking 0 1 2 3 4; train {0}; truth {2, 4}

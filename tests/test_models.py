@@ -5,12 +5,12 @@ import sys
 import pytest
 import torch
 
-from gnnrec.trainer.blocks import (Batch, Block, drop_edges, full_graph_blocks, graph_edges, sym_norm,
+from gnnrec.model.blocks import (Batch, Block, drop_edges, full_graph_blocks, graph_edges, sym_norm,
                                    time_decay)
-from gnnrec.trainer.layers import GATConv, scatter_max, scatter_sum, segment_softmax
-from gnnrec.trainer.losses import LOSSES, bpr_loss, max_margin_loss
-from gnnrec.trainer.metrics import evaluate
-from gnnrec.trainer.models import MODELS, GCN, LightGCN, NodeInput, Popularity, score
+from gnnrec.model.layers import GATConv, scatter_max, scatter_sum, segment_softmax
+from gnnrec.model.losses import LOSSES, bpr_loss, max_margin_loss
+from gnnrec.ranking.metrics import evaluate
+from gnnrec.model.models import MODELS, GCN, LightGCN, NodeInput, Popularity, score
 
 # 3 users, 4 items, 2 social pairs; homogeneous ids: users 0..2, items 3..6
 N_USERS, N_ITEMS, N = 3, 4, 7
@@ -271,7 +271,7 @@ def test_runs_on_cuda():
 
 
 def test_models_import_without_dgl():
-    code = ("import sys, gnnrec.trainer.models, gnnrec.trainer.losses, gnnrec.trainer.metrics; "
+    code = ("import sys, gnnrec.model.models, gnnrec.model.losses, gnnrec.ranking.metrics; "
             "bad = [m for m in sys.modules if m == 'dgl' or m.startswith(('dgl.', 'gnnrec.partition'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

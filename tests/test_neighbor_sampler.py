@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from gnnrec.samplers.neighbor import CSRNeighborhoods, NeighborSampler, Prefetcher, sample_rows
-from gnnrec.trainer.blocks import SOCIAL, full_graph_blocks, graph_edges
-from gnnrec.trainer.models import LightGCN
+from gnnrec.samplers.neighbor import NeighborSampler
+from gnnrec.samplers.neighborhoods import CSRNeighborhoods, sample_rows
+from gnnrec.samplers.prefetch import Prefetcher
+from gnnrec.model.blocks import SOCIAL, full_graph_blocks, graph_edges
+from gnnrec.model.models import LightGCN
 
 NU, NI = 12, 9
 
@@ -183,7 +185,7 @@ def test_prefetched_sampler_batches_match_direct_sampling():
 @pytest.fixture(scope="module")
 def served_toy(tmp_path_factory):
     import ray
-    from gnnrec.partition.dgl_adapter import _dgl
+    from gnnrec.dgl_adapter import _dgl
     dgl = _dgl()
     u, i, a, b = (torch.from_numpy(x) for x in (USER, ITEM, FOLLOWER, FOLLOWEE))
     g = dgl.heterograph({("user", "interacts", "item"): (u, i), ("item", "interacted_by", "user"): (i, u),
@@ -200,8 +202,9 @@ def test_distgraph_backend_samples_what_the_local_csr_samples(local_ray, served_
     @ray.remote(num_cpus=0)
     def client(info, users, items):
         from gnnrec.launch.graph_servers import connect_client
-        from gnnrec.partition.dgl_adapter import disconnect
-        from gnnrec.samplers.neighbor import DistNeighborhoods, NeighborSampler
+        from gnnrec.dgl_adapter import disconnect
+        from gnnrec.samplers.neighbor import NeighborSampler
+        from gnnrec.samplers.neighborhoods import DistNeighborhoods
         graph = connect_client(info)
         out = []
         for fanouts in ([2, 1], [-1, -1]):

@@ -12,8 +12,9 @@ import pytest
 
 from gnnrec.launch.cli import main
 from gnnrec.launch.config import load_config
-from gnnrec.partition.ingest import ingest, load_meta
-from gnnrec.partition.synth import synth
+from gnnrec.data.formats import Dataset
+from gnnrec.data.ingest import ingest
+from gnnrec.data.synth import synth
 
 METHODS = ("metis", "random", "random-walk")
 
@@ -47,7 +48,7 @@ _cache = {}
 @pytest.fixture
 def partitioned(dataset, request):
     """Partition once per (method, parts); the summary and output directory."""
-    from gnnrec.partition.partitioning import partition
+    from gnnrec.partition.stage import partition
     method, parts = request.param
     if (method, parts) not in _cache:
         out = dataset / f"parts-{method}-{parts}"
@@ -62,7 +63,7 @@ CASES = [(m, k) for m in METHODS for k in (1, 2, 4)]
 @pytest.mark.parametrize("partitioned", CASES, indirect=True, ids=[f"{m}-K{k}" for m, k in CASES])
 def test_dgl_loads_partitions_and_every_edge_is_inner_once(dataset, partitioned):
     summary, out = partitioned
-    meta = load_meta(dataset / "dataset")
+    meta = Dataset(dataset / "dataset").meta
     config = out / "gnnrec.json"
     parts = summary["parts"]
     train = pq.read_table(dataset / "dataset" / "edges" / "train.parquet").to_pandas()
@@ -152,7 +153,7 @@ def test_id_maps_resolve_raw_ids_and_held_out_edges_follow_users(dataset, partit
 
 
 def test_halo_hops_two_adds_halo_edges(dataset):
-    from gnnrec.partition.partitioning import partition
+    from gnnrec.partition.stage import partition
     out = dataset / "parts-halo2"
     summary = partition(load_config(None, overrides(dataset, "random", 2, out, "partition.halo_hops=2")))
     one = _cache.get(("random", 2))
@@ -179,7 +180,7 @@ def test_halo_hops_two_adds_halo_edges(dataset):
 
 
 def test_random_walk_over_ray_workers(dataset):
-    from gnnrec.partition.partitioning import partition
+    from gnnrec.partition.stage import partition
     out = dataset / "parts-ray"
     summary = partition(load_config(None, overrides(dataset, "random-walk", 2, out, "partition.workers=2",
                                                     "partition.mmap=true")))
@@ -205,7 +206,7 @@ dgl.distributed.exit_client()
 @pytest.mark.parametrize("partitioned", [("random-walk", 1)], indirect=True)
 def test_distgraph_serves_one_partition_standalone(dataset, partitioned):
     _, out = partitioned
-    meta = load_meta(dataset / "dataset")
+    meta = Dataset(dataset / "dataset").meta
     run = subprocess.run([sys.executable, "-c", DIST_CHECK, str(out / "gnnrec.json")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

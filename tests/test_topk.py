@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gnnrec.trainer.topk import top_k
+from gnnrec.ranking.topk import top_k
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -1,1 +1,1 @@
-"""Models, layers, losses, the training loop, checkpoints, evaluation and inference."""
+"""The model stages: the training loop, checkpoints, layer-wise inference, infer, mine, evaluate, recommend."""

@@ -8,23 +8,52 @@
         rng-rank{r}.pt   rank r: torch's random state (dropout)
     {train.checkpoints}/latest   the name of the newest complete checkpoint
 
+`TrainState` is state.json; `TrainOutput` reads a `gnnrec train` output directory, whose model/ is one
+of these checkpoints.
+
 Every rank writes into `step-N.tmp`; after a barrier rank 0 adds state.json, renames the directory and
 then points `latest` at it (temp file + rename), so a crash at any moment leaves the previous checkpoint
 as `latest`. No rank ever holds a whole ID table: each saves and restores its own range of rows.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gnnrec import UserError
+from gnnrec import NODE_TYPES, UserError
 
-NODE_TYPES = ("user", "item")
+
+@dataclass
+class TrainState:
+    """Where a training run is: what a checkpoint's state.json holds besides the tensors."""
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches done in the current epoch
+    global_step: int = 0
+    loss_sum: float = 0.0  # the current epoch's loss so far (rank 0 carries the sums of all ranks)
+    loss_count: int = 0
+    history: list = field(default_factory=list)  # one metrics dict per completed epoch
+    best_score: float | None = None  # early stopping: the best validation NDCG so far,
+    best_checkpoint: str | None = None  # the checkpoint of that epoch (the output),
+    bad_epochs: int = 0  # and validations since without improvement
+    stopped: bool = False
+    hard_negatives: str | None = None  # the mined negatives of the current round, and its first epoch
+    round_start_epoch: int = 0
+    world: int = 1  # trainers that wrote the checkpoint
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> "TrainState":
+        return cls(**json.loads((Path(checkpoint) / "state.json").read_text()))
+
+    def write(self, checkpoint: Path) -> None:
+        (Path(checkpoint) / "state.json").write_text(json.dumps(dataclasses.asdict(self)))
 
 
 def _barrier() -> None:
@@ -42,12 +71,12 @@ def _rows(n: int, rank: int, world: int) -> np.ndarray:
     return np.arange(rank * n // world, (rank + 1) * n // world)
 
 
-def save(directory: Path, state: dict, tables: dict, sparse_opt, dense: dict | None, rank: int, world: int,
+def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: dict | None, rank: int, world: int,
          keep: int = 2, protect: str | None = None) -> Path:
     """Write one checkpoint from every rank (all ranks call this at the same step). The `keep` newest
     checkpoints and the one named `protect` (the best so far) are kept, older ones removed."""
     directory = Path(directory)
-    name = f"step-{state['global_step']:09d}"
+    name = f"step-{state.global_step:09d}"
     tmp = directory / f"{name}.tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -64,7 +93,7 @@ def save(directory: Path, state: dict, tables: dict, sparse_opt, dense: dict | N
         torch.save(dense, tmp / "dense.pt")
     _barrier()
     if rank == 0:
-        (tmp / "state.json").write_text(json.dumps({**state, "world": world}))
+        dataclasses.replace(state, world=world).write(tmp)
         final = directory / name
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
@@ -78,14 +107,14 @@ def save(directory: Path, state: dict, tables: dict, sparse_opt, dense: dict | N
     return directory / name
 
 
-def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tuple[dict, dict | None]:
+def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tuple[TrainState, dict | None]:
     """Load a checkpoint into the distributed tables and the sparse optimizer (None: inference only; all
     ranks call this); return
     (state, dense) for the caller to load into its dense modules. Rank r restores the row files
     r, r + world, ...: a checkpoint written by a different number of trainers loads too."""
     path = Path(path)
-    state = json.loads((path / "state.json").read_text())
-    for shard in range(rank, state["world"], world):
+    state = TrainState.read(path)
+    for shard in range(rank, state.world, world):
         saved = torch.load(path / f"ids-rank{shard}.pt")
         for node_type, table in tables.items():
             rows, values = saved[node_type]
@@ -94,7 +123,7 @@ def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tupl
     if own_rng.exists():
         torch.set_rng_state(torch.load(own_rng))
     if sparse_opt is not None:
-        for shard in range(rank, state["world"], world):
+        for shard in range(rank, state.world, world):
             sparse_opt.load_local_state_dict(_renamed(torch.load(path / f"sparse-opt_{shard}"), tables))
     _barrier()
     return state, torch.load(path / "dense.pt")
@@ -119,8 +148,7 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not (path / "state.json").exists():
         raise UserError(f"checkpoint {path}: incomplete or not a checkpoint (no state.json)")
-    state = json.loads((path / "state.json").read_text())
-    parts = [torch.load(path / f"ids-rank{r}.pt") for r in range(state["world"])]
+    parts = [torch.load(path / f"ids-rank{r}.pt") for r in range(TrainState.read(path).world)]
     tables = {}
     for node_type in NODE_TYPES:
         rows = np.concatenate([p[node_type][0] for p in parts])
@@ -129,3 +157,47 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
         table[torch.from_numpy(rows)] = values
         tables[node_type] = table
     return tables
+
+
+class TrainOutput:
+    """A `gnnrec train` output directory: config.yaml (the training config), model/ (the checkpoint the
+    run chose), metrics.jsonl, curves.png, ranks/. `key` names the config key that pointed here."""
+
+    def __init__(self, path, key: str = "checkpoint"):
+        from gnnrec.launch.config import load_config
+
+        self.path = Path(path)
+        self.model_dir = self.path / "model"
+        if not (self.model_dir / "state.json").exists() or not (self.path / "config.yaml").exists():
+            raise UserError(f"{key}={self.path}: not a training output (no model/ and config.yaml; run `gnnrec train`)")
+        self.config = load_config(self.path / "config.yaml")
+
+    @functools.cached_property
+    def partitions(self):
+        from gnnrec.data.formats import Partitions
+        return Partitions(self.config.path(self.config.train.partitions))
+
+    @functools.cached_property
+    def dataset(self):
+        from gnnrec.data.formats import Dataset
+        return Dataset(self.config.path(self.config.partition.dataset))
+
+    def model(self):
+        """The Recommender its config describes, with the dense weights; UserError if they do not fit."""
+        from gnnrec.model.models import Recommender
+
+        model = Recommender(self.config.train)
+        try:
+            model.load_state_dict(torch.load(self.model_dir / "dense.pt")["model"])
+        except RuntimeError:
+            raise UserError(f"{self.path}: its weights do not fit train.model={self.config.train.model} with the "
+                            f"saved config (a checkpoint of another model?)") from None
+        return model
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """The whole ID tables in partition ids, in this process; UserError if their dim is not the config's."""
+        tables = load_tables(self.model_dir)
+        if tables["user"].shape[1] != self.config.train.dim:
+            raise UserError(f"{self.path}: ID tables of dim {tables['user'].shape[1]}, config says "
+                            f"{self.config.train.dim}")
+        return tables

@@ -3,7 +3,7 @@
 The model's ID embeddings (rows in the partitions' per-type ids, mapped back to dataset ids through
 `orig_nids`) are propagated by its GNN over the whole training graph in one pass, then every item is
 ranked for every user with the user's known items masked (training items; validation items too when
-testing) — trainer/metrics.py. Popularity (training degree) is evaluated beside it, the baseline any
+testing) — ranking/metrics.py. Popularity (training degree) is evaluated beside it, the baseline any
 model must beat.
 """
 from __future__ import annotations
@@ -14,34 +14,26 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from gnnrec import UserError, atomic_dir
-from gnnrec.trainer.blocks import full_graph_blocks, graph_edges
-from gnnrec.trainer.metrics import evaluate, evaluate_topk
-from gnnrec.trainer.models import Popularity, uses_social
-from gnnrec.trainer.train import Recommender
-
-
-def _edges(dataset, split: str) -> torch.Tensor:
-    table = pq.read_table(dataset / "edges" / f"{split}.parquet", columns=["user", "item"])
-    return torch.from_numpy(np.stack([table["user"].to_numpy(), table["item"].to_numpy()]))
+from gnnrec import NODE_TYPES, UserError, atomic_dir
+from gnnrec.data.formats import Dataset
+from gnnrec.model.blocks import full_graph_blocks, graph_edges
+from gnnrec.model.models import Popularity, Recommender, uses_social
+from gnnrec.ranking.metrics import evaluate, evaluate_topk
+from gnnrec.trainer.checkpoint import TrainOutput
 
 
 def input_embeddings(tables: dict, orig_user: np.ndarray, orig_item: np.ndarray) -> torch.Tensor:
-    """h0 of every node in dataset ids (users, then items): the ID tables re-ordered from partition ids."""
-    nu, ni = len(orig_user), len(orig_item)
-    h0 = torch.empty(nu + ni, tables["user"].shape[1])
+    """h0 of every node in dataset ids (users, then items): the ID tables re-ordered from partition ids
+    (orig_*: the dataset id of each partition id, Partitions.orig_nids)."""
+    h0 = torch.empty(len(orig_user) + len(orig_item), tables["user"].shape[1])
     h0[torch.from_numpy(orig_user)] = tables["user"]
-    h0[nu + torch.from_numpy(orig_item)] = tables["item"]
+    h0[len(orig_user) + torch.from_numpy(orig_item)] = tables["item"]
     return h0
 
 
-def social_edges(dataset, model: Recommender):
+def social_edges(dataset: Dataset, model: Recommender):
     """The dataset's (follower, followee) pairs when the model propagates over them, else None."""
-    path = dataset / "edges" / "social.parquet"
-    if not uses_social(model.gnn) or not path.exists():
-        return None
-    table = pq.read_table(path, columns=["src", "dst"])
-    return torch.tensor(table["src"].to_numpy()), torch.tensor(table["dst"].to_numpy())
+    return dataset.social() if uses_social(model.gnn) else None
 
 
 def propagate_all(model: Recommender, h0: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_users: int,
@@ -54,80 +46,54 @@ def propagate_all(model: Recommender, h0: torch.Tensor, users: torch.Tensor, ite
         return model.gnn(h0, full_graph_blocks(src, dst, h0.shape[0], num_layers, etype=etype) if num_layers else [])
 
 
-def embeddings(model: Recommender, tables: dict, orig_user: np.ndarray, orig_item: np.ndarray,
-               train: torch.Tensor, num_layers: int, social=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, I) in dataset ids: the ID tables re-ordered from partition ids, propagated over `train` (and
-    `social`)."""
-    nu = len(orig_user)
-    h = propagate_all(model, input_embeddings(tables, orig_user, orig_item), train[0], train[1], nu, num_layers,
-                      social)
-    return h[:nu], h[nu:]
+class TrainedModel:
+    """A `gnnrec train` output loaded in this process: the model with its dense weights, h0 of every node
+    in dataset ids, the training edges (and social ones, for a social model) of its dataset."""
 
+    def __init__(self, train_dir, key: str = "evaluate.checkpoint"):
+        output = TrainOutput(train_dir, key)
+        self.config, self.dataset, self.model = output.config, output.dataset, output.model()
+        partitions = output.partitions
+        if tuple(len(partitions.orig_nids(n)) for n in NODE_TYPES) != (self.dataset.num_users, self.dataset.num_items):
+            raise UserError(f"{key}={train_dir}: trained on another dataset than {self.dataset.path}")
+        self.h0 = input_embeddings(output.tables(), *(partitions.orig_nids(n) for n in NODE_TYPES))
+        self.train = self.dataset.edges("train")
+        self.social = social_edges(self.dataset, self.model)
 
-def trained_model(train_dir) -> tuple:
-    """(training config, Recommender with its dense weights) of a `gnnrec train` output directory;
-    UserError if it is not one, or if its dense weights do not fit the model that config describes."""
-    from gnnrec.launch.config import load_config
-
-    if not (train_dir / "model" / "state.json").exists() or not (train_dir / "config.yaml").exists():
-        raise UserError(f"{train_dir}: not a training output (no model/ and config.yaml; run `gnnrec train`)")
-    trained = load_config(train_dir / "config.yaml")
-    model = Recommender(trained.train)
-    try:
-        model.load_state_dict(torch.load(train_dir / "model" / "dense.pt")["model"])
-    except RuntimeError:
-        raise UserError(f"{train_dir}: its weights do not fit train.model={trained.train.model} with the saved "
-                        f"config (a checkpoint of another model?)") from None
-    return trained, model
-
-
-def load_model(train_dir) -> tuple:
-    """(training config, Recommender with its dense weights, {node type: ID table in partition ids})
-    of a `gnnrec train` output directory, in this process."""
-    from gnnrec.trainer.checkpoint import load_tables
-
-    trained, model = trained_model(train_dir)
-    tables = load_tables(train_dir / "model")
-    if tables["user"].shape[1] != trained.train.dim:
-        raise UserError(f"{train_dir}: ID tables of dim {tables['user'].shape[1]}, config says {trained.train.dim}")
-    return trained, model, tables
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, I) in dataset ids: h0 propagated over the training graph."""
+        nu = self.dataset.num_users
+        h = propagate_all(self.model, self.h0, self.train[0], self.train[1], nu, self.config.train.layers, self.social)
+        return h[:nu], h[nu:]
 
 
 def evaluate_stage(cfg) -> dict:
-    from gnnrec.partition.ingest import load_meta
-
     e = cfg.evaluate
-    train_dir = cfg.path(e.checkpoint)
-    trained, model, tables = load_model(train_dir)
-    t, dataset = trained.train, trained.path(trained.partition.dataset)
-    meta = load_meta(dataset)
-    parts = trained.path(t.partitions)
-    orig_user, orig_item = (np.load(parts / "orig_nids" / f"{n}.npy") for n in ("user", "item"))
-    if (len(orig_user), len(orig_item)) != (meta["num_users"], meta["num_items"]):
-        raise UserError(f"evaluate.checkpoint={train_dir}: trained on another dataset than {dataset}")
-    train = _edges(dataset, "train")
-    truth = _edges(dataset, e.split)
-    known = train if e.split == "val" else torch.cat([train, _edges(dataset, "val")], dim=1)
+    trained = TrainedModel(cfg.path(e.checkpoint))
+    dataset, model_name = trained.dataset, trained.config.train.model
+    train = trained.train
+    truth = dataset.edges(e.split)
+    known = train if e.split == "val" else torch.cat([train, dataset.edges("val")], dim=1)
     if truth.shape[1] == 0:
         raise UserError(f"evaluate.split={e.split}: the dataset has no {e.split} edges")
-    U, I = embeddings(model, tables, orig_user, orig_item, train, t.layers, social_edges(dataset, model))
-    results = {t.model: evaluate(U, I, truth, known, ks=e.ks)}
-    pop_u, pop_i = Popularity.from_interactions(train[0], train[1], meta["num_users"], meta["num_items"]).embeddings()
-    results["popularity"] = evaluate(pop_u, pop_i, truth, known, ks=e.ks)
+    U, I = trained.embeddings()
+    results = {model_name: evaluate(U, I, truth, known, ks=e.ks)}
+    popularity = Popularity.from_interactions(train[0], train[1], dataset.num_users, dataset.num_items)
+    results["popularity"] = evaluate(*popularity.embeddings(), truth, known, ks=e.ks)
     if e.recommendations:
-        results["exported_top_k"] = evaluate_exported(cfg.path(e.recommendations), dataset, truth, meta, e.ks)
+        results["exported_top_k"] = evaluate_exported(cfg.path(e.recommendations), dataset, truth, e.ks)
     with atomic_dir(cfg.path(e.out)) as tmp:
         (tmp / "metrics.json").write_text(json.dumps({"split": e.split, "results": results}, indent=2))
         cfg.save(tmp)
     print(format_results(results))
     k = max(e.ks)
-    return {"out": str(cfg.path(e.out)), "split": e.split, "model": t.model,
-            f"recall@{k}": round(results[t.model][f"recall@{k}"], 4),
-            f"ndcg@{k}": round(results[t.model][f"ndcg@{k}"], 4),
+    return {"out": str(cfg.path(e.out)), "split": e.split, "model": model_name,
+            f"recall@{k}": round(results[model_name][f"recall@{k}"], 4),
+            f"ndcg@{k}": round(results[model_name][f"ndcg@{k}"], 4),
             f"popularity_recall@{k}": round(results["popularity"][f"recall@{k}"], 4)}
 
 
-def evaluate_exported(infer_dir, dataset, truth: torch.Tensor, meta: dict, ks) -> dict:
+def evaluate_exported(infer_dir, dataset: Dataset, truth: torch.Tensor, ks) -> dict:
     """The metrics of the top-K lists `gnnrec infer` exported (raw IDs mapped back to dataset ids):
     the same numbers as the model's own ranking when both mask the same items."""
     import pyarrow as pa
@@ -137,7 +103,7 @@ def evaluate_exported(infer_dir, dataset, truth: torch.Tensor, meta: dict, ks) -
     if not files:
         raise UserError(f"evaluate.recommendations={infer_dir}: no topk/part-*.parquet (run `gnnrec infer`)")
     table = pa.concat_tables([pq.read_table(f) for f in files]).sort_by([("user_id", "ascending"), ("rank", "ascending")])
-    raw = {n: pq.read_table(dataset / "ids" / f"{n}.parquet", columns=["raw_id"])["raw_id"] for n in ("user", "item")}
+    raw = {n: dataset.raw_ids(n) for n in NODE_TYPES}
     user = pc.index_in(table["user_id"], value_set=raw["user"]).to_numpy(zero_copy_only=False)
     item = pc.index_in(table["item_id"], value_set=raw["item"]).to_numpy(zero_copy_only=False)
     k = int(pc.max(table["rank"]).as_py())
@@ -146,8 +112,8 @@ def evaluate_exported(infer_dir, dataset, truth: torch.Tensor, meta: dict, ks) -
     users = np.unique(user)
     top = np.full((len(users), k), -1, np.int64)
     top[np.searchsorted(users, user), table["rank"].to_numpy() - 1] = item
-    return evaluate_topk(torch.from_numpy(top), truth, meta["num_items"], ks=ks, users=torch.from_numpy(users),
-                         num_users=meta["num_users"])
+    return evaluate_topk(torch.from_numpy(top), truth, dataset.num_items, ks=ks, users=torch.from_numpy(users),
+                         num_users=dataset.num_users)
 
 
 def format_results(results: dict) -> str:

@@ -2,7 +2,7 @@
 
 From a `gnnrec train` output and the partitions it was trained on: graph servers serve the partitions,
 one worker per trainer of the training job restores the ID tables into them, runs layer-wise inference
-(trainer/inference.py: layer by layer over whole neighbourhoods, intermediate layers in distributed
+(trainer/layerwise.py: layer by layer over whole neighbourhoods, intermediate layers in distributed
 tensors) and writes its share of the nodes — its own partition's first:
 
     {infer.out}/users/part-{r}.parquet   id (raw), embedding (fixed-size list of float32)
@@ -10,7 +10,7 @@ tensors) and writes its share of the nodes — its own partition's first:
     {infer.out}/topk/part-{r}.parquet    user_id, rank (1 = best), item_id, score; training items masked
     {infer.out}/manifest.json            model, dim, k, rows and files of each table, seconds per layer
 
-Scoring is chunked matrix products with top-K per chunk (trainer/topk.py), merged across item shards when
+Scoring is chunked matrix products with top-K per chunk (ranking/topk.py), merged across item shards when
 `infer.item_chunk` splits the catalog.
 """
 from __future__ import annotations
@@ -23,18 +23,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from gnnrec import NODE_TYPES
+from gnnrec.ranking.topk import top_k
+from gnnrec.trainer.checkpoint import TrainOutput
+from gnnrec.trainer.layerwise import known_items
+from gnnrec.trainer.model_job import model_job, model_session
+
 TABLES = ("users", "items", "topk")
 
 
 def infer_stage(cfg) -> dict:
-    from gnnrec.trainer.evaluate import trained_model
-    from gnnrec.trainer.inference import model_job
-
     i = cfg.infer
-    train_dir, out = cfg.path(i.checkpoint), cfg.path(i.out)
-    trained, _ = trained_model(train_dir)
-    with model_job(cfg, trained, train_dir, out, infer_loop, {}) as tmp:
-        manifest = {"checkpoint": str(train_dir), "model": trained.train.model, "k": i.k}
+    trained, out = TrainOutput(cfg.path(i.checkpoint), "infer.checkpoint"), cfg.path(i.out)
+    trained.model()  # weights that do not fit the config: refused here, before any worker starts
+    with model_job("infer", cfg, trained, out, infer_loop, {}) as tmp:
+        manifest = {"checkpoint": str(trained.path), "model": trained.config.train.model, "k": i.k}
         for table in TABLES:
             files = sorted((tmp / table).glob("part-*.parquet"))
             manifest[table] = {"files": [f"{table}/{f.name}" for f in files],
@@ -49,35 +52,28 @@ def infer_stage(cfg) -> dict:
 
 
 def infer_loop(config: dict) -> None:
-    from gnnrec.launch.config import Config
-    from gnnrec.partition import dgl_adapter
-    from gnnrec.trainer.inference import connect_model, known_items, raw_ids
-    from gnnrec.trainer.topk import top_k
-
-    i = Config.model_validate(config["cfg"]).infer
-    graph, _, _, inference, rank, _ = connect_model(config)
-    try:
-        final = inference.run()
-        if rank == 0:
-            (Path(config["out"]) / "layer_seconds.json").write_text(json.dumps(inference.layer_seconds))
-        out, dataset, partitions = Path(config["out"]), Path(config["dataset"]), Path(config["partitions"])
-        raw = {n: raw_ids(dataset, partitions, n) for n in ("user", "item")}
-        for node_type in ("user", "item"):
+    with model_session(config) as (w, inference):
+        i, out = w.cfg.infer, Path(config["out"])
+        final = inference.run(w.progress)
+        if w.rank == 0:
+            (out / "layer_seconds.json").write_text(json.dumps(inference.layer_seconds))
+        dataset = TrainOutput(config["trained"]).dataset
+        raw = {n: w.partitions.raw_ids(dataset, n) for n in NODE_TYPES}
+        for node_type in NODE_TYPES:
             ids = inference.shares[node_type]
             vectors = final[node_type][torch.from_numpy(ids)].numpy()
-            write(out / f"{node_type}s" / f"part-{rank:05d}.parquet",
+            write(out / f"{node_type}s" / f"part-{w.rank:05d}.parquet",
                   {"id": raw[node_type].take(ids), "embedding": _vectors(vectors)})
         users = inference.shares["user"]
         U = final["user"][torch.from_numpy(users)]
-        I = final["item"][torch.arange(graph.num_nodes("item"))]
+        I = final["item"][torch.arange(w.graph.num_nodes("item"))]
         parts = []
-        for rows, items, scores in top_k(U, I, i.k, known_items(graph, users), user_chunk=i.user_chunk,
-                                         item_chunk=i.item_chunk):
+        chunks = top_k(U, I, i.k, known_items(w.graph, users), user_chunk=i.user_chunk, item_chunk=i.item_chunk)
+        for step, (rows, items, scores) in enumerate(chunks):
+            w.progress("top-k", step * i.user_chunk, len(users))
             parts.append(_topk_table(users[rows.numpy()], items.numpy(), scores.numpy(), raw))
-        write(out / "topk" / f"part-{rank:05d}.parquet", pa.concat_tables(parts) if parts else _topk_table(
+        write(out / "topk" / f"part-{w.rank:05d}.parquet", pa.concat_tables(parts) if parts else _topk_table(
             np.zeros(0, np.int64), np.zeros((0, i.k), np.int64), np.zeros((0, i.k), np.float32), raw))
-    finally:
-        dgl_adapter.disconnect()
 
 
 def _vectors(values: np.ndarray) -> pa.Array:

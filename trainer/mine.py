@@ -1,7 +1,7 @@
 """The mine stage: hard negatives from a trained model, a stage of its own between training rounds.
 
 For every user with training items, the model ranks the whole catalog with the user's training items
-masked (layer-wise inference, then chunked scoring: trainer/inference.py, trainer/topk.py), and
+masked (layer-wise inference, then chunked scoring: trainer/layerwise.py, ranking/topk.py), and
 `mine.per_user` items are drawn without replacement from ranks [lo, hi] of that ranking (0 = top;
 PinSage used ranks 2000-5000 of 3B items). A window value below 1 is a fraction of the catalog. The
 draw for a user depends only on (mine.seed, the user's dataset id): the same file for any number of
@@ -21,7 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gnnrec import UserError
+from gnnrec import NODE_TYPES, UserError
+from gnnrec.arrays import splitmix64
+from gnnrec.ranking.topk import top_k
+from gnnrec.trainer.checkpoint import TrainOutput
+from gnnrec.trainer.layerwise import known_items
+from gnnrec.trainer.model_job import model_job, model_session
 
 
 def window_ranks(window, num_items: int) -> tuple[int, int]:
@@ -33,37 +38,26 @@ def window_ranks(window, num_items: int) -> tuple[int, int]:
 
 
 def mine_stage(cfg) -> dict:
-    from gnnrec.partition.ingest import load_meta
-    from gnnrec.trainer.evaluate import trained_model
-    from gnnrec.trainer.inference import model_job
-
     m = cfg.mine
-    train_dir, out = cfg.path(m.checkpoint), cfg.path(m.out)
-    trained, _ = trained_model(train_dir)
-    lo, hi = window_ranks(m.window, load_meta(trained.path(trained.partition.dataset))["num_items"])
-    with model_job(cfg, trained, train_dir, out, mine_loop, {"window": [lo, hi]}) as tmp:
+    trained, out = TrainOutput(cfg.path(m.checkpoint), "mine.checkpoint"), cfg.path(m.out)
+    trained.model()  # weights that do not fit the config: refused here, before any worker starts
+    lo, hi = window_ranks(m.window, trained.dataset.num_items)
+    with model_job("mine", cfg, trained, out, mine_loop, {"window": [lo, hi]}) as tmp:
         rows = sum(pq.read_metadata(f).num_rows for f in tmp.glob("part-*.parquet"))
     return {"out": str(out), "window": [lo, hi], "per_user": m.per_user, "negatives": rows}
 
 
 def mine_loop(config: dict) -> None:
-    from gnnrec.launch.config import Config
-    from gnnrec.partition import dgl_adapter
-    from gnnrec.trainer.inference import connect_model, known_items
-    from gnnrec.trainer.topk import top_k
-
-    m = Config.model_validate(config["cfg"]).mine
     lo, hi = config["window"]
-    graph, _, _, inference, rank, _ = connect_model(config)
-    try:
-        final = inference.run()
-        partitions = Path(config["partitions"])
-        dataset_user, dataset_item = (np.load(partitions / "orig_nids" / f"{n}.npy") for n in ("user", "item"))
+    with model_session(config) as (w, inference):
+        m = w.cfg.mine
+        final = inference.run(w.progress)
+        dataset_user, dataset_item = (w.partitions.orig_nids(n) for n in NODE_TYPES)
         users = inference.shares["user"]
-        known = known_items(graph, users)
+        known = known_items(w.graph, users)
         users_with_items = np.unique(known[0].numpy())
         U = final["user"][torch.from_numpy(users)]
-        I = final["item"][torch.arange(graph.num_nodes("item"))]
+        I = final["item"][torch.arange(w.graph.num_nodes("item"))]
         parts = []
         for rows, items, _ in top_k(U, I, hi + 1, known, users=torch.from_numpy(users_with_items)):
             user_ids = dataset_user[users[rows.numpy()]]
@@ -78,23 +72,12 @@ def mine_loop(config: dict) -> None:
         table = pa.concat_tables(parts) if parts else pa.table(
             {"user": pa.array([], pa.int64()), "item": pa.array([], pa.int64()), "rank": pa.array([], pa.int32())})
         Path(config["out"]).mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, Path(config["out"]) / f"part-{rank:05d}.parquet")
-    finally:
-        dgl_adapter.disconnect()
+        pq.write_table(table, Path(config["out"]) / f"part-{w.rank:05d}.parquet")
 
 
 def draw_slots(users: np.ndarray, width: int, k: int, seed: int) -> np.ndarray:
     """[len(users), min(k, width)] distinct positions in [0, width) per user, a function of (seed, user)
     alone: the positions with the k smallest hashes of (seed, user, position)."""
     position = np.arange(width, dtype=np.uint64)
-    keys = _mix(_mix(np.uint64(seed) ^ users.astype(np.uint64))[:, None] + position[None, :])
+    keys = splitmix64(splitmix64(np.uint64(seed) ^ users.astype(np.uint64))[:, None] + position[None, :])
     return np.argsort(keys, axis=1, kind="stable")[:, :min(k, width)]
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a well-spread 64-bit hash of each value."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))

@@ -13,31 +13,22 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from gnnrec import UserError
-from gnnrec.trainer.evaluate import _edges, input_embeddings, load_model, propagate_all, social_edges
-from gnnrec.trainer.topk import top_k
+from gnnrec.trainer.evaluate import TrainedModel, propagate_all
+from gnnrec.ranking.topk import top_k
 
 
 class ColdStart:
     """A trained model ready to recommend for new users (one full-graph pass per call, in this process)."""
 
     def __init__(self, train_dir):
-        from gnnrec.partition.ingest import load_meta
-
-        trained, self.model, tables = load_model(train_dir)
-        self.num_layers = trained.train.layers
-        self.dataset = trained.path(trained.partition.dataset)
-        parts = trained.path(trained.train.partitions)
-        meta = load_meta(self.dataset)
-        self.num_users, self.num_items = meta["num_users"], meta["num_items"]
-        orig = {n: np.load(parts / "orig_nids" / f"{n}.npy") for n in ("user", "item")}
-        self.h0 = input_embeddings(tables, orig["user"], orig["item"])
-        self.train = _edges(self.dataset, "train")
-        self.social = social_edges(self.dataset, self.model)
-        self.raw_items = pq.read_table(self.dataset / "ids" / "item.parquet", columns=["raw_id"])["raw_id"]
+        trained = TrainedModel(train_dir, "recommend.checkpoint")
+        self.model, self.h0, self.train, self.social = trained.model, trained.h0, trained.train, trained.social
+        self.num_layers = trained.config.train.layers
+        self.num_users, self.num_items = trained.dataset.num_users, trained.dataset.num_items
+        self.raw_items = trained.dataset.raw_ids("item")
 
     def item_ids(self, raw: list) -> np.ndarray:
         """Dataset ids of raw item IDs (strings are cast to the dataset's ID type); unknown -> UserError."""

@@ -21,8 +21,10 @@ import numpy as np
 
 from gnnrec import UserError, atomic_dir
 from gnnrec.partition import csr
-from gnnrec.partition.ingest import load_meta, peak_rss_mb
-from gnnrec.partition.partitioners import PARTITIONERS, imbalance
+from gnnrec.data.formats import Dataset
+from gnnrec.data.ingest import peak_rss_mb
+from gnnrec.partition.balance import imbalance
+from gnnrec.partition.partitioners import PARTITIONERS
 from gnnrec.partition.writer import GRAPH_NAME, write_partitions
 
 
@@ -37,7 +39,7 @@ def check_inputs(cfg) -> tuple[Path, dict]:
     for key, path in (("partition.dataset", dataset), ("partition.out", cfg.path(p.out))):
         if not isinstance(path, Path):
             raise UserError(f"{key}={path}: partitioning needs a local directory (it memory-maps the graph)")
-    meta = load_meta(dataset)
+    meta = Dataset(dataset).meta
     needed = ["edges/train.parquet", "edges/val.parquet", "edges/test.parquet", "ids/user.parquet", "ids/item.parquet"]
     needed += [f"features/{t}.npy" for t in meta.get("feature_dims", {})]
     if meta.get("social_edges"):

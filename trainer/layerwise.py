@@ -13,31 +13,27 @@ trainers (`RankingStats.all_reduce`).
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from gnnrec.trainer.metrics import RankingStats, evaluate
-from gnnrec.trainer.models import uses_social
-
-NODE_TYPES = ("user", "item")
+from gnnrec import NODE_TYPES, dgl_adapter
+from gnnrec.model.models import uses_social
+from gnnrec.ranking.metrics import RankingStats, evaluate
+from gnnrec.samplers.neighbor import NeighborSampler
+from gnnrec.samplers.neighborhoods import DistNeighborhoods
 
 
 class LayerwiseInference:
     """Final representations of all nodes in distributed tensors `self.final[node type]`.
 
-    graph: a DistGraph; gnn: a model of trainer/models.py; tables: {node type: DistEmbedding}.
+    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistEmbedding}.
+    `run(progress)` reports (desc, batch, batches) of each layer to `progress` (WorkerSession.progress).
     The distributed tensors are created once (collectively, by every trainer) and reused per call.
     """
 
     def __init__(self, graph, gnn, tables: dict, rank: int, world: int, batch_size: int = 4096):
-        from gnnrec.partition import dgl_adapter
-        from gnnrec.samplers.neighbor import DistNeighborhoods, NeighborSampler
-
         self.graph, self.gnn, self.batch_size = graph, gnn, batch_size
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
         self.sampler = NeighborSampler(DistNeighborhoods(graph, uses_social(gnn)), [], self.num_users, self.num_items)
@@ -61,6 +57,7 @@ class LayerwiseInference:
         return out
 
     def _batches(self):
+        """(node type, ids, homogeneous ids) of this worker's node batches."""
         for node_type in NODE_TYPES:
             offset = 0 if node_type == "user" else self.num_users
             share = self.shares[node_type]
@@ -69,13 +66,17 @@ class LayerwiseInference:
                 yield node_type, ids, ids + offset
 
     @torch.no_grad()
-    def run(self) -> dict:
+    def run(self, progress=None) -> dict:
         was_training = self.gnn.training
         self.gnn.eval()
         self.layer_seconds = []
-        for index in range(len(self.gnn.convs)):
+        num_layers = len(self.gnn.convs)
+        batches = sum(-(-len(share) // self.batch_size) for share in self.shares.values())
+        for index in range(num_layers):
             started = time.perf_counter()
-            for node_type, ids, nodes in self._batches():
+            for step, (node_type, ids, nodes) in enumerate(self._batches()):
+                if progress is not None:
+                    progress(f"inference layer {index + 1}/{num_layers}", step, batches)
                 block, src_nodes = self.sampler.node_block(nodes, fanout=-1)
                 h = self.gnn.layer(index, block, self._rows(self.layers[index], src_nodes))
                 self.layers[index + 1][node_type][torch.from_numpy(ids)] = h
@@ -94,20 +95,6 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def held_out_edges(partitions: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(user, item) held-out pairs of a split in partition ids, from every part's edges/{split}.parquet."""
-    users, items = [], []
-    paths = sorted(Path(partitions).glob(f"part*/edges/{split}.parquet"))
-    if not paths:
-        raise FileNotFoundError(f"no part*/edges/{split}.parquet under {partitions}")
-    for path in paths:
-        table = pq.read_table(path, columns=["user", "item"])
-        users.append(table["user"].to_numpy())
-        items.append(table["item"].to_numpy())
-    empty = np.zeros(0, np.int64)
-    return np.concatenate(users or [empty]), np.concatenate(items or [empty])
-
-
 def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, ks) -> dict:
     """Full-ranking metrics of `my_users` against every item, summed across trainers."""
     num_users, num_items = graph.num_nodes("user"), graph.num_nodes("item")
@@ -124,67 +111,8 @@ def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, k
     return stats.all_reduce().result()
 
 
-# ---------------------------------------------------------------- jobs over a trained model (infer, mine)
-
-@contextlib.contextmanager
-def model_job(cfg, trained, train_dir: Path, out: Path, loop, loop_config: dict):
-    """Start (or attach to) Ray, serve the partitions the model in `train_dir` (training config
-    `trained`, see evaluate.trained_model) was trained on, run `loop` in one worker per trainer of the
-    original job writing into a temporary `out`, then yield that temporary directory for the caller to
-    finish. `out` appears complete or not at all."""
-    from gnnrec import atomic_dir
-    from gnnrec.launch.cluster import plan, ray_session
-    from gnnrec.trainer.train import _format_plan, _part_config, run_workers
-
-    part_config = _part_config(trained.path(trained.train.partitions))
-    with ray_session(cfg.launch):
-        job = plan(part_config, trained.train.trainers_per_partition, trained.train.dim, trained.train.use_gpu)
-        print(_format_plan(job))
-        with atomic_dir(out) as tmp:
-            run_workers(cfg, part_config, job, loop,
-                        {**loop_config, "out": str(tmp.resolve()), "model": str((train_dir / "model").resolve()),
-                         "trained": trained.model_dump(mode="json"),
-                         "dataset": str(trained.path(trained.partition.dataset).resolve())}, tmp)
-            yield tmp
-            cfg.save(tmp)
-
-
-def connect_model(config: dict):
-    """Worker side of model_job: (graph, Recommender in eval mode, ID tables restored from the
-    checkpoint, LayerwiseInference, rank, world)."""
-    import ray.train
-
-    from gnnrec.launch.config import Config
-    from gnnrec.launch.graph_servers import connect_client
-    from gnnrec.partition import dgl_adapter
-    from gnnrec.trainer import checkpoint
-    from gnnrec.trainer.train import Recommender
-
-    t = Config.model_validate(config["trained"]).train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(t.torch_threads)
-    graph = connect_client(config["client"])
-    tables = {n: dgl_adapter.dist_embedding(graph, n, t.dim, f"{n}_id") for n in NODE_TYPES}
-    _, dense = checkpoint.restore(Path(config["model"]), tables, None, rank, world)
-    model = Recommender(t)
-    model.load_state_dict(dense["model"])
-    model.eval()
-    batch_size = Config.model_validate(config["cfg"]).infer.batch_size
-    return graph, model, tables, LayerwiseInference(graph, model.gnn, tables, rank, world, batch_size), rank, world
-
-
-def raw_ids(dataset: Path, partitions: Path, node_type: str):
-    """The input's raw IDs indexed by partition id (a pyarrow array): ids/ maps dataset ids to raw
-    IDs, orig_nids/ partition ids to dataset ids."""
-    raw = pq.read_table(Path(dataset) / "ids" / f"{node_type}.parquet", columns=["raw_id"])["raw_id"]
-    return raw.take(np.load(Path(partitions) / "orig_nids" / f"{node_type}.npy"))
-
-
 def known_items(graph, users: np.ndarray) -> torch.Tensor:
     """[2, E] (position in `users`, item) of the users' training items (to mask from rankings)."""
-    from gnnrec.partition import dgl_adapter
-
     position = np.full(graph.num_nodes("user"), -1, np.int64)
     position[users] = np.arange(len(users))
     src, dst = dgl_adapter.dist_out_neighbors(graph, users)

@@ -1,11 +1,12 @@
 """Recommendation models: a layer stack over blocks, one small class per seed model, and a registry.
 
 Every model is built as `MODELS[name](dim, num_layers, **options)` and called as `model(h0, blocks)`:
-h0 [num_input_nodes, dim] are the input nodes' embeddings (from `NodeInput`, or rows fetched from a
-distributed embedding table), blocks the batch's blocks (first layer first). It returns the
+h0 [num_input_nodes, dim] are the input nodes' embeddings (rows of the ID tables: fetched from the
+graph servers in training, in memory for evaluation; or `NodeInput`), blocks the batch's blocks (first
+layer first). It returns the
 representations of the last block's dst nodes; a user-item score is their dot product (`score`).
 The exception is the untrained `Popularity` baseline, built from item degrees (see its docstring).
-This module must stay importable without DGL (no dgl, nothing from gnnrec.partition).
+`Recommender` joins a model and its loss for training. Pure PyTorch: no DGL, no Ray.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import drop_edges, drop_nodes
+from .blocks import Batch, drop_edges, drop_nodes
 from .layers import GATConv, GCNConv, LightGCNConv, NGCFConv, PinSageConv, SAGEConv, SocialConv
+from .losses import LOSSES
 
 
 def score(users: Tensor, items: Tensor) -> Tensor:
@@ -27,8 +29,9 @@ def score(users: Tensor, items: Tensor) -> Tensor:
 class NodeInput(nn.Module):
     """Input embeddings h0 of a set of nodes: a learnable ID embedding, projected features, or their sum.
 
-    The distributed trainer swaps this module for one that fetches rows of a DistEmbedding; models
-    never see the table, only h0. `features` ([num_nodes, f], zero rows for nodes without features) can
+    For a model trained in one process. The distributed trainer does not use it: it fetches h0 rows of
+    the DistEmbedding tables in the graph servers (trainer/batches.py); models never see a table, only
+    h0. `features` ([num_nodes, f], zero rows for nodes without features) can
     also be passed per call as `feats` (rows for `nodes`), e.g. fetched from a distributed tensor.
     """
 
@@ -201,3 +204,20 @@ MODELS = {
     "mf": MF,
     "popularity": Popularity,
 }
+
+
+class Recommender(nn.Module):
+    """A GNN from the registry and the loss, as one module for DDP; the ID embeddings h0 of the batch's
+    input nodes come from outside (rows of the distributed tables, or of a table in memory).
+
+    t: the training config section (model, dim, layers, loss, l2)."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.gnn = MODELS[t.model](t.dim, t.layers)
+        self.loss, self.l2 = LOSSES[t.loss], t.l2
+
+    def forward(self, batch: Batch, h0: Tensor) -> Tensor:
+        h = self.gnn(h0, batch.blocks)
+        ego = (h0[batch.users], h0[batch.pos_items], h0[batch.neg_items])
+        return self.loss(h[batch.users], h[batch.pos_items], h[batch.neg_items], ego=ego, l2=self.l2)

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from gnnrec.trainer.metrics import csr_rows, to_csr
+from gnnrec.ranking.metrics import csr_rows, to_csr
 
 
 @torch.no_grad()

@@ -1,0 +1,234 @@
+"""The job runtime: DistDGL graph servers, Ray Train workers and their supervision, for every job kind.
+
+    driver:  run_workers(kind, cfg, partitions, plan, loop, loop_config, tmp)
+             -> GraphServers (one per partition) -> TorchTrainer.fit in a task, watched: a dead server
+             or a silent worker fails the job with its name within launch.health_timeout_s, never a hang
+    worker:  with worker_session(config) as w:   # rank, world, device, DistDGL client, ID tables
+                 ... w.progress(desc, step, steps) ...
+
+Every worker beats once a second from the moment its session opens, with where it is; the driver shows
+that as a progress bar (on a terminal). A worker that has not beaten within `launch.start_timeout_s` of
+the start, or stops beating for `launch.health_timeout_s / 4`, fails the job. Errors name the job kind
+(train, infer, mine). Restarts are the caller's (trainer/train.py): a restarted Ray Train worker could
+not rejoin, since DistDGL servers admit exactly `num_clients` clients.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+from tqdm import tqdm
+
+from gnnrec import NODE_TYPES, JobFailed, UserError
+
+
+def format_plan(job: dict) -> str:
+    return "plan: " + ", ".join(f"{k}={v}" for k, v in job.items())
+
+
+def worker_noun(kind: str) -> str:
+    return "trainer" if kind == "train" else f"{kind} worker"
+
+
+# ---------------------------------------------------------------- the driver
+
+def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, tmp: Path, progress=None) -> None:
+    """Graph servers for `partitions` (data/formats.Partitions) and `job["trainers"]` Ray Train workers
+    running `loop(config)` as DistDGL clients (config: loop_config + cfg, client info, partitions,
+    heartbeats); raises JobFailed naming `kind` when a server or worker dies, and a worker's UserError as
+    it is. Ray Train's own files go under `tmp` and are removed."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from gnnrec.launch.graph_servers import GraphServers
+
+    tmp = Path(tmp).resolve()  # Ray Train wants an absolute storage path
+    launch = cfg.launch
+    with GraphServers(partitions.config, num_clients=job["trainers"], start_timeout_s=launch.health_timeout_s) as servers:
+        heartbeats = Heartbeats.remote()
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config={**loop_config, "cfg": cfg.model_dump(mode="json"), "client": servers.client_info,
+                               "partitions": str(partitions.path.resolve()), "heartbeats": heartbeats},
+            scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
+                                         resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
+            torch_config=TorchConfig(backend=job["backend"], timeout_s=int(launch.health_timeout_s)),
+            run_config=RunConfig(storage_path=str(tmp / ".ray"), name="workers",
+                                 failure_config=FailureConfig(max_failures=0)),
+        )
+        error = _watch(kind, trainer, servers, heartbeats, launch, progress or Progress(), job["trainers"])
+        ray.kill(heartbeats)
+        shutil.rmtree(tmp / ".ray", ignore_errors=True)
+        if isinstance(error, UserError):  # bad input found by a worker: no restart would help
+            raise error
+        if error:
+            raise JobFailed(f"{kind} failed: {error}")
+
+
+def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int) -> str | UserError | None:
+    """Run TorchTrainer.fit in a task while checking the graph servers and the workers' heartbeats
+    (Ray Train notices a dead worker too, but not always: a worker gone silent is a failure here);
+    on a failure, stop the job and free what it held (Ray Train's own cleaner needs the dashboard's
+    state API)."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    stale_after_s, noun = launch.health_timeout_s / 4, worker_noun(kind)
+    groups_before = set(ray.util.placement_group_table())
+    fit = ray.remote(num_cpus=0)(_fit).remote(trainer, kind)
+    try:
+        started = time.time()
+        while not ray.wait([fit], timeout=1.0)[0]:
+            progress.show(ray.get(heartbeats.position.remote()))
+            servers.check()
+            silent, beating = ray.get(heartbeats.silent.remote(stale_after_s))
+            if silent:
+                raise JobFailed(f"{kind} failed: {noun} rank {silent[0]} stopped (no heartbeat for "
+                                f"{stale_after_s:.0f} s)")
+            if beating < world and time.time() - started > launch.start_timeout_s:
+                raise JobFailed(f"{kind} failed: {world - beating} of {world} {noun}s did not start within "
+                                f"launch.start_timeout_s={launch.start_timeout_s:.0f} s")
+        progress.show()
+        return ray.get(fit)
+    except BaseException:
+        ray.kill(heartbeats)
+        ray.cancel(fit, force=True)
+        for group_id, info in ray.util.placement_group_table().items():
+            if group_id not in groups_before and info["state"] != "REMOVED" and group_id != servers.group.id.hex():
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+        raise
+
+
+def _fit(trainer, kind: str):
+    """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile; returns the
+    failure in one line, naming the worker that died when Ray Train says which, or the UserError a
+    worker raised."""
+    try:
+        trainer.fit()
+    except Exception as e:  # noqa: BLE001 - reported to the driver as the job's error
+        user_error = next((f for f in getattr(e, "worker_failures", {}).values() if isinstance(f, UserError)), None)
+        if user_error is not None:
+            return UserError(str(getattr(user_error, "cause", user_error)))  # a RayTaskError's cause: the message alone
+        text = " ".join(str(e).split())
+        rank, pid, ip = (re.search(p, text) for p in (r"Rank (\d+)", r"pid=(\d+)", r"node_ip='([^']+)'"))
+        if rank and "died" in text:
+            where = f" (pid {pid.group(1)} on {ip.group(1)})" if pid and ip else ""
+            return f"{worker_noun(kind)} rank {rank.group(1)}{where} died"
+        return f"{type(e).__name__}: {text if len(text) <= 600 else text[:200] + ' ... ' + text[-400:]}"
+    return None
+
+
+@ray.remote(num_cpus=0)
+class Heartbeats:
+    """Last sign of life of each worker, sent once a second by a thread of the worker process, with
+    where rank 0 is (`WorkerSession.where`)."""
+
+    def __init__(self):
+        self.last, self.where = {}, None
+
+    def beat(self, rank: int, where: dict | None = None) -> None:
+        self.last[rank] = time.time()
+        if rank == 0:
+            self.where = where
+
+    def position(self) -> dict | None:
+        return self.where
+
+    def silent(self, seconds: float) -> tuple[list[int], int]:
+        """The ranks silent for `seconds`, and how many ranks have ever beaten."""
+        now = time.time()
+        return [rank for rank, t in self.last.items() if now - t > seconds], len(self.last)
+
+
+class Progress:
+    """A bar of the steps of rank 0's current phase (on a terminal only); with `metrics`, also prints
+    the epochs rank 0 appends to that metrics.jsonl as they come. `seen`: epochs already printed."""
+
+    def __init__(self, metrics: Path | None = None, seen: int = 0):
+        self.metrics, self.seen, self.bar, self.bar_desc = metrics, seen, None, None
+
+    def show(self, where: dict | None = None) -> None:
+        if self.metrics is not None and self.metrics.exists():
+            lines = self.metrics.read_text().splitlines()
+            for line in lines[self.seen:]:
+                self._close_bar()
+                m = json.loads(line)
+                val = "".join(f", {k} {v:.4f}" for k, v in m.items() if k.startswith(("recall@", "ndcg@")))
+                print(f"epoch {m['epoch'] + 1}: loss {m['loss']:.4f}{val}, {m['edges_per_s']:,.0f} edges/s per "
+                      f"trainer, {m['seconds']:.1f} s", flush=True)
+            self.seen = len(lines)
+        if where and where.get("steps") and where.get("epoch", self.seen) >= self.seen:  # not an epoch printed
+            if self.bar_desc != where["desc"]:
+                self._close_bar()
+                self.bar_desc = where["desc"]
+                self.bar = tqdm(total=where["steps"], desc=where["desc"], unit="step", disable=None, leave=False)
+            self.bar.n = where["step"]
+            if "loss" in where:
+                self.bar.set_postfix(loss=f"{where['loss']:.4f}")
+        elif where is None:  # the job has ended
+            self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.bar_desc = None, None
+
+
+# ---------------------------------------------------------------- the worker
+
+@dataclass
+class WorkerSession:
+    """What a worker of any job kind has: its config, rank and world, device, the DistDGL client
+    (`graph`), the partitions and the distributed ID tables ({node type: DistEmbedding})."""
+    cfg: object
+    rank: int
+    world: int
+    device: torch.device
+    partitions: object
+    graph: object = None
+    tables: dict = field(default_factory=dict)
+    where: dict = field(default_factory=lambda: {"desc": "starting", "step": 0, "steps": 0})
+
+    def progress(self, desc: str, step: int, steps: int, **extra) -> None:
+        """Where this worker is, for the driver's progress bar (rank 0's is shown)."""
+        self.where.clear()
+        self.where.update(desc=desc, step=step, steps=steps, **extra)
+
+
+def _beat_forever(heartbeats, rank: int, where: dict) -> None:
+    while True:
+        heartbeats.beat.remote(rank, dict(where))
+        time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def worker_session(config: dict, dim: int, torch_threads: int, seed: int):
+    """Open a worker: start its heartbeat, set torch's threads and seed (Ray sets OMP_NUM_THREADS=1),
+    connect the DistDGL client, create the ID tables of `dim` in the servers; always disconnect."""
+    import ray.train
+    from ray.train.torch import get_device
+
+    from gnnrec import dgl_adapter
+    from gnnrec.data.formats import Partitions
+    from gnnrec.launch.config import Config
+    from gnnrec.launch.graph_servers import connect_client
+
+    ctx = ray.train.get_context()
+    w = WorkerSession(Config.model_validate(config["cfg"]), ctx.get_world_rank(), ctx.get_world_size(), get_device(),
+                      Partitions(config["partitions"]))
+    threading.Thread(target=_beat_forever, args=(config["heartbeats"], w.rank, w.where), daemon=True).start()
+    torch.set_num_threads(torch_threads)
+    torch.manual_seed(seed)
+    w.graph = connect_client(config["client"])
+    try:
+        w.tables = {n: dgl_adapter.dist_embedding(w.graph, n, dim, f"{n}_id") for n in NODE_TYPES}
+        yield w
+    finally:
+        dgl_adapter.disconnect()

@@ -1,0 +1,1 @@
+"""Ranking: chunked masked top-K and full-ranking metrics (pure PyTorch)."""

@@ -1,0 +1,148 @@
+"""Graph back-ends of the neighbour sampler: in-neighbours of many nodes at once, per relation.
+
+`CSRNeighborhoods` over in-memory or memory-mapped CSR arrays (exact and vectorized: a row with at most
+`fanout` edges gives them all, a longer row a uniform `fanout`-subset by Floyd's algorithm), and
+`DistNeighborhoods` over a DistDGL DistGraph (one server round per layer). Node ids are 0-based per type.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from gnnrec.arrays import group_by, ranges
+
+# relation name -> (src node type, dst node type); named after the DGL edge type that carries it
+RELATIONS = {
+    "interacted_by": ("item", "user"),
+    "interacts": ("user", "item"),
+    "follows": ("user", "user"),
+    "followed_by": ("user", "user"),
+}
+
+
+class Neighborhoods(Protocol):
+    """A graph the sampler can ask for in-neighbours. Node ids are 0-based per type."""
+
+    def sample(self, users: np.ndarray, items: np.ndarray, fanout: int, rng: np.random.Generator):
+        """Up to `fanout` in-neighbours (-1: all) of each of the (unique) `users` and `items` per
+        relation: a list of (relation, src ids, position of the dst node in users or items)."""
+
+    def degree(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-graph in-degrees of users and items over the relations `sample` draws from."""
+
+
+# ---------------------------------------------------------------- local CSR back-end
+
+def _distinct_offsets(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """[len(deg), k]: k distinct uniform offsets in [0, d) for each d > k (Floyd's algorithm, vectorized:
+    step j draws t in [0, top = d-k+j] and takes top instead when t is already chosen)."""
+    chosen = np.empty((len(deg), k), np.int64)
+    for j in range(k):
+        top = deg - k + j
+        t = rng.integers(0, top + 1)
+        chosen[:, j] = np.where((chosen[:, :j] == t[:, None]).any(axis=1), top, t)
+    return chosen
+
+
+def sample_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, fanout: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `fanout` distinct entries of each CSR row (-1: all): (entry, position of its row in rows)."""
+    start = np.asarray(indptr[rows], np.int64)
+    deg = np.asarray(indptr[rows + 1], np.int64) - start
+    whole = np.flatnonzero(deg <= fanout) if fanout >= 0 else np.arange(len(rows))
+    positions, row_of = [ranges(start[whole], deg[whole])], [np.repeat(whole, deg[whole])]
+    if fanout >= 0:
+        part = np.flatnonzero(deg > fanout)
+        positions.append((start[part, None] + _distinct_offsets(deg[part], fanout, rng)).ravel())
+        row_of.append(np.repeat(part, fanout))
+    return np.asarray(indices[np.concatenate(positions)], np.int64), np.concatenate(row_of)
+
+
+class CSRNeighborhoods:
+    """`Neighborhoods` over in-CSR arrays per relation, {relation: (indptr over dst, src ids)}; numpy or
+    memory-mapped."""
+
+    def __init__(self, csr: dict[str, tuple[np.ndarray, np.ndarray]], num_users: int, num_items: int):
+        self.csr = csr
+        counts = {"user": np.zeros(num_users, np.int64), "item": np.zeros(num_items, np.int64)}
+        for relation, (indptr, _) in csr.items():
+            counts[RELATIONS[relation][1]] += np.diff(np.asarray(indptr, np.int64))
+        self.user_degree, self.item_degree = counts["user"], counts["item"]
+
+    @classmethod
+    def from_edges(cls, user: np.ndarray, item: np.ndarray, num_users: int, num_items: int,
+                   social: tuple[np.ndarray, np.ndarray] | None = None) -> "CSRNeighborhoods":
+        """From interaction pairs and optional (follower, followee) pairs, ids 0-based per type."""
+        csr = {"interacted_by": group_by(user, item, num_users), "interacts": group_by(item, user, num_items)}
+        if social is not None and len(social[0]):
+            follower, followee = social
+            csr["follows"] = group_by(followee, follower, num_users)
+            csr["followed_by"] = group_by(follower, followee, num_users)
+        return cls(csr, num_users, num_items)
+
+    def sample(self, users, items, fanout, rng):
+        dst = {"user": users, "item": items}
+        return [(relation, *sample_rows(indptr, indices, dst[RELATIONS[relation][1]], fanout, rng))
+                for relation, (indptr, indices) in self.csr.items()]
+
+    def degree(self, users, items):
+        return self.user_degree[users], self.item_degree[items]
+
+
+# ---------------------------------------------------------------- DistGraph back-end
+
+def _positions(ids: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Index in the unique array `ids` of each element of `of` (all present)."""
+    order = np.argsort(ids, kind="stable")
+    return order[np.searchsorted(ids, of, sorter=order)]
+
+
+class DistNeighborhoods:
+    """`Neighborhoods` over a DistDGL DistGraph: one sample_etype_neighbors call per layer, answered by
+    the servers of the partitions the dst nodes live in. Node ids are the DistGraph's per-type ids
+    (for gnnrec partitions, the renumbered ids of partition/writer.py, not the dataset's).
+
+    Only in-edges are drawn (a partition holds every in-edge of its nodes, not their out-edges), so
+    social ties count both ways because gnnrec partitions carry a `followed_by` edge type (a graph
+    without one: a user hears its followers only). `social=False` leaves the user-user relations out
+    (models of interactions only).
+    Degrees are the servers' in-degrees over the relations used: over all of them, or, when social edges
+    are left out of a graph that has them, counted once for every node (a pass over the graph, cached).
+    """
+
+    def __init__(self, graph, social: bool = True):
+        from gnnrec.dgl_adapter import dist_edge_types
+        self.graph = graph
+        present = [r for r in RELATIONS if r in dist_edge_types(graph)]
+        self.relations = [r for r in present if social or RELATIONS[r][0] != RELATIONS[r][1]]
+        self.counted = None if self.relations == present else {}
+
+    def sample(self, users, items, fanout, rng):  # the servers draw; rng is unused
+        from gnnrec.dgl_adapter import dist_sample_in_edges
+        dst_ids = {"user": users, "item": items}
+        edges = dist_sample_in_edges(self.graph, {t: ids for t, ids in dst_ids.items() if len(ids)},
+                                     {r: fanout for r in self.relations})
+        out = []
+        for relation, (src, dst) in edges.items():
+            out.append((relation, src, _positions(dst_ids[RELATIONS[relation][1]], dst)))
+        return out
+
+    def degree(self, users, items):
+        from gnnrec.dgl_adapter import dist_node_in_degrees
+        if self.counted is None:
+            return dist_node_in_degrees(self.graph, "user", users), dist_node_in_degrees(self.graph, "item", items)
+        if not self.counted:
+            self.counted = {t: self._count(t) for t in ("user", "item")}
+        return self.counted["user"][users], self.counted["item"][items]
+
+    def _count(self, node_type: str, batch: int = 65536) -> np.ndarray:
+        """In-degrees of every node of a type over self.relations."""
+        from gnnrec.dgl_adapter import dist_sample_in_edges
+        n = self.graph.num_nodes(node_type)
+        degree = np.zeros(n, np.int64)
+        for start in range(0, n, batch):
+            nodes = np.arange(start, min(start + batch, n))
+            for _, dst in dist_sample_in_edges(self.graph, {node_type: nodes}, {r: -1 for r in self.relations}).values():
+                degree += np.bincount(dst, minlength=n)
+        return degree

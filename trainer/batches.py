@@ -1,0 +1,67 @@
+"""A trainer's batches: training-edge ids -> `Batch` (endpoints, negatives, blocks), and the batch's
+input rows from the distributed ID tables."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gnnrec import dgl_adapter
+from gnnrec.model.blocks import Batch
+from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
+from gnnrec.samplers.neighbor import NeighborSampler
+from gnnrec.samplers.neighborhoods import DistNeighborhoods
+from gnnrec.samplers.prefetch import Prefetcher
+
+
+def lookup(tables: dict, nodes: torch.Tensor, num_users: int, device) -> torch.Tensor:
+    """h0 of homogeneous node ids from the distributed user and item tables (rows recorded for the
+    sparse optimizer)."""
+    users = nodes < num_users
+    at = torch.cat([torch.nonzero(users).squeeze(1), torch.nonzero(~users).squeeze(1)])
+    rows = torch.cat([tables["user"](nodes[users], device), tables["item"](nodes[~users] - num_users, device)])
+    return rows[torch.argsort(at)]
+
+
+class BatchMaker:
+    """Training-edge ids -> Batch: endpoints, negatives (never the user's positives when asked), blocks.
+
+    partitions: data/formats.Partitions (mined negatives are in dataset ids, the graph in partition ids)."""
+
+    def __init__(self, graph, t, partitions, hard_negatives=None, social: bool = False):
+        self.graph, self.t = graph, t
+        self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
+        if t.negatives == "popularity":
+            degree = dgl_adapter.dist_node_in_degrees(graph, "item", np.arange(self.num_items))
+            self.negatives = NEGATIVES["popularity"](degree)
+        else:
+            self.negatives = NEGATIVES[t.negatives](self.num_items)
+        if hard_negatives is not None:
+            id_maps = (partitions.partition_ids("user"), partitions.partition_ids("item"))
+            self.negatives = WithHard(self.negatives, HardNegatives(hard_negatives, self.num_users, self.num_items,
+                                                                    id_maps=id_maps))
+        self.sampler = None
+        if t.sampler == "neighbor" and t.layers:
+            self.sampler = NeighborSampler(DistNeighborhoods(graph, social), t.fanouts, self.num_users,
+                                           self.num_items, negatives=self.negatives, num_negatives=t.num_negatives,
+                                           seed=t.seed)
+
+    def make(self, eids: np.ndarray, rng: np.random.Generator) -> Batch:
+        users, items = dgl_adapter.dist_find_edges(self.graph, eids)
+        if self.t.exclude_positives:
+            their_users, their_items = dgl_adapter.dist_out_neighbors(self.graph, np.unique(users))
+            self.negatives.positives = Positives(their_users, their_items, self.num_items)
+        if self.sampler is not None:
+            self.sampler.rng = rng  # negatives reproducible per step (the servers draw the neighbours)
+            return self.sampler.sample(users, items)
+        neg = self.negatives.sample(users, items, self.t.num_negatives, rng)
+        nodes, inverse = np.unique(np.concatenate([users, self.num_users + items, self.num_users + neg.ravel()]),
+                                   return_inverse=True)
+        b = len(users)
+        local = torch.from_numpy(inverse)
+        return Batch(torch.from_numpy(nodes), [], local[:b], local[b:2 * b], local[2 * b:].view(b, -1))
+
+    def ahead(self, chunks, rngs):
+        """Batches for the chunks (one random generator each), sampled `prefetch` ahead of the consumer
+        in a background thread."""
+        made = (self.make(c, rng) for c, rng in zip(chunks, rngs))
+        return Prefetcher(made, depth=self.t.prefetch) if self.t.prefetch else made

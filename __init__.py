@@ -1,7 +1,7 @@
 """gnnrec: a DGL-based distributed trainer for graph recommendation models.
 
-Stages (each a plain function and a `gnnrec` subcommand): synth, ingest, partition, train, mine,
-infer, evaluate; `run` chains them from one config.
+Stages (each a plain function and a `gnnrec` subcommand, listed in launch/stages.py): synth, ingest,
+partition, train, mine, infer, evaluate, recommend; `run` chains them from one config.
 """
 import contextlib
 import os

@@ -113,7 +113,7 @@ def partition_graph_metis(graph_path, out, parts: int) -> None:
 
 def dist_env(role: str, ip_config, part_config, num_servers: int, num_clients: int, server_id: int = 0,
              num_samplers: int = 0) -> dict[str, str]:
-    """The environment DistDGL reads in dgl.distributed.initialize (DESIGN.md §3.3)."""
+    """The environment DistDGL reads in dgl.distributed.initialize."""
     return {"DGL_ROLE": role, "DGL_SERVER_ID": str(server_id), "DGL_NUM_SERVER": str(num_servers),
             "DGL_NUM_CLIENT": str(num_clients), "DGL_CONF_PATH": str(part_config),
             "DGL_IP_CONFIG": str(ip_config), "DGL_NUM_SAMPLER": str(num_samplers),

@@ -23,7 +23,8 @@ GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla
 CHILD = r"""
 import json, resource, sys, time
 from gnnrec.launch.config import load_config
-from gnnrec import dgl_adapter, partitioning
+from gnnrec import dgl_adapter
+from gnnrec.partition import stage
 def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 dgl_adapter._dgl()  # the import is a fixed cost, not a per-edge one
 base = rss()
@@ -35,7 +36,7 @@ if mode == "dgl":
                                       cfg.partition.parts)
     result = {}
 else:
-    result = partitioning.partition(cfg)
+    result = stage.partition(cfg)
 print("RESULT " + json.dumps({**result, "wall_s": round(time.perf_counter() - t, 2), "base_rss_mb": round(base, 1),
                              "peak_rss_mb": round(rss(), 1)}))
 """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from pathlib import Path
 
 import ray
 
@@ -54,12 +53,11 @@ def ray_session(launch):
             ray.shutdown()
 
 
-def plan(part_config, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0) -> dict:
-    """Machines, trainers, GPUs and estimated memory per machine; UserError when it cannot fit.
+def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0) -> dict:
+    """Machines, trainers, GPUs and estimated memory per machine of a job on `partitions`
+    (data/formats.Partitions); UserError when it cannot fit.
     batch_rows: embedding rows one training batch scores (batch_size x (2 + num_negatives))."""
-    part_dir = Path(part_config).parent
-    meta = json.loads(Path(part_config).read_text())
-    stats = json.loads((part_dir / "partition_stats.json").read_text())
+    meta, stats = json.loads(partitions.config.read_text()), partitions.stats
     nodes = [n for n in ray.nodes() if n["Alive"]]
     parts = meta["num_parts"]
     if len(nodes) != parts:  # a trainer on a node without a server finds no partition in shared memory

@@ -5,8 +5,8 @@
         ...
         servers.check()                                  # raises GraphServerDied naming the partition
 
-A client's machine id is the first ip_config line that matches one of its interfaces (DESIGN.md
-§3.4), so servers sit in a placement group (STRICT_SPREAD when K > 1) and ip_config lists their
+A client's machine id is the first ip_config line that matches one of its interfaces (DistDGL's rule,
+one partition per host), so servers sit in a placement group (STRICT_SPREAD when K > 1) and ip_config lists their
 node addresses in partition order. DistDGL admits exactly `num_clients` clients (trainers × (1 +
 sampler processes)); the servers exit once every client has disconnected. The partition directory
 must be readable at the same path on every node (shared filesystem, or copied beforehand).

@@ -18,7 +18,7 @@ DEGREE_COLUMN = {0: 2, 1: 3}  # the in-degree column of each node-type count col
 
 
 def node_weights(g) -> np.ndarray:
-    """float32 [U+I, 4]: the balance weights of every node (users first, then items)."""
+    """float32 [U+I, len(CONSTRAINTS)]: the balance weights of every node (users first, then items)."""
     nu, ni = g.num_users, g.num_items
     w = np.zeros((nu + ni, len(CONSTRAINTS)), np.float32)
     w[:nu, 0] = 1
@@ -30,7 +30,7 @@ def node_weights(g) -> np.ndarray:
 
 
 def part_loads(part: np.ndarray, weights: np.ndarray, parts: int) -> np.ndarray:
-    """[parts, 4] sums of node weights per partition."""
+    """[parts, len(CONSTRAINTS)] sums of node weights per partition."""
     return np.stack([np.bincount(part, weights[:, c].astype(np.float64), minlength=parts)
                      for c in range(weights.shape[1])], 1)
 

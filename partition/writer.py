@@ -38,9 +38,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gnnrec import dgl_adapter
-from gnnrec.partition import csr
+from gnnrec import NODE_TYPES, dgl_adapter
+from gnnrec.data.formats import Dataset
 from gnnrec.dgl_adapter import EDGE_TYPES
+from gnnrec.partition import csr
 
 GRAPH_NAME = "gnnrec"
 SPLITS_HELD_OUT = ("val", "test")
@@ -149,7 +150,7 @@ def write_partitions(g, user_part: np.ndarray, item_part: np.ndarray, parts: int
     names = {et: etype_str(et) for et in layout.etypes}
     csrs = in_edge_csrs(g, layout.etypes)
     features = {t: np.load(dataset / "features" / f"{t}.npy", mmap_mode="r")
-                for t in ("user", "item") if (dataset / "features" / f"{t}.npy").exists()}
+                for t in NODE_TYPES if (dataset / "features" / f"{t}.npy").exists()}
     _write_id_maps(layout, dataset, out)
     for et in layout.etypes:
         np.lib.format.open_memmap(out / "orig_eids" / f"{names[et]}.npy", "w+", np.int64, (int(layout.edge_count[et].sum()),))
@@ -191,7 +192,7 @@ def _halo(layout: Layout, csrs: dict, p: int, inner: dict, halo_hops: int):
             src = np.asarray(sources[pos], np.int64)
             halo_edges.append((et, src, csr.row_ids(ptr, frontier[et[2]]), pos))
             found[et[0]].append(src)
-        for t in ("user", "item"):
+        for t in NODE_TYPES:
             new = np.unique(np.concatenate(found[t])) if found[t] else np.zeros(0, np.int64)
             new = new[layout.node_part[t][new] != p]
             frontier[t] = np.setdiff1d(new, halo[t], assume_unique=True)
@@ -205,7 +206,7 @@ def _write_one(g, layout: Layout, csrs: dict, p: int, halo_hops: int, new_ids, p
 
     Local node order: inner nodes in global-id order, then halo nodes in global-id order. Local edge
     order: inner edges by global id (edge type, then in-CSR order), then halo edges by global id."""
-    inner = {t: np.flatnonzero(layout.node_part[t] == p) for t in ("user", "item")}
+    inner = {t: np.flatnonzero(layout.node_part[t] == p) for t in NODE_TYPES}
     halo, halo_edges = _halo(layout, csrs, p, inner, halo_hops)
     n_inner = sum(len(v) for v in inner.values())
     start = min(layout.node_homo_start[t][p] for t in layout.ntypes)
@@ -284,11 +285,11 @@ def _write_id_maps(layout: Layout, dataset: Path, out: Path) -> None:
     """ids/<ntype>.parquet (new id, dataset id, raw id) and orig_nids/<ntype>.npy (new -> dataset id)."""
     for d in ("ids", "orig_nids", "orig_eids"):
         (out / d).mkdir()
-    for t in ("user", "item"):
+    for t in NODE_TYPES:
         orig = np.empty(len(layout.new_id[t]), np.int64)
         orig[layout.new_id[t]] = np.arange(len(orig))
         np.save(out / "orig_nids" / f"{t}.npy", orig)
-        raw = pq.read_table(dataset / "ids" / f"{t}.parquet", columns=["raw_id"]).column("raw_id")
+        raw = Dataset(dataset).raw_ids(t)
         pq.write_table(pa.table({"id": np.arange(len(orig)), "dataset_id": orig, "raw_id": raw.take(orig)}),
                        out / "ids" / f"{t}.parquet")
 

@@ -11,62 +11,19 @@ Per user u with held-out items T_u (|T_u| >= 1; users without any are not evalua
 
 each averaged over evaluated users; Coverage@K = |union of all R_u| / num_items.
 Per-user item sets (held-out truth, items to mask) are given as CSR `(indptr, indices)` over all users,
-or as an edge index `[2, E]` tensor of (user, item) rows; item ids are local, 0-based.
+or as an edge index `[2, E]` tensor of (user, item) rows (`topk.to_csr`); item ids are local, 0-based.
+The top-K lists are ranking/topk.py's, the same function infer and mine use.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from gnnrec.ranking.topk import csr_rows, to_csr, top_k
+
 METRICS = ("recall", "ndcg", "precision", "hit_rate", "mrr")
-
-
-def to_csr(sets, num_users: int):
-    """(indptr [num_users + 1], indices) from a CSR pair or a [2, E] (user, item) edge index."""
-    if isinstance(sets, (tuple, list)):
-        indptr, indices = (torch.as_tensor(t).long() for t in sets)
-        if indptr.numel() != num_users + 1:
-            raise ValueError(f"CSR indptr has {indptr.numel()} entries, expected num_users + 1 = {num_users + 1}")
-        return indptr, indices
-    edges = torch.as_tensor(sets).long()
-    users, order = torch.sort(edges[0], stable=True)
-    counts = torch.bincount(users, minlength=num_users)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), edges[1][order]
-
-
-def csr_rows(indptr: Tensor, indices: Tensor, rows: Tensor):
-    """(position in `rows`, column) for every entry of the given CSR rows."""
-    starts = indptr[rows]
-    lens = indptr[rows + 1] - starts
-    pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), lens)
-    offsets = torch.arange(pos.numel(), device=rows.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
-    return pos, indices[starts[pos] + offsets]
-
-
-def _topk(scores: Tensor, k: int) -> Tensor:
-    val, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-    top = top.masked_fill(torch.isneginf(val), -1)  # masked items: fewer than k candidates left
-    if top.shape[1] < k:
-        top = torch.cat([top, top.new_full((top.shape[0], k - top.shape[1]), -1)], dim=1)
-    return top
-
-
-def recommend(U: Tensor, I: Tensor, k: int, exclude=None, users: Optional[Tensor] = None,
-              chunk_size: int = 4096) -> Iterable:
-    """Yield (users chunk, top-k item ids [chunk, k], -1 where fewer than k items remain) for `users`
-    (default all rows of U), scoring U @ I^T in user chunks with the `exclude` sets masked out."""
-    device = U.device
-    users = torch.arange(U.shape[0], device=device) if users is None else users.to(device)
-    excl = None if exclude is None else tuple(t.to(device) for t in to_csr(exclude, U.shape[0]))
-    for start in range(0, users.numel(), chunk_size):
-        uc = users[start:start + chunk_size]
-        scores = U[uc] @ I.T
-        if excl is not None:
-            r, c = csr_rows(*excl, uc)
-            scores[r, c] = float("-inf")
-        yield uc, _topk(scores, k)
 
 
 class RankingStats:
@@ -141,7 +98,7 @@ def evaluate(U: Tensor, I: Tensor, truth, exclude=None, ks=(20,), chunk_size: in
     n_truth = truth_csr[0][1:] - truth_csr[0][:-1]
     users = torch.nonzero(n_truth).squeeze(1)
     stats = stats or RankingStats(ks, num_items, U.device)
-    for uc, top in recommend(U, I, max(stats.ks), exclude, users, chunk_size):
+    for uc, top, _ in top_k(U, I, max(stats.ks), exclude, users, user_chunk=chunk_size):
         stats.update(top, _hits(top, truth_csr, uc, num_items), n_truth[uc])
     return stats.result()
 

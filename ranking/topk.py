@@ -15,7 +15,27 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from gnnrec.ranking.metrics import csr_rows, to_csr
+
+def to_csr(sets, num_users: int):
+    """(indptr [num_users + 1], indices) from a CSR pair or a [2, E] (user, item) edge index."""
+    if isinstance(sets, (tuple, list)):
+        indptr, indices = (torch.as_tensor(t).long() for t in sets)
+        if indptr.numel() != num_users + 1:
+            raise ValueError(f"CSR indptr has {indptr.numel()} entries, expected num_users + 1 = {num_users + 1}")
+        return indptr, indices
+    edges = torch.as_tensor(sets).long()
+    users, order = torch.sort(edges[0], stable=True)
+    counts = torch.bincount(users, minlength=num_users)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), edges[1][order]
+
+
+def csr_rows(indptr: Tensor, indices: Tensor, rows: Tensor):
+    """(position in `rows`, column) for every entry of the given CSR rows."""
+    starts = indptr[rows]
+    lens = indptr[rows + 1] - starts
+    pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), lens)
+    offsets = torch.arange(pos.numel(), device=rows.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+    return pos, indices[starts[pos] + offsets]
 
 
 @torch.no_grad()
@@ -24,7 +44,7 @@ def top_k(U: Tensor, I: Tensor, k: int, exclude=None, users: Optional[Tensor] = 
     """Yield, per chunk of `users` (default: every row of U), `(user_ids [n], item_ids [n, k] int64,
     scores [n, k] float32)`: the k items of highest U[u] · I[i] for each user, best first (ties in any
     order), never one of the user's `exclude` items (a [2, E] (user, item) edge index or a CSR
-    (indptr, indices) pair over all rows of U, as `metrics.to_csr` takes). Where fewer than k items
+    (indptr, indices) pair over all rows of U, as `to_csr` takes). Where fewer than k items
     remain, the rest of the row is item -1 with score -inf. `item_chunk`: score the catalog in shards of
     that many items and merge the shards' top k (the same lists, a [user_chunk, item_chunk] score buffer).
     """

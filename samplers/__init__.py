@@ -1,1 +1,1 @@
-"""Neighbour and random-walk samplers, negative samplers, hard-negative mining."""
+"""Samplers: neighbour (GraphSAGE) and random-walk (PinSage) neighbourhoods, negatives; hard negatives are mined by trainer/mine.py."""

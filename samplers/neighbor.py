@@ -1,4 +1,4 @@
-"""GraphSAGE neighbour sampling for edge mini-batches, built straight into `trainer.blocks.Batch`.
+"""GraphSAGE neighbour sampling for edge mini-batches, built straight into `model.blocks.Batch`.
 
 For a batch of positive pairs (user u_b, item i_b), ids 0-based per type:
 
@@ -18,9 +18,9 @@ For a batch of positive pairs (user u_b, item i_b), ids 0-based per type:
    are dropped, so no seed hears its own label. They are dropped after sampling: a node whose sample
    drew a batch edge gets one message fewer.
 4. The block's src nodes are its dst nodes followed by the new neighbours (ascending ids), edges
-   are relabelled to local indices (numpy; no dgl.to_block, DESIGN.md §3.2), `deg` is each src node's
-   whole-graph in-degree over the relations used (the degrees of the symmetric graph that
-   `trainer.blocks.graph_edges` builds), `etype` INTERACTION or SOCIAL. The src nodes become the next
+   are relabelled to local indices (numpy; no dgl.to_block, which returns garbage on inconsistent
+   input), `deg` is each src node's whole-graph in-degree over the relations used (the degrees of
+   the symmetric graph that `model.blocks.graph_edges` builds), `etype` INTERACTION or SOCIAL. The src nodes become the next
    (outer) layer's dst nodes.
 
 Graph back-ends (`Neighborhoods`: a local CSR, or the graph servers) are in samplers/neighborhoods.py.

@@ -24,10 +24,10 @@ class Prefetcher:
 
     Threads: the sampler is numpy, which releases the GIL in its array loops, so a thread is enough.
     torch.set_num_threads is per process, not per thread: leave a core for the sampler (e.g.
-    torch.set_num_threads(cores - 1) in the trainer; Ray sets OMP_NUM_THREADS=1, DESIGN.md §3.5).
+    torch.set_num_threads(cores - 1) in the trainer; Ray sets OMP_NUM_THREADS=1).
     With `DistNeighborhoods`, sampling is DistDGL RPC from this thread while the trainer also calls the
     servers (row pulls, sparse pushes) from its own: DGL's client is not thread-safe, so every call to
-    the servers holds `dgl_adapter.RPC` (DESIGN.md §3.9).
+    the servers holds `dgl_adapter.RPC`.
     """
 
     def __init__(self, batches: Iterable, depth: int = 2):

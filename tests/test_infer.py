@@ -1,6 +1,7 @@
 """infer, mine and training with mined negatives, through the real runtime (graph servers, Ray Train)."""
 import json
 import shutil
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -144,6 +145,23 @@ def test_unreadable_mined_negatives_are_a_user_error_without_restart(trained, tm
         train(cfg)
     assert str(raised.value).startswith(f"{tmp_path / 'mined'}: ")  # the worker's one line, as it wrote it
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("stage", [infer_stage, mine_stage])
+def test_infer_and_mine_run_past_the_start_timeout(trained, stage):
+    """Every job kind beats from its worker session: a job that lasts longer than launch.start_timeout_s
+    completes (infer and mine used to fail at it: only training sent heartbeats). One node per batch makes
+    the layer-wise inference thousands of server rounds long."""
+    work, _ = trained
+    timeout_s = 20
+    cfg = load_config(None, [f"workdir={work}", f"launch.start_timeout_s={timeout_s}", "infer.batch_size=1",
+                             f"infer.k={K}", "infer.out={workdir}/infer-slow", "mine.window=[5, 40]",
+                             "mine.out={workdir}/mined-slow"])
+    started = time.perf_counter()
+    summary = stage(cfg)
+    elapsed = time.perf_counter() - started
+    assert summary["out"] in (str(work / "infer-slow"), str(work / "mined-slow"))
+    assert elapsed > timeout_s + 5, f"the job took {elapsed:.0f} s: too short to outlast the start timeout"
 
 
 def test_draws_depend_on_the_user_alone():

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from gnnrec.ranking.metrics import evaluate, evaluate_topk, recommend, to_csr
+from gnnrec.ranking.metrics import evaluate, evaluate_topk
+from gnnrec.ranking.topk import to_csr, top_k
 
 # I = identity, so U's rows are the scores themselves. 5 items, 4 users.
 SCORES = torch.tensor([[5., 4, 3, 2, 1],    # u0: ranking 0 1 2 3 4; train {0}; truth {2, 4}
@@ -49,9 +50,9 @@ def test_formats_and_chunking_agree():
 
 def test_masking_removes_train_items():
     # without the mask, u0's and u1's top items are exactly their training items
-    top0 = torch.cat([t for _, t in recommend(SCORES, torch.eye(5), 2)])
+    top0 = torch.cat([t for _, t, _ in top_k(SCORES, torch.eye(5), 2)])
     assert top0[0].tolist() == [0, 1] and top0[1].tolist() == [4, 3]
-    top = torch.cat([t for _, t in recommend(SCORES, torch.eye(5), 5, exclude=TRAIN)])
+    top = torch.cat([t for _, t, _ in top_k(SCORES, torch.eye(5), 5, exclude=TRAIN)])
     for user, item in TRAIN.T.tolist():
         assert item not in top[user].tolist()
     assert top[1].tolist() == [2, 1, 0, -1, -1]  # only 3 unmasked items left: empty slots are -1

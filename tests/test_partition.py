@@ -245,14 +245,14 @@ def test_incomplete_or_old_dataset_exits_2(dataset, tmp_path, capsys):
 
 
 def test_crash_mid_write_leaves_no_partition_directory(dataset, monkeypatch):
-    from gnnrec.partition import partitioning, writer
+    from gnnrec.partition import stage, writer
     out = dataset / "crash-out"
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
     monkeypatch.setattr(writer.dgl_adapter, "save_partition", boom)
     with pytest.raises(RuntimeError):
-        partitioning.partition(load_config(None, overrides(dataset, "random", 2, out)))
+        stage.partition(load_config(None, overrides(dataset, "random", 2, out)))
     assert not out.exists() and not list(dataset.glob(".crash-out.tmp-*"))
 
 

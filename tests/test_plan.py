@@ -4,6 +4,7 @@ import json
 import pytest
 
 from gnnrec import UserError
+from gnnrec.data.formats import Partitions
 from gnnrec.launch import cluster
 
 GB = 2**30
@@ -13,7 +14,7 @@ GB = 2**30
 def one_part(tmp_path):
     (tmp_path / "gnnrec.json").write_text(json.dumps({"num_parts": 1, "num_nodes": 70_000}))
     (tmp_path / "partition_stats.json").write_text(json.dumps({"per_part": [{"nodes": 70_000, "edges": 1_600_000}]}))
-    return tmp_path / "gnnrec.json"
+    return Partitions(tmp_path)
 
 
 def machine(monkeypatch, memory_gb):

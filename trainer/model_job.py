@@ -23,7 +23,7 @@ def model_job(kind: str, cfg, trained: TrainOutput, out: Path, loop, loop_config
 
     t = trained.config.train
     with ray_session(cfg.launch):
-        job = plan(trained.partitions.config, t.trainers_per_partition, t.dim, t.use_gpu)
+        job = plan(trained.partitions, t.trainers_per_partition, t.dim, t.use_gpu)
         print(format_plan(job))
         with atomic_dir(out) as tmp:
             run_workers(kind, cfg, trained.partitions, job, loop,

@@ -54,7 +54,7 @@ def _train(cfg, partitions: Partitions) -> dict:
     from gnnrec.trainer.curves import plot_curves
 
     t = cfg.train
-    job = plan(partitions.config, t.trainers_per_partition, t.dim, t.use_gpu, t.batch_size * (2 + t.num_negatives))
+    job = plan(partitions, t.trainers_per_partition, t.dim, t.use_gpu, t.batch_size * (2 + t.num_negatives))
     print(format_plan(job))
     out, checkpoints = cfg.path(t.out), cfg.path(t.checkpoints)
     _check_inputs(cfg, partitions, checkpoints)

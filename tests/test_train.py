@@ -90,8 +90,10 @@ def test_killed_trainer_restarts_from_the_last_checkpoint(local_ray, workdir):
 
 
 def test_killed_trainer_fails_the_job_within_a_minute(local_ray, workdir):
+    # 200 epochs (minutes): long enough to be killed, short enough that a missed kill fails instead of
+    # training for hours (the kill's targeting is issue #17's)
     cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
-               "train.epochs=3000", "train.max_failures=0", "train.out={workdir}/killed")
+               "train.epochs=200", "train.max_failures=0", "train.out={workdir}/killed")
     killed_at = _kill_once_training("ray::RayTrainWorker")
     with pytest.raises(JobFailed, match=r"trainer rank \d (\(pid \d+ on [\d.]+\) died|stopped)"):
         train(cfg)
@@ -101,7 +103,7 @@ def test_killed_trainer_fails_the_job_within_a_minute(local_ray, workdir):
 
 def test_killed_graph_server_fails_the_job_within_a_minute(local_ray, workdir):
     cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
-               "train.epochs=3000", "train.max_failures=0", "train.out={workdir}/killed")
+               "train.epochs=200", "train.max_failures=0", "train.out={workdir}/killed")
     killed_at = _kill_once_training("ray::GraphServer")
     with pytest.raises(GraphServerDied, match="partition 0"):
         train(cfg)

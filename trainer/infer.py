@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gnnrec import NODE_TYPES
+from gnnrec.data.formats import Dataset
 from gnnrec.ranking.topk import top_k
 from gnnrec.trainer.checkpoint import TrainOutput
 from gnnrec.trainer.layerwise import known_items
@@ -57,7 +58,7 @@ def infer_loop(config: dict) -> None:
         final = inference.run(w.progress)
         if w.rank == 0:
             (out / "layer_seconds.json").write_text(json.dumps(inference.layer_seconds))
-        dataset = TrainOutput(config["trained"]).dataset
+        dataset = Dataset(config["dataset"])
         raw = {n: w.partitions.raw_ids(dataset, n) for n in NODE_TYPES}
         for node_type in NODE_TYPES:
             ids = inference.shares[node_type]

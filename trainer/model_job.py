@@ -27,7 +27,8 @@ def model_job(kind: str, cfg, trained: TrainOutput, out: Path, loop, loop_config
         print(format_plan(job))
         with atomic_dir(out) as tmp:
             run_workers(kind, cfg, trained.partitions, job, loop,
-                        {**loop_config, "out": str(tmp.resolve()), "trained": str(trained.path.resolve())}, tmp)
+                        {**loop_config, "out": str(tmp.resolve()), "trained": str(trained.path.resolve()),
+                         "dataset": str(trained.dataset.path.resolve())}, tmp)  # workers have another cwd
             yield tmp
             cfg.save(tmp)
 

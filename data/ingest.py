@@ -206,6 +206,11 @@ def ingest(cfg) -> dict:
         before = len(raw["src"])
         edges[name] = deduplicate(raw, nu if name == "social" else ni, ic.duplicate_weight, ic.duplicate_timestamp)
         stats[f"{name}_duplicates_collapsed"] = before - len(edges[name]["src"])
+    if "social" in edges:  # users the log never mentions join through the social graph: say how many
+        interacting = np.zeros(nu, bool)
+        for name in ("interactions", "test"):
+            interacting[edges[name]["src"] if name in edges else []] = True
+        stats["social_only_users"] = int(nu - interacting.sum())
 
     # Splits: held-out edges leave the training graph.
     train = edges.pop("interactions")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import os
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -22,31 +23,34 @@ from gnnrec import UserError
 # ---------------------------------------------------------------- reading and validating Parquet inputs
 
 def list_files(path: str) -> tuple[pafs.FileSystem, list[str]]:
-    """The Parquet files behind a file, a directory (recursive), a glob, or a filesystem URI."""
+    """The Parquet files behind a file, a directory (recursive), a glob, or a filesystem URI; below a
+    directory or a glob's fixed part, what Spark, Hive and Hadoop do not count as data is skipped
+    (names starting with _ or .: _SUCCESS, _temporary/ attempt files, .crc)."""
     try:
         if "://" in path:
             fs, root = pafs.FileSystem.from_uri(path)
         else:
             fs, root = pafs.LocalFileSystem(), str(Path(path).absolute())
         if any(ch in root for ch in "*?["):
+            parent = root[:min(root.find(ch) for ch in "*?[" if ch in root)].rsplit("/", 1)[0]
             if isinstance(fs, pafs.LocalFileSystem):
-                files = sorted(glob.glob(root, recursive=True))
+                files = [f for f in glob.glob(root, recursive=True) if os.path.isfile(f)]
             else:
-                parent = root[:min(root.find(ch) for ch in "*?[" if ch in root)].rsplit("/", 1)[0]
                 infos = fs.get_file_info(pafs.FileSelector(parent, recursive=True))
-                files = sorted(i.path for i in infos if fnmatch.fnmatch(i.path, root))
+                files = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, root)]
         else:
             info = fs.get_file_info(root)
             if info.type == pafs.FileType.NotFound:
                 raise UserError(f"{path}: no such file or directory")
             if info.type == pafs.FileType.File:
-                files = [root]
-            else:
-                infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                files = sorted(i.path for i in infos if i.type == pafs.FileType.File
-                               and not Path(i.path).name.startswith((".", "_")))
+                return fs, [root]
+            parent = root
+            files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                     if i.type == pafs.FileType.File]
     except (OSError, pa.ArrowInvalid) as e:
         raise UserError(f"{path}: cannot be listed ({e})") from None
+    files = sorted(f for f in files if not any(part.startswith(("_", "."))
+                                               for part in PurePosixPath(f).relative_to(parent).parts))
     if not files:
         raise UserError(f"{path}: no input files found")
     return fs, files
@@ -158,8 +162,8 @@ class EdgeSource:
         arrays = {role: _normalize(role, arr) for role, arr in arrays.items()}
         if "weight" in arrays and len(arrays["weight"]):
             w = arrays["weight"].to_numpy()
-            if np.isnan(w).any() or (w < 0).any():
-                raise UserError(f"{file}: column '{self.columns['weight'][0]}' has negative or NaN weights")
+            if not np.isfinite(w).all() or (w < 0).any():
+                raise UserError(f"{file}: column '{self.columns['weight'][0]}' has negative, NaN or infinite weights")
         if first_pass:
             self.num_rows += len(arrays["src"])
             self.stats[f"{self.name}_rows_read"] += len(batch)

@@ -7,6 +7,8 @@ and refuses a job that cannot fit.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from contextlib import contextmanager
 
 import ray
@@ -25,20 +27,36 @@ BATCH_BYTES_PER_VALUE = 36  # per float of the batch's (user, positive, negative
 
 
 def start_ray(launch) -> bool:
-    """Attach to `launch.address`, or start an embedded local Ray (dashboard off); False when this
-    process was already connected (the caller then leaves Ray as it found it)."""
+    """Attach to `launch.address` (or $RAY_ADDRESS), or start an embedded local Ray (dashboard off);
+    False when this process was already connected (the caller then leaves Ray as it found it)."""
     if ray.is_initialized():
         return False
+    address = launch.address or os.environ.get("RAY_ADDRESS")
+    key = f"launch.address={address}" if launch.address else f"RAY_ADDRESS={address}"
     try:
-        if launch.address:
-            ray.init(address=launch.address, log_to_driver=True)
+        if address:
+            _answers(address, key)
+            ray.init(address=address, log_to_driver=True)
         else:
             # workers' logs stay in Ray's session directory; errors still reach the driver
             ray.init(num_cpus=launch.num_cpus, include_dashboard=False, configure_logging=False,
                      log_to_driver=False)
     except ConnectionError as e:
-        raise UserError(f"launch.address={launch.address}: cannot connect to Ray ({e})") from None
+        raise UserError(f"{key}: cannot connect to Ray ({e})") from None
     return True
+
+
+def _answers(address: str, key: str, timeout_s: float = 10) -> None:
+    """A head (host:port) that takes no connection is one line within `timeout_s`, not Ray's minutes of
+    retries ("auto" and ray:// addresses are Ray's to resolve)."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"{key}: no Ray head answers there ({e}); start one with `ray start --head`, "
+                        "or leave launch.address empty for an embedded Ray") from None
 
 
 @contextmanager

@@ -10,17 +10,24 @@ one partition per host), so servers sit in a placement group (STRICT_SPREAD when
 node addresses in partition order. DistDGL admits exactly `num_clients` clients (trainers × (1 +
 sampler processes)); the servers exit once every client has disconnected. The partition directory
 must be readable at the same path on every node (shared filesystem, or copied beforehand).
+
+A server keeps its files (pid, ip_config, feature copies) in `$TMPDIR/gnnrec-graph-servers/<graph>-<id>/`
+and removes them when it ends, with its job's shared memory; what a killed server left behind is
+reclaimed by the next server to start or end on that node (`reclaim`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import psutil
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -37,30 +44,59 @@ class GraphServerDied(JobFailed):
 class GraphServer:
     """One DistDGL server; `serve` blocks until all clients leave, other methods still answer."""
 
-    def address(self) -> tuple[str, int]:
+    def address(self) -> tuple[str, int, int]:
+        """(node address, a free port, this process's pid)."""
         with socket.socket() as s:
             s.bind(("", 0))
-            return ray.util.get_node_ip_address(), s.getsockname()[1]
+            return ray.util.get_node_ip_address(), s.getsockname()[1], os.getpid()
 
-    def serve(self, env: dict[str, str], ip_config_text: str) -> str:
-        with tempfile.TemporaryDirectory(prefix="gnnrec-server-") as features:
-            part_config = dgl_adapter.job_features(env["DGL_CONF_PATH"], int(env["DGL_SERVER_ID"]), features)
-            dgl_adapter.serve(dict(env, DGL_IP_CONFIG=_write_ip_config(ip_config_text), DGL_CONF_PATH=part_config))
+    def alive(self) -> bool:
+        return True
+
+    def serve(self, env: dict[str, str], ip_config_text: str, graph_name: str) -> str:
+        reclaim(RUNS)
+        run = RUNS / f"{graph_name}-{env['DGL_SERVER_ID']}"  # this server's files, removed when it ends
+        tmp = RUNS / f"{run.name}.tmp"
+        (tmp / "features").mkdir(parents=True)
+        (tmp / "pid").write_text(str(os.getpid()))
+        os.rename(tmp, run)
+        try:
+            (run / "ip_config.txt").write_text(ip_config_text)
+            part_config = dgl_adapter.job_features(env["DGL_CONF_PATH"], int(env["DGL_SERVER_ID"]),
+                                                   str(run / "features"))
+            dgl_adapter.serve(dict(env, DGL_IP_CONFIG=str(run / "ip_config.txt"), DGL_CONF_PATH=part_config))
+        finally:
+            shutil.rmtree(run, ignore_errors=True)
+            reclaim(RUNS)
         return "exited"
 
 
-def _write_ip_config(text: str) -> str:
-    fd, path = tempfile.mkstemp(prefix="gnnrec-ip-config-", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return path
+# Each server's files on its node: <graph name>-<server id>/ with its pid, ip_config and feature copies
+RUNS = Path(tempfile.gettempdir()) / "gnnrec-graph-servers"
+
+
+def reclaim(runs: Path, shared_memory: Path = Path("/dev/shm")) -> None:
+    """Remove what servers killed before their end left on this node: their run directories, and the
+    shared memory of every job (named after its graph) that has no server left here."""
+    gone = set()
+    for run in runs.glob("*"):
+        with contextlib.suppress(OSError, ValueError):  # another server may reclaim it meanwhile
+            if not psutil.pid_exists(int((run / "pid").read_text())):
+                shutil.rmtree(run)
+                gone.add(run.name.rsplit("-", 1)[0])
+    left = {run.name.rsplit("-", 1)[0] for run in runs.glob("*")}
+    for graph in gone - left:
+        for segment in shared_memory.glob(f"*{graph}*"):
+            segment.unlink(missing_ok=True)
 
 
 class GraphServers:
-    def __init__(self, part_config, num_clients: int, start_timeout_s: float = 60, stop_timeout_s: float = 60):
+    def __init__(self, part_config, num_clients: int, start_timeout_s: float = 60, stop_timeout_s: float = 60,
+                 answer_timeout_s: float = 60):
         self.part_config, self.graph_name, self.num_parts = _job_part_config(Path(part_config).resolve())
         self.num_clients, self.start_timeout_s, self.stop_timeout_s = num_clients, start_timeout_s, stop_timeout_s
-        self.actors, self.serving, self.addresses, self.group = [], [], [], None
+        self.answer_timeout_s, self.pings = answer_timeout_s, {}
+        self.actors, self.serving, self.addresses, self.pids, self.group = [], [], [], [], None
 
     def __enter__(self) -> "GraphServers":
         try:
@@ -79,9 +115,10 @@ class GraphServers:
                                   f"{self.start_timeout_s:.0f} s (one partition per node): add nodes or partition for fewer")
         self.actors = [GraphServer.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
             self.group, placement_group_bundle_index=i)).remote() for i in range(k)]
-        self.addresses = ray.get([a.address.remote() for a in self.actors], timeout=self.start_timeout_s)
+        answers = ray.get([a.address.remote() for a in self.actors], timeout=self.start_timeout_s)
+        self.addresses, self.pids = [(ip, port) for ip, port, _ in answers], [pid for _, _, pid in answers]
         text = self.ip_config_text
-        self.serving = [actor.serve.remote(self._env("server", server_id=i), text)
+        self.serving = [actor.serve.remote(self._env("server", server_id=i), text, self.graph_name)
                         for i, actor in enumerate(self.actors)]
         time.sleep(0.5)
         self.check()
@@ -95,13 +132,18 @@ class GraphServers:
                                     server_id=server_id)
 
     @property
+    def processes(self) -> list[dict]:
+        return [{"partition": i, "pid": pid, "ip": ip} for i, ((ip, _), pid) in enumerate(zip(self.addresses, self.pids))]
+
+    @property
     def client_info(self) -> dict:
         """What a client needs to connect (picklable: pass it to Ray workers)."""
         return {"env": self._env("client"), "ip_config_text": self.ip_config_text, "graph_name": self.graph_name}
 
     def check(self) -> None:
-        """Raise GraphServerDied if a server process died. A server that returned has ended normally:
-        DistDGL stops a server once every client has disconnected."""
+        """Raise GraphServerDied if a server process died, or has not answered a ping for
+        `answer_timeout_s` (frozen, or its node unreachable: its clients would wait forever). A server
+        that returned has ended normally: DistDGL stops a server once every client has disconnected."""
         done, _ = ray.wait(self.serving, num_returns=len(self.serving), timeout=0)
         for ref in done:
             try:
@@ -110,6 +152,14 @@ class GraphServers:
                 i = self.serving.index(ref)
                 raise GraphServerDied(f"graph server of partition {i} on {self.addresses[i][0]} died "
                                       f"({type(e).__name__})") from None
+        now = time.time()
+        for i, actor in enumerate(self.actors):
+            ping, sent = self.pings.get(i, (None, now))
+            if ping is None or ray.wait([ping], timeout=0)[0]:
+                self.pings[i] = (actor.alive.remote(), now)
+            elif now - sent > self.answer_timeout_s and self.serving[i] not in done:
+                raise GraphServerDied(f"graph server of partition {i} on {self.addresses[i][0]} stopped answering "
+                                      f"({now - sent:.0f} s without a reply: frozen, or its node unreachable)")
 
     def __exit__(self, *exc) -> None:
         if self.serving and exc[0] is None:  # clients have disconnected: servers end by themselves
@@ -142,5 +192,7 @@ def _job_part_config(part_config: Path) -> tuple[str, str, int]:
 
 def connect_client(info: dict):
     """Connect the calling process to the graph servers; return the DistGraph."""
-    env = dict(info["env"], DGL_IP_CONFIG=_write_ip_config(info["ip_config_text"]))
-    return dgl_adapter.connect(env, info["graph_name"])
+    with tempfile.TemporaryDirectory(prefix="gnnrec-client-") as tmp:  # read once, at connect
+        ip_config = Path(tmp) / "ip_config.txt"
+        ip_config.write_text(info["ip_config_text"])
+        return dgl_adapter.connect(dict(info["env"], DGL_IP_CONFIG=str(ip_config)), info["graph_name"])

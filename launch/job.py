@@ -6,8 +6,10 @@
     worker:  with worker_session(config) as w:   # rank, world, device, DistDGL client, ID tables
                  ... w.progress(desc, step, steps) ...
 
-Every worker beats once a second from the moment its session opens, with where it is; the driver shows
-that as a progress bar (on a terminal). A worker that has not beaten within `launch.start_timeout_s` of
+Every worker beats once a second from the moment its session opens, with where it is and its pid; the
+driver shows that as a progress bar (on a terminal). Once every worker has started, the job's processes
+(trainers by rank, graph servers by partition: pid and node address) are in `{tmp}/processes.json`
+until the job ends, so an operator (or a test) can act on exactly this job's processes. A worker that has not beaten within `launch.start_timeout_s` of
 the start, or stops beating for `launch.health_timeout_s / 4`, fails the job. Errors name the job kind
 (train, infer, mine). Restarts are the caller's (trainer/train.py): a restarted Ray Train worker could
 not rejoin, since DistDGL servers admit exactly `num_clients` clients.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import threading
@@ -52,7 +55,8 @@ def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, 
 
     tmp = Path(tmp).resolve()  # Ray Train wants an absolute storage path
     launch = cfg.launch
-    with GraphServers(partitions.config, num_clients=job["trainers"], start_timeout_s=launch.health_timeout_s) as servers:
+    with GraphServers(partitions.config, num_clients=job["trainers"], start_timeout_s=launch.health_timeout_s,
+                      answer_timeout_s=launch.health_timeout_s) as servers:
         heartbeats = Heartbeats.remote()
         trainer = TorchTrainer(
             loop,
@@ -64,7 +68,11 @@ def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, 
             run_config=RunConfig(storage_path=str(tmp / ".ray"), name="workers",
                                  failure_config=FailureConfig(max_failures=0)),
         )
-        error = _watch(kind, trainer, servers, heartbeats, launch, progress or Progress(), job["trainers"])
+        try:
+            error = _watch(kind, trainer, servers, heartbeats, launch, progress or Progress(), job["trainers"],
+                           tmp / "processes.json")
+        finally:
+            (tmp / "processes.json").unlink(missing_ok=True)
         ray.kill(heartbeats)
         shutil.rmtree(tmp / ".ray", ignore_errors=True)
         if isinstance(error, UserError):  # bad input found by a worker: no restart would help
@@ -73,11 +81,12 @@ def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, 
             raise JobFailed(f"{kind} failed: {error}")
 
 
-def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int) -> str | UserError | None:
+def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int,
+           processes: Path) -> str | UserError | None:
     """Run TorchTrainer.fit in a task while checking the graph servers and the workers' heartbeats
     (Ray Train notices a dead worker too, but not always: a worker gone silent is a failure here);
-    on a failure, stop the job and free what it held (Ray Train's own cleaner needs the dashboard's
-    state API)."""
+    write `processes` once every worker has started; on a failure, stop the job and free what it held
+    (Ray Train's own cleaner needs the dashboard's state API)."""
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
     stale_after_s, noun = launch.health_timeout_s / 4, worker_noun(kind)
@@ -92,6 +101,9 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
             if silent:
                 raise JobFailed(f"{kind} failed: {noun} rank {silent[0]} stopped (no heartbeat for "
                                 f"{stale_after_s:.0f} s)")
+            if beating == world and not processes.exists():
+                trainers = ray.get(heartbeats.processes.remote())
+                processes.write_text(json.dumps({"trainers": trainers, "graph_servers": servers.processes}))
             if beating < world and time.time() - started > launch.start_timeout_s:
                 raise JobFailed(f"{kind} failed: {world - beating} of {world} {noun}s did not start within "
                                 f"launch.start_timeout_s={launch.start_timeout_s:.0f} s")
@@ -128,15 +140,19 @@ def _fit(trainer, kind: str):
 @ray.remote(num_cpus=0)
 class Heartbeats:
     """Last sign of life of each worker, sent once a second by a thread of the worker process, with
-    where rank 0 is (`WorkerSession.where`)."""
+    where rank 0 is (`WorkerSession.where`) and each worker's process ({"pid", "ip"})."""
 
     def __init__(self):
-        self.last, self.where = {}, None
+        self.last, self.where, self.process = {}, None, {}
 
-    def beat(self, rank: int, where: dict | None = None) -> None:
+    def beat(self, rank: int, where: dict | None = None, process: dict | None = None) -> None:
         self.last[rank] = time.time()
+        self.process[rank] = process
         if rank == 0:
             self.where = where
+
+    def processes(self) -> list[dict]:
+        return [{"rank": rank, **self.process[rank]} for rank in sorted(self.process)]
 
     def position(self) -> dict | None:
         return self.where
@@ -203,8 +219,9 @@ class WorkerSession:
 
 
 def _beat_forever(heartbeats, rank: int, where: dict) -> None:
+    process = {"pid": os.getpid(), "ip": ray.util.get_node_ip_address()}
     while True:
-        heartbeats.beat.remote(rank, dict(where))
+        heartbeats.beat.remote(rank, dict(where), process)
         time.sleep(1.0)
 
 

@@ -92,6 +92,8 @@ def test_unknown_key_in_override_is_named(override, key):
     ("ingest.nulls=ignore", "ingest.nulls"),
     ("run.stages=[synth, bogus]", "run.stages"),
     ("partition.parts=0", "partition.parts"),
+    ("launch.health_timeout_s=.inf", "launch.health_timeout_s"),  # was an OverflowError once workers started
+    ("train.lr=nan", "train.lr"),
 ])
 def test_bad_value_names_the_key(override, key):
     with pytest.raises(UserError, match=rf"config key '{key}[.'\d]"):

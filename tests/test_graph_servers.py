@@ -98,7 +98,7 @@ def test_servers_load_gnnrec_partitions(local_ray, tmp_path):
     from gnnrec.launch.stages import run
 
     cfg = load_config(None, [f"workdir={tmp_path}", "synth.users=300", "synth.items=200", "synth.edges=3000",
-                             "partition.parts=1", "partition.method=random"])
+                             "partition.parts=1", "partition.method=random", "run.stages=[synth, ingest, partition]"])
     summaries = run(cfg)
     users = np.arange(summaries["ingest"]["users"])
 

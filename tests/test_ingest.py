@@ -132,7 +132,7 @@ def test_social_self_loops_dropped_and_counted(tmp_path):
     s, u = read_split(d, "social"), read_ids(d, "user")
     assert set(zip(u[s["src"]].tolist(), u[s["dst"]].tolist())) == {(2, 3), (3, 1), (5, 1)}
     # users only in the social graph (4 only in a self-loop, 5 only as a follower) are still users
-    assert u.tolist() == [1, 2, 3, 4, 5]
+    assert u.tolist() == [1, 2, 3, 4, 5] and stats["social_only_users"] == 2
     assert load_graph(d / "graph.dgl").num_edges("follows") == 3
 
 
@@ -389,18 +389,21 @@ def test_inputs_file_directory_and_glob(tmp_path):
                       pa.Table.from_pandas(f, preserve_index=False))
     (src / "_SUCCESS").write_text("")
     (src / ".part-0.parquet.crc").write_text("junk")
+    write_parquet(src / "_temporary" / "0" / "task_1" / "part-0.parquet",  # a Spark task attempt's rows
+                  pa.Table.from_pandas(frames[0], preserve_index=False))
     whole = set(zip(*(pd.concat(frames)[c] for c in ("user_id", "item_id"))))
     expected = {
         str(src / "part-0.parquet"): set(zip(frames[0].user_id, frames[0].item_id)),
         str(src): whole,
         str(src / "**" / "part-*.parquet"): whole,
         str(src / "part-[01].parquet"): set(zip(*(pd.concat(frames[:2])[c] for c in ("user_id", "item_id")))),
+        str(src / "*"): set(zip(*(pd.concat(frames[:2])[c] for c in ("user_id", "item_id")))),  # not nested/
     }
     for k, (path, pairs) in enumerate(expected.items()):
         cfg = edge_cfg(tmp_path, path, f"ingest.out={{workdir}}/out{k}")
         stats = ingest(cfg)
         assert set().union(*_all_pairs(cfg.path(cfg.ingest.out))) == pairs, path
-        assert stats["interactions_rows_read"] == {0: 300, 1: 900, 2: 900, 3: 600}[k]
+        assert stats["interactions_rows_read"] == {0: 300, 1: 900, 2: 900, 3: 600, 4: 600}[k]
 
 
 def test_file_uri(tmp_path):
@@ -494,6 +497,11 @@ def _case_negative_weight(tmp_path):
 def _case_nan_weight(tmp_path):
     p = _good(tmp_path, w=[1.0, float("nan"), 3.0])
     return [f"ingest.interactions.path={p}", "ingest.interactions.weight_column=w"], ["e.parquet", "'w'", "NaN"]
+
+
+def _case_infinite_weight(tmp_path):
+    p = _good(tmp_path, w=[1.0, float("inf"), 3.0])
+    return [f"ingest.interactions.path={p}", "ingest.interactions.weight_column=w"], ["e.parquet", "'w'", "infinite"]
 
 
 def _case_unknown_key(tmp_path):
@@ -634,3 +642,23 @@ def test_lastfm_counts(tmp_path):
     # weights survive: the sum over all splits equals the input's
     total = sum(read_split(d, s)["weight"].sum() for s in ("train", "val", "test"))
     assert total == pq.read_table(lf / "interactions.parquet").column("weight").to_numpy().sum()
+
+
+def test_what_a_killed_run_left_is_reclaimed_by_the_next(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    p = _good(tmp_path)
+    cfg = edge_cfg(tmp_path, p)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process that has ended: its pid names a killed run's leftovers
+    out = cfg.path(cfg.ingest.out)
+    host = socket.gethostname()
+    killed = out.parent / f".{out.name}.tmp-{host}-{dead.pid}-0000dead"
+    running = out.parent / f".{out.name}.tmp-{host}-{os.getpid()}-00000000"  # a live run's: kept
+    other_host = out.parent / f".{out.name}.tmp-elsewhere-{dead.pid}-00000000"  # another host's: not ours to judge
+    for d in (killed, running, other_host):
+        (d / "edges").mkdir(parents=True)
+    ingest(cfg)
+    assert not killed.exists() and running.exists() and other_host.exists()

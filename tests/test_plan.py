@@ -40,3 +40,21 @@ def test_refuses_a_job_that_does_not_fit(one_part, monkeypatch):
     cluster.plan(one_part, 1, 64, False, batch_rows=8192 * 3)
     with pytest.raises(UserError, match="needs ~5.4 GB per machine but Ray offers 4.0 GB.*train.batch_size"):
         cluster.plan(one_part, 1, 64, False, batch_rows=65_536 * 18)
+
+
+@pytest.mark.parametrize("where", ["launch.address", "RAY_ADDRESS"])
+def test_a_dead_ray_address_is_one_line_in_seconds(monkeypatch, where):
+    import socket
+    import time
+
+    from gnnrec.launch.config import load_config
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    if where == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", dead)
+    launch = load_config(None, [f"launch.address={dead}"] if where == "launch.address" else []).launch
+    started = time.time()
+    with pytest.raises(UserError, match=f"^{where}={dead}: no Ray head answers there"):
+        cluster.start_ray(launch)
+    assert time.time() - started < 30

@@ -53,3 +53,27 @@ def test_cli_recommends_in_raw_ids_and_rejects_unknown_items(model, capsys):
     assert "not in the model's catalog" in capsys.readouterr().err
     with pytest.raises(UserError, match="recommend.k"):
         load_config(None, ["recommend.k=0"])
+
+
+class _Payload:
+    """A pickle that, loaded without weights_only, would create the file `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickled_payload_in_a_train_output_is_refused_not_run(model, tmp_path, capsys):
+    import shutil
+
+    import torch
+    work, _ = model
+    copy = tmp_path / "train"
+    shutil.copytree(work / "train", copy)
+    marker = tmp_path / "ran"
+    torch.save({"model": _Payload(marker)}, copy / "model" / "dense.pt")
+    item = pq.read_table(work / "dataset" / "ids" / "item.parquet").column("raw_id")[0].as_py()
+    assert cli.main(["recommend", f"workdir={work}", f"recommend.checkpoint={copy}", "--items", str(item)]) == 2
+    assert "refusing to load it" in capsys.readouterr().err and not marker.exists()

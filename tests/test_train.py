@@ -6,18 +6,20 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
-import ray
 
-from gnnrec import JobFailed
+from gnnrec import JobFailed, UserError
 from gnnrec.launch.config import load_config
-from gnnrec.launch.graph_servers import GraphServerDied
+from gnnrec.launch.graph_servers import RUNS, GraphServerDied, reclaim
 from conftest import partitioned_dataset
 from gnnrec.trainer.train import train
+
+
+SHARED_MEMORY = Path("/dev/shm")  # where DistDGL's servers put the graph (Linux)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,20 @@ def test_validation_early_stopping_and_resume(local_ray, workdir):
     assert len(history) == 3
 
 
+def test_a_fresh_run_keeps_the_previous_checkpoints_until_it_has_its_own(local_ray, workdir):
+    mf = ("train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]", "train.validate_split=none",
+          "train.max_failures=0", "train.out={workdir}/fresh")
+    train(_cfg(workdir, *mf, "train.epochs=1"))
+    checkpoints = workdir / "checkpoints"
+    before = (checkpoints / "latest").read_text()
+    with pytest.raises(UserError, match="do not fit .*train.dim=8"):  # refused before any worker starts
+        train(_cfg(workdir, *mf, "train.epochs=2", "train.resume=true", "train.dim=8"))
+    with pytest.raises(JobFailed, match="did not start within"):  # fails before its first checkpoint
+        train(_cfg(workdir, *mf, "train.epochs=1", "launch.start_timeout_s=0.01"))
+    assert (checkpoints / "latest").read_text() == before and (checkpoints / before).is_dir()
+    assert not (workdir / "checkpoints.previous").exists()
+
+
 def test_killed_trainer_restarts_from_the_last_checkpoint(local_ray, workdir):
     """SIGKILL of a trainer mid-epoch: servers and trainers restart from the last checkpoint and the
     job ends with the same number of steps as an uninterrupted run."""
@@ -78,9 +94,9 @@ def test_killed_trainer_restarts_from_the_last_checkpoint(local_ray, workdir):
                "train.epochs=8", "train.checkpoint_every=4", "train.validate_split=none",
                "train.out={workdir}/restarted")
     latest = workdir / "checkpoints" / "latest"
-    killed_at = _kill_once_training("ray::RayTrainWorker", ready=latest.exists)
+    killed = _kill_once(workdir / "restarted", "trainers", ready=lambda tmp: latest.exists())
     summary = train(cfg)
-    assert killed_at and summary["restarts"] == 1
+    assert killed and summary["restarts"] == 1
     ranks = [json.loads((workdir / "restarted" / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
     uninterrupted = 8 * ranks[0]["steps_per_epoch"]
     assert summary["steps"] == uninterrupted == ranks[0]["global_step"]
@@ -89,50 +105,71 @@ def test_killed_trainer_restarts_from_the_last_checkpoint(local_ray, workdir):
     assert [json.loads(line)["epoch"] for line in history] == list(range(8))
 
 
+# 200 epochs (about a minute): long enough to be killed after its first epoch, short enough that a
+# missed kill fails the test in minutes instead of training for hours
+KILLED = ("train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]", "train.epochs=200",
+          "train.max_failures=0", "train.validate_split=none", "train.out={workdir}/killed")
+
+
 def test_killed_trainer_fails_the_job_within_a_minute(local_ray, workdir):
-    # 200 epochs (minutes): long enough to be killed, short enough that a missed kill fails instead of
-    # training for hours (the kill's targeting is issue #17's)
-    cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
-               "train.epochs=200", "train.max_failures=0", "train.out={workdir}/killed")
-    killed_at = _kill_once_training("ray::RayTrainWorker")
-    with pytest.raises(JobFailed, match=r"trainer rank \d (\(pid \d+ on [\d.]+\) died|stopped)"):
-        train(cfg)
-    assert killed_at and time.time() - killed_at[0] < 60
+    killed = _kill_once(workdir / "killed", "trainers", ready=_trained_an_epoch)
+    with pytest.raises(JobFailed, match=r"trainer rank \d (\(pid \d+ on [\d.]+\) died|stopped)") as failure:
+        train(_cfg(workdir, *KILLED))
+    (killed_at, pid), = killed
+    assert time.time() - killed_at < 60
+    assert f"pid {pid} " in str(failure.value) or "stopped" in str(failure.value)
     assert not (workdir / "killed").exists()
 
 
 def test_killed_graph_server_fails_the_job_within_a_minute(local_ray, workdir):
-    cfg = _cfg(workdir, "train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]",
-               "train.epochs=200", "train.max_failures=0", "train.out={workdir}/killed")
-    killed_at = _kill_once_training("ray::GraphServer")
+    killed = _kill_once(workdir / "killed", "graph_servers", ready=_trained_an_epoch)
     with pytest.raises(GraphServerDied, match="partition 0"):
-        train(cfg)
-    assert killed_at and time.time() - killed_at[0] < 60
+        train(_cfg(workdir, *KILLED))
+    (killed_at, pid), = killed
+    assert time.time() - killed_at < 60
     assert not (workdir / "killed").exists()  # nothing that looks complete
+    # what the killed server left on the node is reclaimed by the next server to start here
+    run, = (r for r in RUNS.glob("*") if (r / "pid").read_text() == str(pid))
+    graph = run.name.rsplit("-", 1)[0]
+    assert list(SHARED_MEMORY.glob(f"*{graph}*"))
+    reclaim(RUNS)
+    assert not run.exists() and not list(SHARED_MEMORY.glob(f"*{graph}*"))
 
 
-def _kill_once_training(title: str, ready=None) -> list:
-    """SIGKILL, as an operator would, the first process titled `title` once the trainers have left
-    their set-up (Ray titles them ray::RayTrainWorker.init_… until then) and run for 3 s, or as soon
-    as `ready()` holds; returns a list that receives the kill time."""
-    killed_at = []
+def test_frozen_graph_server_fails_the_job_within_the_health_timeout(local_ray, workdir):
+    """SIGSTOP (a stuck process, a paused VM): the trainers would wait on it forever while their
+    heartbeats go on; the server's silence fails the job."""
+    frozen = _kill_once(workdir / "killed", "graph_servers", ready=_trained_an_epoch, sig=signal.SIGSTOP)
+    with pytest.raises(GraphServerDied, match="partition 0 .* stopped answering"):
+        train(_cfg(workdir, *KILLED, "launch.health_timeout_s=20"))
+    (frozen_at, pid), = frozen
+    assert time.time() - frozen_at < 60
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # the job has killed it already, unless it failed to
 
-    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
 
-    def ours():  # this Ray's worker processes by title (other Ray clusters may run on the machine)
-        return {p.pid: " ".join(p.cmdline()) for p in psutil.Process(raylet).children(recursive=True)}
+def _trained_an_epoch(tmp):
+    metrics = tmp / "metrics.jsonl"
+    return metrics.exists() and metrics.read_text().strip() != ""
+
+
+def _kill_once(out, role: str, ready, sig=signal.SIGKILL) -> list:
+    """SIGKILL (or `sig`), as an operator would, this job's first process of `role` ("trainers" or "graph_servers")
+    by the pid the job reports in the processes.json of its temporary output (`out`'s sibling), as soon
+    as `ready(that directory)` holds; returns a list that receives (the kill time, the pid)."""
+    killed = []
 
     def kill():
         deadline = time.time() + 600  # set-up can take minutes on a loaded machine
-        while time.time() < deadline:
-            with contextlib.suppress(psutil.Error, ValueError, ProcessLookupError):  # processes come and go
-                if (ready is None or ready()) and any(t.startswith("ray::RayTrainWorker") and "init" not in t
-                                   for t in ours().values()):
-                    time.sleep(0 if ready is not None else 3)
-                    os.kill(min(pid for pid, t in ours().items() if t.startswith(title)), signal.SIGKILL)
-                    killed_at.append(time.time())
-                    return
-            time.sleep(0.5)
+        while time.time() < deadline and not killed:
+            for report in out.parent.glob(f".{out.name}.tmp-*/processes.json"):
+                with contextlib.suppress(OSError, ValueError):  # the job may end or rewrite it meanwhile
+                    pid = json.loads(report.read_text())[role][0]["pid"]
+                    if ready(report.parent):
+                        os.kill(pid, sig)
+                        killed.append((time.time(), pid))
+                        return
+            time.sleep(0.2)
 
     threading.Thread(target=kill, daemon=True).start()
-    return killed_at
+    return killed

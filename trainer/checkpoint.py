@@ -21,11 +21,11 @@ import dataclasses
 import functools
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gnnrec import NODE_TYPES, UserError
@@ -47,6 +47,7 @@ class TrainState:
     hard_negatives: str | None = None  # the mined negatives of the current round, and its first epoch
     round_start_epoch: int = 0
     world: int = 1  # trainers that wrote the checkpoint
+    dim: int | None = None  # of the ID tables
 
     @classmethod
     def read(cls, checkpoint: Path) -> "TrainState":
@@ -67,8 +68,8 @@ def latest(directory: Path) -> Path | None:
     return Path(directory) / pointer.read_text().strip() if pointer.exists() else None
 
 
-def _rows(n: int, rank: int, world: int) -> np.ndarray:
-    return np.arange(rank * n // world, (rank + 1) * n // world)
+def _rows(n: int, rank: int, world: int) -> torch.Tensor:
+    return torch.arange(rank * n // world, (rank + 1) * n // world)
 
 
 def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: dict | None, rank: int, world: int,
@@ -85,7 +86,7 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
     ids = {}
     for node_type, table in tables.items():
         rows = _rows(table.num_embeddings, rank, world)
-        ids[node_type] = (rows, table.weight[torch.from_numpy(rows)])
+        ids[node_type] = (rows, table.weight[rows])
     torch.save(ids, tmp / f"ids-rank{rank}.pt")
     torch.save(torch.get_rng_state(), tmp / f"rng-rank{rank}.pt")
     sparse_opt.save(str(tmp / "sparse-opt"))  # a collective: barriers inside, writes sparse-opt_{rank}
@@ -115,18 +116,28 @@ def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tupl
     path = Path(path)
     state = TrainState.read(path)
     for shard in range(rank, state.world, world):
-        saved = torch.load(path / f"ids-rank{shard}.pt")
+        saved = _load(path / f"ids-rank{shard}.pt")
         for node_type, table in tables.items():
             rows, values = saved[node_type]
-            table.weight[torch.from_numpy(rows)] = values
+            table.weight[rows] = values
     own_rng = path / f"rng-rank{rank}.pt"
     if own_rng.exists():
-        torch.set_rng_state(torch.load(own_rng))
+        torch.set_rng_state(_load(own_rng))
     if sparse_opt is not None:
         for shard in range(rank, state.world, world):
-            sparse_opt.load_local_state_dict(_renamed(torch.load(path / f"sparse-opt_{shard}"), tables))
+            sparse_opt.load_local_state_dict(_renamed(_load(path / f"sparse-opt_{shard}"), tables))
     _barrier()
-    return state, torch.load(path / "dense.pt")
+    return state, _load(path / "dense.pt")
+
+
+def _load(path: Path):
+    """A checkpoint file's tensors and plain containers; never other pickled objects (checkpoints are
+    files users copy between machines, and unpickling runs whatever they name)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: holds objects other than tensors and plain containers (not a gnnrec "
+                        "checkpoint file, or an unsafe one): refusing to load it") from None
 
 
 def _renamed(saved: dict, tables: dict) -> dict:
@@ -148,15 +159,32 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not (path / "state.json").exists():
         raise UserError(f"checkpoint {path}: incomplete or not a checkpoint (no state.json)")
-    parts = [torch.load(path / f"ids-rank{r}.pt") for r in range(TrainState.read(path).world)]
+    parts = [_load(path / f"ids-rank{r}.pt") for r in range(TrainState.read(path).world)]
     tables = {}
     for node_type in NODE_TYPES:
-        rows = np.concatenate([p[node_type][0] for p in parts])
+        rows = torch.cat([p[node_type][0] for p in parts])
         values = torch.cat([p[node_type][1] for p in parts])
         table = torch.empty(len(rows), values.shape[1])
-        table[torch.from_numpy(rows)] = values
+        table[rows] = values
         tables[node_type] = table
     return tables
+
+
+def load_model(path: Path, t, name: str):
+    """The Recommender of train config `t` with checkpoint `path`'s dense weights; UserError naming
+    `name` when the checkpoint does not fit `t` (another model, layers or dim)."""
+    from gnnrec.model.models import Recommender
+
+    model = Recommender(t)
+    try:
+        model.load_state_dict(_load(Path(path) / "dense.pt")["model"])
+        fits = TrainState.read(path).dim in (None, t.dim)  # None: written before checkpoints said
+    except RuntimeError:  # another shape or another set of weights
+        fits = False
+    if not fits:
+        raise UserError(f"{name}: its weights do not fit train.model={t.model}, train.dim={t.dim} and the rest "
+                        f"of the config (a checkpoint of another model?)")
+    return model
 
 
 class TrainOutput:
@@ -184,15 +212,7 @@ class TrainOutput:
 
     def model(self):
         """The Recommender its config describes, with the dense weights; UserError if they do not fit."""
-        from gnnrec.model.models import Recommender
-
-        model = Recommender(self.config.train)
-        try:
-            model.load_state_dict(torch.load(self.model_dir / "dense.pt")["model"])
-        except RuntimeError:
-            raise UserError(f"{self.path}: its weights do not fit train.model={self.config.train.model} with the "
-                            f"saved config (a checkpoint of another model?)") from None
-        return model
+        return load_model(self.model_dir, self.config.train, f"{self.path}")
 
     def tables(self) -> dict[str, torch.Tensor]:
         """The whole ID tables in partition ids, in this process; UserError if their dim is not the config's."""

@@ -18,6 +18,7 @@ curves.png, ranks/rank{r}.json (steps, losses, dense-weight checksum, host, part
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,12 +59,9 @@ def _train(cfg, partitions: Partitions) -> dict:
     print(format_plan(job))
     out, checkpoints = cfg.path(t.out), cfg.path(t.checkpoints)
     _check_inputs(cfg, partitions, checkpoints)
-    if not t.resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoints.mkdir(parents=True, exist_ok=True)
     hard = cfg.path(t.hard_negatives).resolve() if t.hard_negatives else None
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp_dir:
+    with _fresh_checkpoints(checkpoints, keep=t.resume), atomic_dir(out) as tmp_dir:
         tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
         seen = len(TrainState.read(checkpoint.latest(checkpoints)).history) if t.resume else 0  # not news
         progress = Progress(tmp / "metrics.jsonl", seen)
@@ -97,12 +95,34 @@ def _train(cfg, partitions: Partitions) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+@contextlib.contextmanager
+def _fresh_checkpoints(checkpoints: Path, keep: bool):
+    """The checkpoints directory of a run; unless `keep` (a resume), a previous run's checkpoints are
+    moved aside to `<checkpoints>.previous` and removed only once this run has ended well, or put back
+    if it fails before writing a checkpoint of its own."""
+    previous = checkpoints.with_name(checkpoints.name + ".previous")
+    if not keep and checkpoints.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(checkpoints, previous)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if previous.exists() and checkpoint.latest(checkpoints) is None:
+            shutil.rmtree(checkpoints)
+            os.rename(previous, checkpoints)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
     t = cfg.train
     if t.hard_negatives and not any(cfg.path(t.hard_negatives).glob("part-*.parquet")):
         raise UserError(f"train.hard_negatives={t.hard_negatives}: no mined negatives there (run `gnnrec mine`)")
     if t.resume and checkpoint.latest(checkpoints) is None:
         raise UserError(f"train.resume=true: no checkpoint in train.checkpoints={checkpoints}")
+    if t.resume:  # refused here: a worker failing on it would be restarted for nothing
+        checkpoint.load_model(checkpoint.latest(checkpoints), t, f"train.resume=true: {checkpoint.latest(checkpoints)}")
     if t.validate_split != "none" and not partitions.split_edges(t.validate_split):
         raise UserError(f"train.validate_split={t.validate_split}: the partitions have no "
                         f"{t.validate_split} edges (choose another split, or none)")
@@ -131,7 +151,7 @@ def train_loop(config: dict) -> None:
         sparse_opt = dgl_adapter.sparse_adam(list(tables.values()), t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
         steps = _agreed_steps(len(my_edges), t.batch_size)
-        state = TrainState()
+        state = TrainState(dim=t.dim)
         if config["resume"]:
             state, saved = checkpoint.restore(checkpoint.latest(checkpoints), tables, sparse_opt, rank, world)
             module.load_state_dict(saved["model"])

@@ -66,8 +66,7 @@ class GraphServer:
                                                    str(run / "features"))
             dgl_adapter.serve(dict(env, DGL_IP_CONFIG=str(run / "ip_config.txt"), DGL_CONF_PATH=part_config))
         finally:
-            shutil.rmtree(run, ignore_errors=True)
-            reclaim(RUNS)
+            reclaim(RUNS, ended=run)
         return "exited"
 
 
@@ -75,13 +74,14 @@ class GraphServer:
 RUNS = Path(tempfile.gettempdir()) / "gnnrec-graph-servers"
 
 
-def reclaim(runs: Path, shared_memory: Path = Path("/dev/shm")) -> None:
-    """Remove what servers killed before their end left on this node: their run directories, and the
-    shared memory of every job (named after its graph) that has no server left here."""
+def reclaim(runs: Path, ended: Path | None = None, shared_memory: Path = Path("/dev/shm")) -> None:
+    """Remove the run directory of the server that `ended` and what servers killed before their end
+    left on this node: their run directories, and the shared memory of every job (named after its
+    graph) that has no server left here."""
     gone = set()
     for run in runs.glob("*"):
         with contextlib.suppress(OSError, ValueError):  # another server may reclaim it meanwhile
-            if not psutil.pid_exists(int((run / "pid").read_text())):
+            if run == ended or not psutil.pid_exists(int((run / "pid").read_text())):
                 shutil.rmtree(run)
                 gone.add(run.name.rsplit("-", 1)[0])
     left = {run.name.rsplit("-", 1)[0] for run in runs.glob("*")}

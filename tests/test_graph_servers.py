@@ -1,6 +1,7 @@
 """DistDGL graph servers as Ray actors: clients connect, sample across the server, and a dead server
 is reported by name instead of hanging the job."""
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -8,7 +9,7 @@ import pytest
 import ray
 import torch
 
-from gnnrec.launch.graph_servers import GraphServerDied, GraphServers
+from gnnrec.launch.graph_servers import RUNS, GraphServerDied, GraphServers
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,9 @@ def test_servers_load_gnnrec_partitions(local_ray, tmp_path):
 
     with GraphServers(summaries["partition"]["config"], num_clients=1) as servers:
         (num_users, num_items), steps = ray.get(client.remote(servers.client_info), timeout=120)
+        assert list(Path("/dev/shm").glob(f"*{servers.graph_name}*"))
+    # a server that ends leaves nothing: neither its files nor its graph in shared memory
+    assert not list(RUNS.glob(f"{servers.graph_name}-*")) and not list(Path("/dev/shm").glob(f"*{servers.graph_name}*"))
     assert (num_users, num_items) == (summaries["ingest"]["users"], summaries["ingest"]["items"])
     train_users = pq.read_table(tmp_path / "dataset" / "edges" / "train.parquet")["user"].to_numpy()
     has_edges = np.bincount(train_users, minlength=num_users) > 0

@@ -10,6 +10,8 @@ import threading
 import numpy as np
 import torch
 
+from gnnrec.arrays import group_by
+
 # DistDGL's RPC client is not thread-safe: two threads waiting for replies take each other's (seen as
 # KeyError in recv_responses). Every call that talks to the servers holds this lock, so a sampler
 # thread and the training thread can share one client; compute still overlaps.
@@ -259,6 +261,33 @@ def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str,
             src, dst = frontier.edges(etype=c)
             out[c[1]] = (src.numpy().astype(np.int64), dst.numpy().astype(np.int64))
     return out
+
+
+def local_in_csr(graph) -> tuple[dict, dict] | None:
+    """The in-edges of the nodes this machine's partition owns, read from the shared memory its graph
+    server shares with the clients of its machine (no server round): ({edge type: (indptr over the
+    partition's own dst nodes, src per-type ids)}, {node type: (first per-type id, count) of its own
+    nodes}: a partition's own nodes of a type have contiguous ids). None when no server runs here."""
+    dgl = _dgl()
+    g = graph.local_partition
+    if g is None:
+        return None
+    book = graph.get_partition_book()
+    types, ids = book.map_to_per_ntype(g.ndata[dgl.NID])
+    inner = g.ndata["inner_node"].bool()
+    own = {}
+    for k, node_type in enumerate(book.ntypes):
+        mine = ids[inner & (types == k)]
+        own[node_type] = (int(mine.min()) if len(mine) else 0, len(mine))
+        assert not len(mine) or int(mine.max()) - own[node_type][0] + 1 == len(mine), "own ids not contiguous"
+    src, dst = g.edges()
+    etypes, inner_edge = g.edata[dgl.ETYPE], g.edata["inner_edge"].bool()
+    csr = {}
+    for k, (_, etype, dst_type) in enumerate(book.canonical_etypes):
+        keep = inner_edge & (etypes == k) & inner[dst]  # an edge is its dst's (DGL's rule)
+        first, count = own[dst_type]
+        csr[etype] = group_by(ids[dst[keep]].numpy() - first, ids[src[keep]].numpy(), count)
+    return csr, own
 
 
 @_serialized

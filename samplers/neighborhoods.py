@@ -2,7 +2,9 @@
 
 `CSRNeighborhoods` over in-memory or memory-mapped CSR arrays (exact and vectorized: a row with at most
 `fanout` edges gives them all, a longer row a uniform `fanout`-subset by Floyd's algorithm), and
-`DistNeighborhoods` over a DistDGL DistGraph (one server round per layer). Node ids are 0-based per type.
+`DistNeighborhoods` over a DistDGL DistGraph (one server round per layer), and `LocalFirstNeighborhoods`:
+a trainer's own machine's partition from local memory, the rest from the servers. Node ids are 0-based
+per type.
 """
 from __future__ import annotations
 
@@ -128,6 +130,11 @@ class DistNeighborhoods:
             out.append((relation, src, _positions(dst_ids[RELATIONS[relation][1]], dst)))
         return out
 
+    def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (user, item) training pair of the (unique) `users`."""
+        from gnnrec.dgl_adapter import dist_out_neighbors
+        return dist_out_neighbors(self.graph, users)
+
     def degree(self, users, items):
         from gnnrec.dgl_adapter import dist_node_in_degrees
         if self.counted is None:
@@ -146,3 +153,58 @@ class DistNeighborhoods:
             for _, dst in dist_sample_in_edges(self.graph, {node_type: nodes}, {r: -1 for r in self.relations}).values():
                 degree += np.bincount(dst, minlength=n)
         return degree
+
+
+# ---------------------------------------------------------------- local first
+
+class LocalFirstNeighborhoods:
+    """`Neighborhoods` of a trainer on a machine with a graph server: the nodes its partition owns are
+    sampled from that partition's in-CSR in this process (`CSRNeighborhoods`: vectorized, no server
+    round and no RPC lock, so sampling overlaps the trainer's own server calls), the others from the
+    servers (`remote`). A partition holds every in-edge of its own nodes, so both give the same
+    distribution; with one partition nothing goes to the servers.
+
+    csr: {relation: (indptr over the own dst nodes, src per-type ids)}; own: {node type: (first id,
+    count)} (dgl_adapter.local_in_csr)."""
+
+    def __init__(self, remote: DistNeighborhoods, csr: dict, own: dict[str, tuple[int, int]]):
+        self.remote, self.own = remote, own
+        self.local = CSRNeighborhoods({r: csr[r] for r in remote.relations if r in csr},
+                                      own["user"][1], own["item"][1])
+
+    def _mine(self, ids: np.ndarray, node_type: str) -> np.ndarray:
+        first, count = self.own[node_type]
+        return (ids >= first) & (ids < first + count)
+
+    def sample(self, users, items, fanout, rng):
+        mine_u, mine_i = self._mine(users, "user"), self._mine(items, "item")
+        at = {"user": (np.flatnonzero(mine_u), np.flatnonzero(~mine_u)),
+              "item": (np.flatnonzero(mine_i), np.flatnonzero(~mine_i))}
+        out = [(relation, src, at[RELATIONS[relation][1]][0][dst]) for relation, src, dst in self.local.sample(
+            users[mine_u] - self.own["user"][0], items[mine_i] - self.own["item"][0], fanout, rng)]
+        if not (mine_u.all() and mine_i.all()):
+            out += [(relation, src, at[RELATIONS[relation][1]][1][dst]) for relation, src, dst in
+                    self.remote.sample(users[~mine_u], items[~mine_i], fanout, rng)]
+        return out
+
+    def degree(self, users, items):
+        mine_u, mine_i = self._mine(users, "user"), self._mine(items, "item")
+        user_degree, item_degree = np.empty(len(users), np.int64), np.empty(len(items), np.int64)
+        user_degree[mine_u], item_degree[mine_i] = self.local.degree(users[mine_u] - self.own["user"][0],
+                                                                     items[mine_i] - self.own["item"][0])
+        if not (mine_u.all() and mine_i.all()):
+            user_degree[~mine_u], item_degree[~mine_i] = self.remote.degree(users[~mine_u], items[~mine_i])
+        return user_degree, item_degree
+
+    def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (user, item) training pair of the (unique) `users`."""
+        mine = self._mine(users, "user")
+        indptr, items = self.local.csr["interacted_by"]
+        rows = users[mine] - self.own["user"][0]
+        start = np.asarray(indptr[rows], np.int64)
+        count = np.asarray(indptr[rows + 1], np.int64) - start
+        local = np.repeat(users[mine], count), np.asarray(items[ranges(start, count)], np.int64)
+        if mine.all():
+            return local
+        remote = self.remote.items_of(users[~mine])
+        return np.concatenate([local[0], remote[0]]), np.concatenate([local[1], remote[1]])

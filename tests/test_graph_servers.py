@@ -110,13 +110,15 @@ def test_servers_load_gnnrec_partitions(local_ray, tmp_path):
         graph = connect_client(info)
         counts = graph.num_nodes("user"), graph.num_nodes("item")
         steps = dist_sample_one(graph, users, "user", "interacts")
+        served = list(Path("/dev/shm").glob(f"*{info['graph_name']}*"))  # DistDGL shares the graph there
         disconnect()
-        return counts, steps
+        return counts, steps, served
 
     with GraphServers(summaries["partition"]["config"], num_clients=1) as servers:
-        (num_users, num_items), steps = ray.get(client.remote(servers.client_info), timeout=120)
-        assert list(Path("/dev/shm").glob(f"*{servers.graph_name}*"))
-    # a server that ends leaves nothing: neither its files nor its graph in shared memory
+        (num_users, num_items), steps, served = ray.get(client.remote(servers.client_info), timeout=120)
+    # a server that ends (once its clients have left) leaves nothing: neither its files nor its graph
+    # in shared memory
+    assert served
     assert not list(RUNS.glob(f"{servers.graph_name}-*")) and not list(Path("/dev/shm").glob(f"*{servers.graph_name}*"))
     assert (num_users, num_items) == (summaries["ingest"]["users"], summaries["ingest"]["items"])
     train_users = pq.read_table(tmp_path / "dataset" / "edges" / "train.parquet")["user"].to_numpy()

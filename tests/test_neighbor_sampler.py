@@ -204,18 +204,30 @@ def test_distgraph_backend_samples_what_the_local_csr_samples(local_ray, served_
         from gnnrec.launch.graph_servers import connect_client
         from gnnrec.dgl_adapter import disconnect
         from gnnrec.samplers.neighbor import NeighborSampler
-        from gnnrec.samplers.neighborhoods import DistNeighborhoods
+        from gnnrec.dgl_adapter import local_in_csr
+        from gnnrec.samplers.neighborhoods import DistNeighborhoods, LocalFirstNeighborhoods
         graph = connect_client(info)
-        out = []
-        for fanouts in ([2, 1], [-1, -1]):
-            batch = NeighborSampler(DistNeighborhoods(graph), fanouts, NU, NI).sample(users, items)
-            out.append(batch)
+        remote = DistNeighborhoods(graph)
+        first = LocalFirstNeighborhoods(remote, *local_in_csr(graph))  # the one partition is this machine's
+        out = {name: [NeighborSampler(backend, fanouts, NU, NI).sample(users, items) for fanouts in ([2, 1], [-1, -1])]
+               for name, backend in (("servers", remote), ("local first", first))}
+        them = np.unique(users)
+        pairs = {name: sorted(zip(*(a.tolist() for a in backend.items_of(them)))) for name, backend in
+                 (("servers", remote), ("local first", first))}
         disconnect()
-        return out
+        return out, pairs
 
     users, items = batch_pairs(6, seed=2)
     with GraphServers(served_toy, num_clients=1) as servers:
-        small, full = ray.get(client.remote(servers.client_info, users, items), timeout=120)
+        backends, pairs = ray.get(client.remote(servers.client_info, users, items), timeout=120)
+    them = set(users.tolist())
+    assert pairs["servers"] == pairs["local first"] == sorted((u, i) for u, i in zip(USER.tolist(), ITEM.tolist())
+                                                              if u in them)
+    for small, full in backends.values():
+        _check_against_the_local_csr(users, items, small, full)
+
+
+def _check_against_the_local_csr(users, items, small, full):
 
     # the DistGraph has no reverse social type: users hear their followers only
     csr = CSRNeighborhoods.from_edges(USER, ITEM, NU, NI, social=(FOLLOWER, FOLLOWEE)).csr

@@ -1,5 +1,6 @@
-"""A trainer's batches: training-edge ids -> `Batch` (endpoints, negatives, blocks), and the batch's
-input rows from the distributed ID tables."""
+"""A trainer's batches: training pairs -> `Batch` (negatives, blocks), and the batch's input rows from
+the distributed ID tables. Neighbourhoods and the users' positives come from the trainer's own
+machine's partition in local memory where it holds them (`LocalFirstNeighborhoods`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,9 @@ from gnnrec import dgl_adapter
 from gnnrec.model.blocks import Batch
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
 from gnnrec.samplers.neighbor import NeighborSampler
-from gnnrec.samplers.neighborhoods import DistNeighborhoods
+from gnnrec.samplers.neighborhoods import DistNeighborhoods, LocalFirstNeighborhoods
 from gnnrec.samplers.prefetch import Prefetcher
+from gnnrec.trainer.phases import Phases
 
 
 def lookup(tables: dict, nodes: torch.Tensor, num_users: int, device) -> torch.Tensor:
@@ -28,7 +30,7 @@ class BatchMaker:
     partitions: data/formats.Partitions (mined negatives are in dataset ids, the graph in partition ids)."""
 
     def __init__(self, graph, t, partitions, hard_negatives=None, social: bool = False):
-        self.graph, self.t = graph, t
+        self.graph, self.t, self.phases = graph, t, Phases()
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
         if t.negatives == "popularity":
             degree = dgl_adapter.dist_node_in_degrees(graph, "item", np.arange(self.num_items))
@@ -39,29 +41,34 @@ class BatchMaker:
             id_maps = (partitions.partition_ids("user"), partitions.partition_ids("item"))
             self.negatives = WithHard(self.negatives, HardNegatives(hard_negatives, self.num_users, self.num_items,
                                                                     id_maps=id_maps))
-        self.sampler = None
+        self.sampler = self.neighborhoods = None
+        if (t.sampler == "neighbor" and t.layers) or t.exclude_positives:
+            remote, local = DistNeighborhoods(graph, social), dgl_adapter.local_in_csr(graph)
+            self.neighborhoods = remote if local is None else LocalFirstNeighborhoods(remote, *local)
         if t.sampler == "neighbor" and t.layers:
-            self.sampler = NeighborSampler(DistNeighborhoods(graph, social), t.fanouts, self.num_users,
-                                           self.num_items, negatives=self.negatives, num_negatives=t.num_negatives,
-                                           seed=t.seed)
+            self.sampler = NeighborSampler(self.neighborhoods, t.fanouts, self.num_users, self.num_items,
+                                           negatives=self.negatives, num_negatives=t.num_negatives, seed=t.seed)
 
-    def make(self, eids: np.ndarray, rng: np.random.Generator) -> Batch:
-        users, items = dgl_adapter.dist_find_edges(self.graph, eids)
+    def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
+        """The batch of positive pairs (users[j], items[j])."""
         if self.t.exclude_positives:
-            their_users, their_items = dgl_adapter.dist_out_neighbors(self.graph, np.unique(users))
-            self.negatives.positives = Positives(their_users, their_items, self.num_items)
+            with self.phases("positives"):
+                their_users, their_items = self.neighborhoods.items_of(np.unique(users))
+                self.negatives.positives = Positives(their_users, their_items, self.num_items)
         if self.sampler is not None:
             self.sampler.rng = rng  # negatives reproducible per step (the servers draw the neighbours)
-            return self.sampler.sample(users, items)
-        neg = self.negatives.sample(users, items, self.t.num_negatives, rng)
+            with self.phases("negatives and blocks"):
+                return self.sampler.sample(users, items)
+        with self.phases("negatives"):
+            neg = self.negatives.sample(users, items, self.t.num_negatives, rng)
         nodes, inverse = np.unique(np.concatenate([users, self.num_users + items, self.num_users + neg.ravel()]),
                                    return_inverse=True)
         b = len(users)
         local = torch.from_numpy(inverse)
         return Batch(torch.from_numpy(nodes), [], local[:b], local[b:2 * b], local[2 * b:].view(b, -1))
 
-    def ahead(self, chunks, rngs):
-        """Batches for the chunks (one random generator each), sampled `prefetch` ahead of the consumer
-        in a background thread."""
-        made = (self.make(c, rng) for c, rng in zip(chunks, rngs))
+    def ahead(self, users: np.ndarray, items: np.ndarray, chunks, rngs):
+        """Batches of the pairs at each chunk's positions in (users, items), one random generator each,
+        sampled `prefetch` ahead of the consumer in a background thread."""
+        made = (self.make(users[c], items[c], rng) for c, rng in zip(chunks, rngs))
         return Prefetcher(made, depth=self.t.prefetch) if self.t.prefetch else made

@@ -33,6 +33,7 @@ from gnnrec.data.formats import Partitions
 from gnnrec.model.models import MODELS, Recommender, uses_social
 from gnnrec.trainer import checkpoint
 from gnnrec.trainer.checkpoint import TrainState
+from gnnrec.trainer.phases import Phases
 
 
 # ---------------------------------------------------------------- the driver
@@ -150,6 +151,7 @@ def train_loop(config: dict) -> None:
         dense_opt = torch.optim.Adam(dense, lr=t.dense_lr or t.lr) if dense else None
         sparse_opt = dgl_adapter.sparse_adam(list(tables.values()), t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
+        my_users, my_items = dgl_adapter.dist_find_edges(graph, my_edges)  # once, not a server round per step
         steps = _agreed_steps(len(my_edges), t.batch_size)
         state = TrainState(dim=t.dim)
         if config["resume"]:
@@ -165,7 +167,7 @@ def train_loop(config: dict) -> None:
         batches = BatchMaker(graph, t, w.partitions, hard, uses_social(module.gnn))
         if hard is not None and state.hard_negatives != str(hard):  # a new round starts here
             state.hard_negatives, state.round_start_epoch = str(hard), state.epoch
-        steps_run = 0
+        steps_run, phases = 0, Phases()
 
         def save():
             dense_state = {"model": module.state_dict(),
@@ -175,22 +177,25 @@ def train_loop(config: dict) -> None:
 
         while state.epoch < t.epochs and not state.stopped:
             epoch, started, first = state.epoch, time.perf_counter(), state.step
-            order = my_edges[np.random.default_rng([t.seed, epoch, rank]).permutation(len(my_edges))]
+            order = np.random.default_rng([t.seed, epoch, rank]).permutation(len(my_edges))  # positions in my_edges
             chunks = np.array_split(order, steps)
             rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
             if hard is not None:  # the curriculum: epoch n of the round adds n - 1 hard negatives
                 batches.negatives.num_hard = epoch - state.round_start_epoch
-            for batch in batches.ahead(chunks[first:], rngs):
-                with dgl_adapter.RPC:
+            for batch in phases.timed("wait for batch", batches.ahead(my_users, my_items, chunks[first:], rngs)):
+                with phases("row pull"), dgl_adapter.RPC:
                     h0 = lookup(tables, batch.input_nodes, num_users, w.device)
-                loss = model(batch.to(w.device), h0)
+                with phases("forward"):
+                    loss = model(batch.to(w.device), h0)
                 if dense_opt is not None:
                     dense_opt.zero_grad()
                 sparse_opt.zero_grad()  # else DGL keeps every past step's rows and re-applies their gradients
-                loss.backward()
-                if dense_opt is not None:
-                    dense_opt.step()
-                with dgl_adapter.RPC:
+                with phases("backward"):
+                    loss.backward()
+                with phases("dense update"):
+                    if dense_opt is not None:
+                        dense_opt.step()
+                with phases("sparse update"), dgl_adapter.RPC:
                     sparse_opt.step()
                 state.loss_sum += loss.item()
                 state.loss_count += 1
@@ -205,7 +210,8 @@ def train_loop(config: dict) -> None:
             total, count = _all_sum(state.loss_sum, state.loss_count)
             seconds = time.perf_counter() - started
             metrics = {"epoch": epoch, "step": state.global_step, "loss": total / max(count, 1),
-                       "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds}
+                       "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds,
+                       "phases": {**phases.per_step(steps - first), **batches.phases.per_step(steps - first, "sampler: ")}}
             if hard is not None:
                 metrics["hard_negatives"] = batches.negatives.num_hard
             if validate is not None and ((epoch + 1) % t.validate_every == 0 or epoch + 1 == t.epochs):
@@ -218,7 +224,7 @@ def train_loop(config: dict) -> None:
                     f.write(json.dumps(metrics) + "\n")
             if t.record_visits:
                 (out / "visits").mkdir(exist_ok=True)
-                np.save(out / "visits" / f"rank{rank}_epoch{epoch}.npy", np.concatenate(chunks[first:]))
+                np.save(out / "visits" / f"rank{rank}_epoch{epoch}.npy", my_edges[np.concatenate(chunks[first:])])
             save()
             report(metrics)
         checksum = float(sum(p.detach().double().sum().item() for p in module.parameters()))

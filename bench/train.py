@@ -8,7 +8,10 @@ neighbourhoods ([-1, -1, -1]) for `--epochs` epochs each, validating on the test
 epoch. Figures per run: training edges/s per trainer, epoch seconds, Recall@20 after the epochs.
 Anchor, in the same run: one process of pure PyTorch doing full-graph LightGCN steps (the whole graph
 propagated per batch, no sampling, no servers) on the same data, batches and negatives; `ratio` is
-ours over the anchor in training edges/s.
+ours over the anchor in training edges/s. `phases_s_per_step`: the trainer's seconds per step in each
+phase and the sampler thread's own (overlapping, "sampler: ...") from metrics.jsonl;
+`sampler_thread_edges_per_s`: training edges per second of the sampler thread's busy time in the same
+run (it shares the cores with the trainer), and `end_to_end_over_sampler` the trainer's over it.
 `time_to_recall_0.15_s` is read from the metrics.jsonl of a longer run (`--metrics`, default the
 Gowalla config's): cumulative training seconds until validation Recall@20 >= 0.15 (null if never).
 """
@@ -88,7 +91,14 @@ def main() -> None:
         history = [json.loads(line) for line in
                    (Path(args.workdir) / f"train-{name}" / "metrics.jsonl").read_text().splitlines()]
         edges_per_s = float(np.mean([m["edges_per_s"] for m in history]))
+        phases = {k: round(float(np.mean([m["phases"][k] for m in history])), 4) for k in history[-1]["phases"]}
+        sampler_s = sum(v for k, v in phases.items() if k.startswith("sampler: "))
+        edges_per_step = summary["edges_per_epoch"] / summary["trainers"] / history[0]["step"]  # per trainer
+        sampler = edges_per_step / sampler_s if sampler_s else None
         out[name] = {"edges_per_s_per_trainer": round(edges_per_s), "ratio": round(edges_per_s / anchor, 3),
+                     "sampler_thread_edges_per_s": sampler and round(sampler),
+                     "end_to_end_over_sampler": sampler and round(edges_per_s / sampler, 3),
+                     "phases_s_per_step": phases,
                      "epoch_seconds": round(float(np.mean([m["seconds"] for m in history])), 1),
                      "epochs": len(history), "recall@20": round(history[-1]["recall@20"], 4),
                      "ndcg@20": round(history[-1]["ndcg@20"], 4), "job_seconds": summary["seconds"]}

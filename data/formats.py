@@ -23,6 +23,7 @@ from gnnrec import UserError
 
 FORMAT, VERSION = "gnnrec-dataset", 1
 SPLITS = ("train", "val", "test")
+META_KEYS = ("num_users", "num_items", "edges", "social_edges", "edge_columns", "id_types", "feature_dims")
 
 
 class Dataset:
@@ -39,6 +40,9 @@ class Dataset:
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise UserError(f"{self.path}: dataset format {meta.get('format')} v{meta.get('version')}, "
                             f"expected {FORMAT} v{VERSION}: ingest it again")
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise UserError(f"{self.path}/meta.json: incomplete (no {', '.join(missing)}): ingest it again")
         return meta
 
     @property

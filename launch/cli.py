@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from gnnrec import JobFailed, UserError
@@ -43,10 +44,22 @@ def main(argv=None) -> int:
         else:
             print(format_table(f"{args.stage} summary", run_stage(args.stage, cfg)))
     except (UserError, JobFailed) as e:
-        print(f"gnnrec {args.stage}: {'error' if isinstance(e, UserError) else 'failed'}: "
-              f"{' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2 if isinstance(e, UserError) else 1
+        return _report(args.stage, e)
+    except OSError as e:  # what the user can fix about where outputs go is theirs, not a traceback
+        if e.errno not in OUTPUT_ERRORS:
+            raise
+        return _report(args.stage, UserError(f"{e.filename}: {e.strerror}" if e.filename else str(e)))
     return 0
+
+
+OUTPUT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
+
+
+def _report(stage: str, e: Exception) -> int:
+    """The error on one line; exit status 2 for the user's (bad input, config, disk), 1 for a failed job."""
+    print(f"gnnrec {stage}: {'error' if isinstance(e, UserError) else 'failed'}: {' '.join(str(e).split())}",
+          file=sys.stderr)
+    return 2 if isinstance(e, UserError) else 1
 
 
 if __name__ == "__main__":

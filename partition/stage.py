@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from gnnrec import UserError, atomic_dir
 from gnnrec.partition import csr
@@ -77,7 +78,10 @@ def partition(cfg) -> dict:
     csr.return_freed_memory()
     with atomic_dir(out) as tmp:
         csr_dir = tmp / ".csr"
-        csr.build_csr(dataset, meta, csr_dir)
+        try:
+            csr.build_csr(dataset, meta, csr_dir)
+        except pa.ArrowException as e:  # a dataset damaged since ingest
+            raise UserError(f"{dataset}: its edges cannot be read ({' '.join(str(e).split())}): ingest it again") from None
         csr.trim()
         g = csr.load_csr(csr_dir, meta, mmap=p.mmap)
         t1 = time.perf_counter()

@@ -1,8 +1,10 @@
 """Shared helpers for the foundation tests: configs rooted in tmp_path, Parquet writers, dataset readers."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,25 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "heavy" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason="heavy: run with -m heavy"))
+
+
+@contextlib.contextmanager
+def watch_processes(out):
+    """Yield a dict that receives the processes.json the job writing `out` reports while it runs
+    (launch/job.py), read by a thread polling its temporary output every 20 ms."""
+    seen, done = {}, threading.Event()
+
+    def poll():
+        while not done.is_set() and not seen:
+            for report in Path(out).parent.glob(f".{Path(out).name}.tmp-*/processes.json"):
+                with contextlib.suppress(OSError, ValueError):  # the job may end meanwhile
+                    seen.update(json.loads(report.read_text()))
+            done.wait(0.02)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()

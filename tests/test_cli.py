@@ -50,7 +50,8 @@ def test_no_stage_or_unknown_stage_is_a_usage_error(capsys):
 
 
 def test_run_end_to_end(tmp_path, capsys):
-    assert cli.main(["run", f"workdir={tmp_path}", "synth.edges=5000", "synth.social_edges=500"]) == 0
+    # every stage of the quickstart pipeline, one training round (rounds: tests/test_infer.py)
+    assert cli.main(["run", f"workdir={tmp_path}", "synth.edges=5000", "synth.social_edges=500", "run.rounds=1"]) == 0
     out, err = capsys.readouterr()
     assert "synth summary" in out and "ingest summary" in out
     assert out.index("synth summary") < out.index("ingest summary")
@@ -62,7 +63,7 @@ def test_run_end_to_end(tmp_path, capsys):
     assert sum(meta["edges"].values()) + stats["interactions_duplicates_collapsed"] == 5000
     assert meta["social_edges"] > 0 and meta["feature_dims"] == {"item": 8}
     # the resolved config is written beside every output
-    cfg = make_cfg(tmp_path, "synth.edges=5000", "synth.social_edges=500")
+    cfg = make_cfg(tmp_path, "synth.edges=5000", "synth.social_edges=500", "run.rounds=1")
     assert load_config(tmp_path / "synth" / "config.yaml") == cfg
     assert load_config(tmp_path / "dataset" / "config.yaml") == cfg
     assert leftovers(tmp_path) == []
@@ -93,6 +94,12 @@ def test_stages_are_plain_functions(tmp_path):
     summaries = stages.run(cfg)
     assert list(summaries) == ["synth", "ingest"]
     assert summaries["ingest"]["interactions_rows_read"] == 1000
+
+
+def test_an_output_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    assert cli.main(["synth", f"workdir={tmp_path}", "synth.edges=100", "synth.out={workdir}/taken/synth"]) == 2
+    assert "taken" in _one_error_line(capsys.readouterr().err, "synth")
 
 
 def test_bad_config_file_exits_2(tmp_path, capsys):

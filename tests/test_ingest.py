@@ -593,6 +593,9 @@ def test_load_meta_rejects_non_datasets(tmp_path):
     (tmp_path / "meta.json").write_text('{"format": "gnnrec-dataset", "version": 999}')
     with pytest.raises(UserError, match="ingest it again"):
         Dataset(tmp_path).meta
+    (tmp_path / "meta.json").write_text('{"format": "gnnrec-dataset", "version": 1, "num_users": 3}')
+    with pytest.raises(UserError, match="meta.json: incomplete .*num_items"):
+        Dataset(tmp_path).meta
 
 
 # ---------------------------------------------------------------- the shared datasets

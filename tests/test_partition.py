@@ -241,6 +241,14 @@ def test_incomplete_or_old_dataset_exits_2(dataset, tmp_path, capsys):
     (broken / "meta.json").write_text(json.dumps(meta))
     assert main(args) == 2
     assert "expected gnnrec-dataset v1" in capsys.readouterr().err
+    meta["version"] = 1
+    (broken / "meta.json").write_text(json.dumps(meta))
+    shutil.copy(dataset / "dataset" / "edges" / "val.parquet", broken / "edges" / "val.parquet")
+    train = broken / "edges" / "train.parquet"
+    train.write_bytes(train.read_bytes()[:200])  # damaged since ingest
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its edges cannot be read" in err[0]
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .blocks import Batch, drop_edges, drop_nodes
 from .layers import GATConv, GCNConv, LightGCNConv, NGCFConv, PinSageConv, SAGEConv, SocialConv
-from .losses import LOSSES
+from .losses import LOSSES, Rows
 
 
 def score(users: Tensor, items: Tensor) -> Tensor:
@@ -219,5 +219,8 @@ class Recommender(nn.Module):
 
     def forward(self, batch: Batch, h0: Tensor) -> Tensor:
         h = self.gnn(h0, batch.blocks)
-        ego = (h0[batch.users], h0[batch.pos_items], h0[batch.neg_items])
-        return self.loss(h[batch.users], h[batch.pos_items], h[batch.neg_items], ego=ego, l2=self.l2)
+        ego, neg = (h0[batch.users], h0[batch.pos_items]), None
+        if batch.neg_items is not None:
+            index = batch.neg_items.view(len(batch.users), -1)  # [B, n_neg], n_neg >= 1
+            ego, neg = (*ego, Rows(h0, index)), Rows(h, index)
+        return self.loss(h[batch.users], h[batch.pos_items], neg, ego=ego, l2=self.l2)

@@ -8,7 +8,7 @@ import torch
 from gnnrec.model.blocks import (Batch, Block, drop_edges, full_graph_blocks, graph_edges, sym_norm,
                                    time_decay)
 from gnnrec.model.layers import GATConv, scatter_max, scatter_sum, segment_softmax
-from gnnrec.model.losses import LOSSES, bpr_loss, max_margin_loss
+from gnnrec.model.losses import LOSSES, Rows, bpr_loss, max_margin_loss
 from gnnrec.ranking.metrics import evaluate
 from gnnrec.model.models import MODELS, GCN, LightGCN, NodeInput, Popularity, score
 
@@ -207,6 +207,23 @@ def test_losses_by_hand():
     # pos scores 2, 0; in-batch neg scores 1, 0 -> max(0, 1 - 2 + 1) = 0, max(0, 0 - 0 + 1) = 1
     assert max_margin_loss(uu, pp, None, margin=1.0).item() == pytest.approx((0 + 1) / 2)
     assert set(LOSSES) == {"bpr", "max_margin"}
+
+
+@pytest.mark.parametrize("loss", ["bpr", "max_margin"])
+def test_rows_by_index_give_the_loss_and_gradients_of_the_gathered_rows(loss):
+    """Rows(h, index) (scores by chunked gathers and sparse-product gradients, L2 by row counts) is
+    the materialized h[index], repeats and all."""
+    g = torch.Generator().manual_seed(0)
+    h, h0 = torch.randn(30, 8, generator=g, requires_grad=True), torch.randn(30, 8, generator=g, requires_grad=True)
+    users, pos = torch.arange(10), torch.arange(10, 20)
+    index = torch.randint(0, 30, (10, 5), generator=g)
+    index[0, :] = 3  # a row named five times by one pair
+    index[1, 0] = 3  # and by another
+    dense = LOSSES[loss](h[users], h[pos], h[index], ego=(h0[users], h0[pos], h0[index]), l2=0.1)
+    by_index = LOSSES[loss](h[users], h[pos], Rows(h, index), ego=(h0[users], h0[pos], Rows(h0, index)), l2=0.1)
+    assert by_index.item() == pytest.approx(dense.item(), rel=1e-5)
+    for a, b in zip(torch.autograd.grad(dense, (h, h0)), torch.autograd.grad(by_index, (h, h0))):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def planted_communities(num_comm=4, size=10, per_user=6, held_out=2, seed=0):

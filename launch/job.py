@@ -226,8 +226,9 @@ def _beat_forever(heartbeats, rank: int, where: dict) -> None:
 
 
 @contextlib.contextmanager
-def worker_session(config: dict, dim: int, torch_threads: int, seed: int):
-    """Open a worker: start its heartbeat, set torch's threads and seed (Ray sets OMP_NUM_THREADS=1),
+def worker_session(config: dict, dim: int, torch_threads: int | None, seed: int):
+    """Open a worker: start its heartbeat, set torch's threads (Ray sets OMP_NUM_THREADS=1; None: the
+    cores this machine's workers share, one left to each sampler thread) and seed,
     connect the DistDGL client, create the ID tables of `dim` in the servers; always disconnect."""
     import ray.train
     from ray.train.torch import get_device
@@ -241,7 +242,8 @@ def worker_session(config: dict, dim: int, torch_threads: int, seed: int):
     w = WorkerSession(Config.model_validate(config["cfg"]), ctx.get_world_rank(), ctx.get_world_size(), get_device(),
                       Partitions(config["partitions"]))
     threading.Thread(target=_beat_forever, args=(config["heartbeats"], w.rank, w.where), daemon=True).start()
-    torch.set_num_threads(torch_threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(torch_threads or max(1, cores // ctx.get_local_world_size() - 1))
     torch.manual_seed(seed)
     w.graph = connect_client(config["client"])
     try:

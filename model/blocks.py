@@ -62,8 +62,11 @@ class Block:
 
     def to(self, device, non_blocking: bool = False) -> "Block":
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return dataclasses.replace(self, src=move(self.src), dst=move(self.dst), weight=move(self.weight),
-                                   etype=move(self.etype), deg=move(self.deg))
+        moved = dataclasses.replace(self, src=move(self.src), dst=move(self.dst), weight=move(self.weight),
+                                    etype=move(self.etype), deg=move(self.deg))
+        if self._by_dst is not None:  # computed where the block was made (a sampler thread): keep it
+            moved._by_dst = tuple(move(t) for t in self._by_dst)
+        return moved
 
     def edge_subset(self, keep: Tensor) -> "Block":
         """The same nodes with only the edges selected by `keep` (bool mask or index)."""

@@ -105,6 +105,7 @@ class NeighborSampler:
         src_nodes, src_local = self.relabel(dst_nodes, src)
         block = Block(torch.from_numpy(src_local), torch.from_numpy(dst), len(src_nodes), len(dst_nodes),
                       etype=torch.from_numpy(etype), deg=torch.from_numpy(self._degree(src_nodes)))
+        block.by_dst()  # sorted here, in the sampler's thread, rather than in the trainer's forward
         return block, src_nodes
 
     def _split(self, nodes: np.ndarray):

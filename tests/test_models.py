@@ -46,8 +46,11 @@ def test_block_conventions():
     with pytest.raises(ValueError):
         Block(src, dst, 3, 5)
     batch = Batch(torch.arange(N), [b], users=torch.tensor([0]), pos_items=torch.tensor([3]))
+    order, crow = b.by_dst()  # computed once, where the block is made, and moved with it
     moved = batch.to("cpu")
     assert moved.blocks[0].num_edges == src.numel() and moved.output_nodes.tolist() == list(range(N))
+    assert moved.blocks[0]._by_dst is not None and torch.equal(moved.blocks[0].by_dst()[1], crow)
+    assert torch.all(dst[order][1:] >= dst[order][:-1]) and crow[-1] == src.numel()
     assert drop_edges(b, 1.0).num_edges == 0 and drop_edges(b, 0.0) is b
     assert time_decay(torch.tensor([0.0, 2.0]), 0.5).tolist() == pytest.approx([1.0, torch.e ** -1])
 

@@ -173,6 +173,7 @@ class Progress:
     def show(self, where: dict | None = None) -> None:
         if self.metrics is not None and self.metrics.exists():
             lines = self.metrics.read_text().splitlines()
+            self.seen = min(self.seen, len(lines))  # a restart rewrote it from its checkpoint
             for line in lines[self.seen:]:
                 self._close_bar()
                 m = json.loads(line)

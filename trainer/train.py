@@ -161,7 +161,7 @@ def train_loop(config: dict) -> None:
                 dense_opt.load_state_dict(saved["optimizer"])
             if rank:
                 state.loss_sum, state.loss_count = 0.0, 0  # rank 0 carries the epoch's partial sums
-            elif state.history:
+            else:  # the checkpoint's epochs only: a restart drops those the killed attempt logged after it
                 (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state.history))
         validate = None if t.validate_split == "none" else _validator(w, module.gnn, t)
         batches = BatchMaker(graph, t, w.partitions, hard, uses_social(module.gnn))

@@ -199,11 +199,8 @@ class LocalFirstNeighborhoods:
     def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (user, item) training pair of the (unique) `users`."""
         mine = self._mine(users, "user")
-        indptr, items = self.local.csr["interacted_by"]
-        rows = users[mine] - self.own["user"][0]
-        start = np.asarray(indptr[rows], np.int64)
-        count = np.asarray(indptr[rows + 1], np.int64) - start
-        local = np.repeat(users[mine], count), np.asarray(items[ranges(start, count)], np.int64)
+        items, row_of = sample_rows(*self.local.csr["interacted_by"], users[mine] - self.own["user"][0], -1, None)
+        local = users[mine][row_of], items
         if mine.all():
             return local
         remote = self.remote.items_of(users[~mine])

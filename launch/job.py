@@ -9,8 +9,9 @@
 Every worker beats once a second from the moment its session opens, with where it is and its pid; the
 driver shows that as a progress bar (on a terminal). Once every worker has started, the job's processes
 (trainers by rank, graph servers by partition: pid and node address) are in `{tmp}/processes.json`
-until the job ends, so an operator (or a test) can act on exactly this job's processes. A worker that has not beaten within `launch.start_timeout_s` of
-the start, or stops beating for `launch.health_timeout_s / 4`, fails the job. Errors name the job kind
+until the job ends, so an operator (or a test) can act on exactly this job's processes. A worker that
+has not beaten within `launch.start_timeout_s` of the start, or stops beating for
+`launch.health_timeout_s / 4`, fails the job; so does a graph server that stops answering. Errors name the job kind
 (train, infer, mine). Restarts are the caller's (trainer/train.py): a restarted Ray Train worker could
 not rejoin, since DistDGL servers admit exactly `num_clients` clients.
 """

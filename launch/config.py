@@ -8,10 +8,10 @@ which is replaced by `workdir` after the overrides are applied.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gnnrec import UserError
 from gnnrec.launch.stages import PIPELINE
@@ -53,6 +53,18 @@ class EdgeInput(Section):
     timestamp_column: Optional[str] = None
 
 
+class InteractionInput(EdgeInput):
+    """The interaction log; rows weighing less than `min_weight` are dropped before deduplication."""
+    min_weight: Optional[float] = None
+
+    @field_validator("min_weight")
+    @classmethod
+    def _needs_weight(cls, min_weight, info):  # a field validator, so the error names the key
+        if min_weight is not None and not info.data.get("weight_column"):
+            raise ValueError("needs ingest.interactions.weight_column")
+        return min_weight
+
+
 class FeatureInput(Section):
     """A Parquet table of node features keyed by raw id; `columns` defaults to every other column."""
     path: str
@@ -62,14 +74,17 @@ class FeatureInput(Section):
 
 class IngestConfig(Section):
     out: str = "{workdir}/dataset"
-    interactions: EdgeInput = EdgeInput(path="{workdir}/synth/interactions", src_column="user_id",
-                                        dst_column="item_id", timestamp_column="timestamp")
+    interactions: InteractionInput = InteractionInput(path="{workdir}/synth/interactions", src_column="user_id",
+                                                      dst_column="item_id", timestamp_column="timestamp")
     social: Optional[EdgeInput] = None
     user_features: Optional[FeatureInput] = None
     item_features: Optional[FeatureInput] = None
     nulls: Literal["drop", "reject"] = "drop"
     duplicate_weight: Literal["max", "sum"] = "max"
     duplicate_timestamp: Literal["latest", "earliest"] = "latest"
+    min_user_degree: int = Field(0, ge=0, description="k-core: users with fewer distinct items lose their edges, "
+                                 "repeated with min_item_degree until none does (0: no minimum)")
+    min_item_degree: int = Field(0, ge=0, description="k-core: items with fewer distinct users lose their edges")
     batch_rows: int = Field(1_000_000, ge=1)
 
 
@@ -127,6 +142,16 @@ class LaunchConfig(Section):
                                    "(imports, DDP and DistDGL set-up)")
 
 
+class ContrastConfig(Section):
+    """XSimGCL's contrastive views, added to any loss: InfoNCE between the output and layer `layer`'s
+    output of the batch's users (and of its items), every layer's output perturbed by `noise`."""
+    weight: float = Field(0.0, ge=0, description="0: off; XSimGCL uses 0.05-0.2")
+    noise: float = Field(0.1, ge=0, description="eps, the perturbation's norm")
+    temperature: float = Field(0.2, gt=0)
+    layer: int = Field(1, ge=1, description="the layer whose output is the second view")
+    sample: int = Field(4096, ge=2, description="users (and items) of a batch in the InfoNCE, at most")
+
+
 class TrainConfig(Section):
     """Mini-batch training: Ray Train workers are DistDGL clients and DDP ranks."""
     out: str = "{workdir}/train"
@@ -134,6 +159,8 @@ class TrainConfig(Section):
     model: str = "lightgcn"
     dim: int = Field(64, ge=1)
     layers: int = Field(2, ge=0)
+    model_options: dict[str, Any] = Field({}, description="the model's own options, e.g. residual, edge_dropout, "
+                                          "node_dropout, aggr, normalize, heads, attn_dropout, attention, dropout")
     sampler: Literal["neighbor", "none"] = "neighbor"
     fanouts: list[int] = [10, 5]
     batch_size: int = Field(1024, ge=1)
@@ -141,7 +168,9 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0, description="learning rate of the ID embeddings (and of dense weights)")
     dense_lr: Optional[float] = Field(None, gt=0, description="learning rate of dense weights (null: lr)")
     l2: float = Field(1e-4, ge=0)
-    loss: Literal["bpr", "max_margin"] = "bpr"
+    loss: Literal["bpr", "max_margin", "cosine_contrastive", "alignment_uniformity"] = "bpr"
+    loss_options: dict[str, Any] = Field({}, description="the loss's own options, e.g. margin, negative_weight, gamma")
+    contrast: ContrastConfig = ContrastConfig()
     negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
     num_negatives: int = Field(1, ge=1)
     hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
@@ -163,8 +192,30 @@ class TrainConfig(Section):
     patience: int = Field(0, ge=0, description="stop after this many validations without a better NDCG@K (0: never)")
     seed: int = 0
 
+    @field_validator("model_options")
+    @classmethod
+    def _check_model_options(cls, options, info: ValidationInfo):  # a field validator: errors name the key
+        if options and {"model", "dim", "layers"} <= info.data.keys():
+            from gnnrec.model.models import MODELS, build_model  # torch, only when options are given
+            if info.data["model"] in MODELS:
+                build_model(info.data["model"], info.data["dim"], info.data["layers"], options)
+        return options
+
+    @field_validator("loss_options")
+    @classmethod
+    def _check_loss_options(cls, options, info: ValidationInfo):
+        if options and "loss" in info.data:
+            from gnnrec.model.losses import LOSSES
+            from gnnrec.model.options import check, defaults
+            check(info.data["loss"], defaults(LOSSES[info.data["loss"]], skip=("neg", "ego", "l2")), options)
+        return options
+
     @model_validator(mode="after")
     def _check(self):
+        if self.contrast.weight and not 1 <= self.contrast.layer <= self.layers:
+            raise ValueError(f"contrast.layer={self.contrast.layer} needs 1 <= it <= layers={self.layers}")
+        if self.contrast.weight and self.model == "ngcf":
+            raise ValueError("contrast: ngcf's output (every layer concatenated) is no view of one layer")
         if self.model == "mf" and self.layers:
             raise ValueError("mf has no layers: set train.layers=0")
         if self.sampler == "neighbor" and len(self.fanouts) != self.layers:

@@ -97,4 +97,55 @@ def max_margin_loss(u: Tensor, pos: Tensor, neg: Optional[Tensor], ego=None, mar
     return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
 
 
-LOSSES = {"bpr": bpr_loss, "max_margin": max_margin_loss}
+def cosine_contrastive_loss(u: Tensor, pos: Tensor, neg, ego=None, margin: float = 0.8,
+                            negative_weight: float = 1.0, l2: float = 0.0) -> Tensor:
+    r"""SimpleX's cosine contrastive loss (Mao et al., 2021): pull positives to cosine 1, push each
+    negative below the margin m, the negatives' mean weighted by w:
+
+    .. math:: L = \frac{1}{|P|} \sum_{(u,i) \in P} \Big(1 - \cos(e_u, e_i)
+              + \frac{w}{|N_u|} \sum_{j \in N_u} \max\big(0, \cos(e_u, e_j) - m\big)\Big)
+    """
+    if isinstance(neg, Rows):
+        neg = Rows(F.normalize(neg.h, dim=-1), neg.index)
+    elif neg is not None:
+        neg = F.normalize(neg, dim=-1)
+    pos_s, neg_s = pair_scores(F.normalize(u, dim=-1), F.normalize(pos, dim=-1), neg)
+    loss = (1 - pos_s).mean() + negative_weight * F.relu(neg_s - margin).mean()
+    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+
+
+def alignment_uniformity_loss(u: Tensor, pos: Tensor, neg=None, ego=None, gamma: float = 1.0,
+                              sample: int = 4096, l2: float = 0.0) -> Tensor:
+    r"""DirectAU (Wang et al., 2022): align each positive pair, spread users and items on the sphere.
+    Negatives are not used; uniformity is taken over `sample` random rows of the batch (all pairs of
+    a 65,536-row batch would be 4 G distances).
+
+    .. math:: L = \frac{1}{|P|} \sum_{(u,i) \in P} \|\tilde e_u - \tilde e_i\|^2
+              + \frac{\gamma}{2} \big(\log \mathbb{E}_{u,u'} e^{-2\|\tilde e_u - \tilde e_{u'}\|^2}
+              + \log \mathbb{E}_{i,i'} e^{-2\|\tilde e_i - \tilde e_{i'}\|^2}\big),
+              \quad \tilde e = e / \|e\|
+    """
+    u, pos = F.normalize(u, dim=-1), F.normalize(pos, dim=-1)
+    align = (u - pos).pow(2).sum(-1).mean()
+    some = torch.randperm(len(u), device=u.device)[:sample]
+    loss = align + gamma / 2 * (_uniformity(u[some]) + _uniformity(pos[some]))
+    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+
+
+def _uniformity(x: Tensor) -> Tensor:
+    return torch.pdist(x).pow(2).mul(-2).exp().mean().log()
+
+
+def view_contrast_loss(a: Tensor, b: Tensor, temperature: float = 0.2) -> Tensor:
+    r"""InfoNCE between two views of the same nodes (row r of `a` and of `b`); the other rows of `b`
+    are the negatives (SimGCL / XSimGCL, Yu et al., 2022):
+
+    .. math:: L = \frac{1}{|B|} \sum_{r \in B} -\log \frac{\exp(\tilde a_r \cdot \tilde b_r / \tau)}
+              {\sum_{s \in B} \exp(\tilde a_r \cdot \tilde b_s / \tau)}
+    """
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+
+
+LOSSES = {"bpr": bpr_loss, "max_margin": max_margin_loss, "cosine_contrastive": cosine_contrastive_loss,
+          "alignment_uniformity": alignment_uniformity_loss}

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from .blocks import Batch, drop_edges, drop_nodes
 from .layers import GATConv, GCNConv, LightGCNConv, NGCFConv, PinSageConv, SAGEConv, SocialConv
-from .losses import LOSSES, Rows
+from .losses import LOSSES, Rows, view_contrast_loss
+from .options import check, defaults
 
 
 def score(users: Tensor, items: Tensor) -> Tensor:
@@ -64,19 +65,29 @@ class GNN(nn.Module):
     def __init__(self, convs: list, residual: bool = False, edge_dropout: float = 0.0,
                  node_dropout: float = 0.0, head: Optional[nn.Module] = None):
         super().__init__()
+        for name, p in (("edge_dropout", edge_dropout), ("node_dropout", node_dropout)):
+            if not 0 <= p < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
         self.convs = nn.ModuleList(convs)
         self.residual, self.edge_dropout, self.node_dropout = residual, edge_dropout, node_dropout
         self.head = head
 
     def forward(self, h0: Tensor, blocks: list) -> Tensor:
+        return self.output(self.propagate(h0, blocks))
+
+    def propagate(self, h0: Tensor, blocks: list, noise: float = 0.0) -> list:
+        """Every layer's output for the last block's dst nodes, layer 0 (h0) first. `noise` > 0 perturbs
+        each layer's output as XSimGCL does: h += sign(h) * eps * r / ||r||, r ~ U(0, 1)^d."""
         if len(blocks) != len(self.convs):
             raise ValueError(f"{type(self).__name__} has {len(self.convs)} layers but got {len(blocks)} blocks")
         n_out = blocks[-1].num_dst if blocks else h0.shape[0]
         h, layers = h0, [h0[:n_out]]
         for index, block in enumerate(blocks):
             h = self.layer(index, block, h)
+            if noise:
+                h = h + torch.sign(h) * F.normalize(torch.rand_like(h), dim=-1) * noise
             layers.append(h[:n_out])
-        return self.output(layers)
+        return layers
 
     def layer(self, index: int, block, h: Tensor) -> Tensor:
         """Layer `index` alone: the block's dst representations from its src ones (layer-wise inference
@@ -206,21 +217,45 @@ MODELS = {
 }
 
 
+def model_options(name: str) -> dict:
+    """The options of `MODELS[name]` beside dim and num_layers, with their defaults: the model's own
+    and the layer stack's (`GNN`: residual, edge_dropout, node_dropout)."""
+    options = {}
+    for cls in reversed(MODELS[name].__mro__):
+        if issubclass(cls, GNN) and "__init__" in vars(cls):
+            options.update(defaults(cls.__init__, skip=("num_layers", "head")))
+    return options
+
+
+def build_model(name: str, dim: int, num_layers: int, options: dict) -> nn.Module:
+    """`MODELS[name](dim, num_layers, **options)`; a ValueError names an unknown or mistyped option."""
+    return MODELS[name](dim, num_layers, **check(name, model_options(name), options))
+
+
 class Recommender(nn.Module):
     """A GNN from the registry and the loss, as one module for DDP; the ID embeddings h0 of the batch's
     input nodes come from outside (rows of the distributed tables, or of a table in memory).
 
-    t: the training config section (model, dim, layers, loss, l2)."""
+    t: the training config section (model, dim, layers, model_options, loss, loss_options, l2, contrast)."""
 
     def __init__(self, t):
         super().__init__()
-        self.gnn = MODELS[t.model](t.dim, t.layers)
-        self.loss, self.l2 = LOSSES[t.loss], t.l2
+        self.gnn = build_model(t.model, t.dim, t.layers, t.model_options)
+        self.loss, self.loss_options, self.l2 = LOSSES[t.loss], t.loss_options, t.l2
+        self.contrast = t.contrast
 
     def forward(self, batch: Batch, h0: Tensor) -> Tensor:
-        h = self.gnn(h0, batch.blocks)
+        c = self.contrast
+        layers = self.gnn.propagate(h0, batch.blocks, noise=c.noise if c.weight else 0.0)
+        h = self.gnn.output(layers)
         ego, neg = (h0[batch.users], h0[batch.pos_items]), None
         if batch.neg_items is not None:
             index = batch.neg_items.view(len(batch.users), -1)  # [B, n_neg], n_neg >= 1
             ego, neg = (*ego, Rows(h0, index)), Rows(h, index)
-        return self.loss(h[batch.users], h[batch.pos_items], neg, ego=ego, l2=self.l2)
+        loss = self.loss(h[batch.users], h[batch.pos_items], neg, ego=ego, l2=self.l2, **self.loss_options)
+        if c.weight:  # XSimGCL: the output and one layer's output, both perturbed, as two views
+            for nodes in (batch.users, batch.pos_items):
+                nodes = torch.unique(nodes)
+                nodes = nodes[torch.randperm(len(nodes), device=nodes.device)[:c.sample]]
+                loss = loss + c.weight * view_contrast_loss(h[nodes], layers[c.layer][nodes], c.temperature)
+        return loss

@@ -1,4 +1,5 @@
 """Models, layers, blocks and losses on tiny graphs: exact formulas, shapes, learning, devices."""
+import math
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import torch
 from gnnrec.model.blocks import (Batch, Block, drop_edges, full_graph_blocks, graph_edges, sym_norm,
                                    time_decay)
 from gnnrec.model.layers import GATConv, scatter_max, scatter_sum, segment_softmax
-from gnnrec.model.losses import LOSSES, Rows, bpr_loss, max_margin_loss
+from gnnrec.model.losses import LOSSES, Rows, bpr_loss, max_margin_loss, view_contrast_loss
 from gnnrec.ranking.metrics import evaluate
 from gnnrec.model.models import MODELS, GCN, LightGCN, NodeInput, Popularity, score
 
@@ -209,10 +210,28 @@ def test_losses_by_hand():
     uu, pp = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0], [1.0, 0.0]])
     # pos scores 2, 0; in-batch neg scores 1, 0 -> max(0, 1 - 2 + 1) = 0, max(0, 0 - 0 + 1) = 1
     assert max_margin_loss(uu, pp, None, margin=1.0).item() == pytest.approx((0 + 1) / 2)
-    assert set(LOSSES) == {"bpr", "max_margin"}
+    assert set(LOSSES) == {"bpr", "max_margin", "cosine_contrastive", "alignment_uniformity"}
 
 
-@pytest.mark.parametrize("loss", ["bpr", "max_margin"])
+def test_new_losses_by_hand():
+    u, p = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+    n = torch.tensor([[[1.0, 1.0], [0.0, 3.0]]])  # cosines with u: 1/sqrt(2) and 0
+    ccl = LOSSES["cosine_contrastive"]
+    # (1 - cos 1) + w * mean(max(0, 0.7071 - m), max(0, 0 - m))
+    assert ccl(u, p, n, margin=0.5, negative_weight=2.0).item() == pytest.approx(2.0 * (0.70710678 - 0.5) / 2)
+    assert ccl(u, p, n, margin=0.8).item() == 0.0
+    au = LOSSES["alignment_uniformity"]
+    uu, pp = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # alignment: (0 + |(0,1) - (1,0)|^2) / 2 = 1; users: one pair at distance^2 2 -> log e^-4 = -4;
+    # items: one pair at distance 0 -> log e^0 = 0
+    assert au(uu, pp, gamma=1.0).item() == pytest.approx(1 + (-4 + 0) / 2)
+    a, b = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # cosines: 1 with its own row, 0 with the other; at t = 0.5 each row is -log(e^2 / (e^2 + e^0))
+    assert view_contrast_loss(a, b, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)))
+    assert view_contrast_loss(a, b.flip(0), 0.5).item() == pytest.approx(math.log(1 + math.exp(2)))
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_rows_by_index_give_the_loss_and_gradients_of_the_gathered_rows(loss):
     """Rows(h, index) (scores by chunked gathers and sparse-product gradients, L2 by row counts) is
     the materialized h[index], repeats and all."""

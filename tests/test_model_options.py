@@ -1,0 +1,78 @@
+"""Model and loss options from the config reach what they name; unknown or mistyped ones are refused."""
+import pytest
+import torch
+
+from gnnrec import UserError
+from gnnrec.launch.config import load_config
+from gnnrec.model.blocks import Batch, graph_edges
+from gnnrec.model.losses import view_contrast_loss
+from gnnrec.model.models import Recommender, build_model, model_options
+
+from test_models import N, SOCIAL, UI, N_USERS, sampled_blocks
+
+# Every documented option, with a value that is not its default.
+OPTIONS = [
+    ("lightgcn", "residual", True), ("lightgcn", "edge_dropout", 0.5), ("lightgcn", "node_dropout", 0.5),
+    ("graphsage", "aggr", "pool"), ("graphsage", "normalize", True),
+    ("gat", "heads", 2), ("gat", "attn_dropout", 0.5), ("gat", "self_loops", False),
+    ("socialgcn", "attention", False), ("ngcf", "dropout", 0.5), ("pinsage", "hidden", 4),
+    ("gcn", "residual", True),
+]
+
+
+def train_mode_output(name, options):
+    """The model's training-mode output on a fixed graph, weights and dropout draws seeded alike."""
+    src, dst, etype = graph_edges(UI[0], UI[1], N_USERS, *SOCIAL)
+    blocks = sampled_blocks(src, dst, etype, weight=torch.linspace(0.5, 1.5, len(src)))
+    torch.manual_seed(0)
+    model = build_model(name, 8, 2, options).train()
+    h0 = torch.randn(N, 8, generator=torch.Generator().manual_seed(1))
+    return model(h0, blocks)
+
+
+@pytest.mark.parametrize("name, key, value", OPTIONS)
+def test_each_option_changes_the_model(name, key, value):
+    assert key in model_options(name)
+    assert not torch.allclose(train_mode_output(name, {key: value}), train_mode_output(name, {}))
+
+
+def test_options_travel_from_the_config_to_the_model_and_loss():
+    cfg = load_config(None, ["train.model=gat", "train.model_options.heads=2", "train.model_options.residual=true",
+                             "train.loss=max_margin", "train.loss_options.margin=0.3"])
+    rec = Recommender(cfg.train)
+    assert rec.gnn.convs[0].heads == 2 and rec.gnn.residual is True
+    assert rec.loss_options == {"margin": 0.3}
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.model_options.residuals=true", ["train.model_options", "no option 'residuals'", "residual"]),
+    ("train.model_options.edge_dropout=yes", ["train.model_options", "'edge_dropout' takes a float"]),
+    ("train.model_options.residual=1", ["'residual' takes a bool"]),
+    ("train.model_options.edge_dropout=1.5", ["edge_dropout must be in [0, 1)"]),
+    ("train.loss_options.margin=0.3", ["train.loss_options", "bpr has no option 'margin'"]),
+    ("train.contrast.weight=0.1", ["contrast.layer=1 needs"]),
+])
+def test_unknown_or_mistyped_option_is_refused_naming_it(override, words):
+    with pytest.raises(UserError) as e:
+        load_config(None, ["train.layers=0", "train.model=mf", "train.sampler=none", "train.fanouts=[]", override]
+                    if "contrast" in override else [override])
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_contrastive_views_add_infonce_of_the_output_and_a_layer():
+    cfg = load_config(None, ["train.contrast.weight=0.5", "train.contrast.noise=0", "train.dim=8"])
+    src, dst, etype = graph_edges(UI[0], UI[1], N_USERS)
+    batch = Batch(torch.arange(N), sampled_blocks(src, dst, etype), users=torch.tensor([0, 1, 1]),
+                  pos_items=torch.tensor([2, 2, 1]), neg_items=torch.tensor([1, 0, 2]))
+    h0 = torch.randn(N, 8, requires_grad=True)
+    with_views = Recommender(cfg.train)
+    plain = Recommender(cfg.train.model_copy(update={"contrast": cfg.train.contrast.model_copy(update={"weight": 0.0})}))
+    layers = with_views.gnn.propagate(h0, batch.blocks)
+    out = with_views.gnn.output(layers)
+    views = sum(view_contrast_loss(out[n], layers[1][n], 0.2) for n in (torch.tensor([0, 1]), torch.tensor([1, 2])))
+    loss = with_views(batch, h0)
+    assert loss.item() == pytest.approx(plain(batch, h0).item() + 0.5 * views.item(), rel=1e-5)
+    loss.backward()
+    assert h0.grad.abs().sum() > 0
+    noisy = with_views.gnn.propagate(h0, batch.blocks, noise=0.1)
+    assert torch.equal(noisy[0], layers[0]) and not torch.allclose(noisy[2], layers[2])

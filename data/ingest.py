@@ -3,7 +3,10 @@
 Two streaming passes over record batches keep memory to the edge arrays themselves: the first
 validates every file and collects the distinct raw IDs, the second maps raw IDs to contiguous int64
 (sorted raw order) into preallocated arrays. Duplicate edges are then collapsed by sorting the key
-user·num_items + item, so no duplicate can reach METIS (DGL aborts the process on one).
+user·num_items + item, so no duplicate can reach METIS (DGL aborts the process on one). Rows weighing
+less than `ingest.interactions.min_weight` are dropped in both passes, as rows with nulls are; the k-core
+filter (`ingest.min_user_degree`, `min_item_degree`) runs on the deduplicated log before the split and
+renumbers the nodes it keeps.
 
 Dataset directory (written to a temporary directory, renamed when complete):
 
@@ -94,6 +97,42 @@ def deduplicate(edges: dict[str, np.ndarray], num_dst: int, weight_rule: str, ti
     return out
 
 
+def kcore(src: np.ndarray, dst: np.ndarray, num_users: int, num_items: int, min_user: int, min_item: int):
+    """RecBole's iterated filter: drop the edges of every user with fewer than `min_user` items and of
+    every item with fewer than `min_item` users until no node falls short, which leaves the largest
+    subgraph where none does. Returns its users and items (masks of the nodes it has edges of) and the
+    rounds that dropped edges."""
+    rounds = 0
+    while True:
+        deg_u, deg_i = np.bincount(src, minlength=num_users), np.bincount(dst, minlength=num_items)
+        ok = (deg_u >= min_user)[src] & (deg_i >= min_item)[dst]
+        if ok.all():
+            return deg_u > 0, deg_i > 0, rounds
+        src, dst, rounds = src[ok], dst[ok], rounds + 1
+
+
+def keep_core(edges: dict, user_map: IdMap, item_map: IdMap, ic, stats: Counter) -> tuple[IdMap, IdMap]:
+    """Only the k-core of the (deduplicated) interactions: a node without an edge in it leaves its ID map,
+    the others are renumbered in order (edges stay sorted), and the test and social edges of the nodes
+    that left are dropped."""
+    log = edges["interactions"]
+    users, items, stats["kcore_rounds"] = kcore(log["src"], log["dst"], user_map.size, item_map.size,
+                                                ic.min_user_degree, ic.min_item_degree)
+    if not users.any():
+        raise UserError(f"ingest.min_user_degree={ic.min_user_degree}, ingest.min_item_degree={ic.min_item_degree}: "
+                        "no interaction is left")
+    (core_users, new_user), (core_items, new_item) = user_map.subset(users), item_map.subset(items)
+    stats["kcore_users_dropped"] = user_map.size - core_users.size
+    stats["kcore_items_dropped"] = item_map.size - core_items.size
+    for name, e in edges.items():
+        e["src"], e["dst"] = new_user[e["src"]], (new_user if name == "social" else new_item)[e["dst"]]
+        kept = (e["src"] >= 0) & (e["dst"] >= 0)
+        stats["kcore_edges_dropped" if name == "interactions" else f"kcore_{name}_edges_dropped"] = \
+            len(kept) - int(kept.sum())
+        _select(e, kept, in_place=True)
+    return core_users, core_items
+
+
 def _sort_within_user(user: np.ndarray, order_key: np.ndarray, num_users: int):
     """Edges (sorted by user) reordered by (user, order_key): the order, each edge's position in its
     user's list in that order, and each user's degree. `order_key` holds non-negative ints."""
@@ -176,8 +215,9 @@ def ingest(cfg) -> dict:
     ic, stats = cfg.ingest, Counter()
     out = cfg.path(ic.out)
     inter = ic.interactions
+    min_weight = None if inter.min_weight is None else (inter.min_weight, "ingest.interactions.min_weight")
     sources = {"interactions": EdgeSource("interactions", str(cfg.path(inter.path)),
-                                          _edge_columns(inter, "ingest.interactions"), ic.nulls, stats)}
+                                          _edge_columns(inter, "ingest.interactions"), ic.nulls, stats, min_weight)}
     if cfg.split.method == "test_file":
         sources["test"] = EdgeSource("test", str(cfg.path(cfg.split.test_path)),
                                      {"src": (inter.src_column, "ingest.interactions.src_column"),
@@ -206,6 +246,9 @@ def ingest(cfg) -> dict:
         before = len(raw["src"])
         edges[name] = deduplicate(raw, nu if name == "social" else ni, ic.duplicate_weight, ic.duplicate_timestamp)
         stats[f"{name}_duplicates_collapsed"] = before - len(edges[name]["src"])
+    if ic.min_user_degree or ic.min_item_degree:
+        user_map, item_map = keep_core(edges, user_map, item_map, ic, stats)
+        nu, ni = user_map.size, item_map.size
     if "social" in edges:  # users the log never mentions join through the social graph: say how many
         interacting = np.zeros(nu, bool)
         for name in ("interactions", "test"):

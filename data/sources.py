@@ -97,11 +97,14 @@ def _normalize(role: str, arr: pa.Array) -> pa.Array:
 class EdgeSource:
     """One edge input (interactions, social, test): its files, columns and validation.
 
-    `columns` maps a role (src, dst, weight, timestamp) to (column name, config key naming it).
+    `columns` maps a role (src, dst, weight, timestamp) to (column name, config key naming it);
+    `min_weight`, (weight, config key naming it), drops the rows weighing less, as rows with nulls are.
     """
 
-    def __init__(self, name: str, path: str, columns: dict[str, tuple[str, str]], nulls: str, stats: Counter):
+    def __init__(self, name: str, path: str, columns: dict[str, tuple[str, str]], nulls: str, stats: Counter,
+                 min_weight: tuple[float, str] | None = None):
         self.name, self.path, self.columns, self.nulls, self.stats = name, path, columns, nulls, stats
+        self.min_weight = min_weight
         self.fs, self.files = list_files(path)
         self.num_rows = 0  # rows kept, known after the first pass
         self.kinds: dict[str, str] = {}
@@ -141,6 +144,8 @@ class EdgeSource:
                 if seen and nonnull[role] == 0:
                     raise UserError(f"{self.path}: column '{col}' ({key}) is entirely null")
             if self.num_rows == 0:
+                if self.stats[f"{self.name}_below_min_weight_dropped"]:
+                    raise UserError(f"{self.path}: no row weighs {self.min_weight[0]} or more ({self.min_weight[1]})")
                 raise UserError(f"{self.path}: no rows (empty input)")
 
     def _clean(self, file, batch: pa.RecordBatch, nonnull: Counter, first_pass: bool) -> dict[str, pa.Array]:
@@ -164,6 +169,12 @@ class EdgeSource:
             w = arrays["weight"].to_numpy()
             if not np.isfinite(w).all() or (w < 0).any():
                 raise UserError(f"{file}: column '{self.columns['weight'][0]}' has negative, NaN or infinite weights")
+            if self.min_weight:
+                heavy = w >= self.min_weight[0]
+                if first_pass:
+                    self.stats[f"{self.name}_below_min_weight_dropped"] += len(w) - int(heavy.sum())
+                if not heavy.all():
+                    arrays = {role: arr.filter(pa.array(heavy)) for role, arr in arrays.items()}
         if first_pass:
             self.num_rows += len(arrays["src"])
             self.stats[f"{self.name}_rows_read"] += len(batch)
@@ -226,6 +237,12 @@ class IdMap:
 
     def table(self) -> pa.Table:
         return pa.table({"id": np.arange(self.size, dtype=np.int64), "raw_id": self.raw})
+
+    def subset(self, keep: np.ndarray) -> tuple["IdMap", np.ndarray]:
+        """The map of the raw IDs where `keep` holds, renumbered in order, and old id -> new id (-1: left out)."""
+        new_id = np.full(self.size, -1, np.int64)
+        new_id[keep] = np.arange(int(np.count_nonzero(keep)))
+        return IdMap(self.raw.filter(pa.array(keep))), new_id
 
 
 # ---------------------------------------------------------------- features

@@ -355,6 +355,91 @@ def test_test_file_split_with_validation(tmp_path):
     assert abs(len(va) / len(edges) - 0.25) < 0.03
 
 
+# ---------------------------------------------------------------- RecBole's filters: minimum weight, k-core
+
+def test_min_weight_drops_light_rows_before_deduplication(tmp_path):
+    path = write_parquet(tmp_path / "in.parquet", {
+        "user_id": [1, 1, 1, 2, 2, 3, 3], "item_id": [10, 10, 20, 10, 30, 20, 40],
+        "rating": pa.array([2, 4, 3, 5, 1, 2, 1], pa.int8())})  # integer ratings, as ML-1M's
+    cfg = edge_cfg(tmp_path, path, "split.ratios=[1, 0, 0]", "ingest.interactions.min_weight=3",
+                   "ingest.duplicate_weight=sum", weight="rating")
+    stats = ingest(cfg)
+    d = cfg.path(cfg.ingest.out)
+    assert stats["interactions_rows_read"] == 7
+    assert read_json(d / "stats.json")["interactions_below_min_weight_dropped"] == 4
+    assert stats["interactions_duplicates_collapsed"] == 0  # (1, 10) weighing 2 went before deduplication
+    e, u, i = read_split(d, "train"), read_ids(d, "user"), read_ids(d, "item")
+    got = {(u[a], i[b]): (c, w) for a, b, c, w in zip(e["user"], e["item"], e["count"], e["weight"])}
+    assert got == {(1, 10): (1, 4.0), (1, 20): (1, 3.0), (2, 10): (1, 5.0)}
+    assert u.tolist() == [1, 2] and i.tolist() == [10, 20]  # ids met only in light rows are not nodes
+
+
+# Users u1, u2, u6 and items i1, i2, i5 form the 2-core; u3..u5 and i3, i4 hang off it as a chain that
+# one round of pruning only shortens: u5 (one distinct item, twice), then i4, u4, i3, u3.
+KCORE_LOG = [("u1", "i1"), ("u1", "i2"), ("u1", "i5"), ("u2", "i1"), ("u2", "i2"), ("u6", "i2"), ("u6", "i5"),
+             ("u3", "i2"), ("u3", "i3"), ("u4", "i3"), ("u4", "i4"), ("u5", "i4"), ("u5", "i4")]
+
+
+def test_kcore_iterated_until_stable(tmp_path):
+    u, i = zip(*KCORE_LOG)
+    inter = write_parquet(tmp_path / "in.parquet", {"user_id": list(u), "item_id": list(i)})
+    test = write_parquet(tmp_path / "test.parquet", {"user_id": ["u2", "u1", "u3", "u2", "u1"],
+                                                     "item_id": ["i5", "i3", "i1", "i9", "i1"]})
+    soc = write_parquet(tmp_path / "soc.parquet", {"a": ["u1", "u1", "u7"], "b": ["u2", "u5", "u1"]})
+    cfg = edge_cfg(tmp_path, inter, "split.method=test_file", f"split.test_path={test}",
+                   f"ingest.social.path={soc}", "ingest.social.src_column=a", "ingest.social.dst_column=b",
+                   "ingest.min_user_degree=2", "ingest.min_item_degree=2")
+    stats = ingest(cfg)
+    d = cfg.path(cfg.ingest.out)
+    assert raw_pairs(d, "train") == set(KCORE_LOG[:7])
+    assert raw_pairs(d, "test") == {("u2", "i5")}  # the others name i3, u3, i9 (test-only) or a train edge
+    s, users = read_split(d, "social"), read_ids(d, "user")
+    assert set(zip(users[s["src"]].tolist(), users[s["dst"]].tolist())) == {("u1", "u2")}
+    assert users.tolist() == ["u1", "u2", "u6"] and read_ids(d, "item").tolist() == ["i1", "i2", "i5"]
+    assert np.all(np.diff(read_split(d, "train")["user"]) >= 0)  # renumbered in order: still sorted by user
+    saved = read_json(d / "stats.json")
+    assert {k: saved[k] for k in saved if k.startswith("kcore_")} == {
+        "kcore_rounds": 5, "kcore_users_dropped": 4, "kcore_items_dropped": 3, "kcore_edges_dropped": 5,
+        "kcore_test_edges_dropped": 3, "kcore_social_edges_dropped": 2}  # u7 (social only), i9 (test only)
+    assert saved["interactions_duplicates_collapsed"] == 1 and saved["test_edges_also_in_train_dropped"] == 1
+    assert (saved["users"], saved["items"], saved["train_edges"], saved["test_edges"]) == (3, 3, 7, 1)
+    assert saved["social_only_users"] == saved["test_only_users"] == saved["test_only_items"] == 0
+    meta, g = Dataset(d).meta, load_graph(d / "graph.dgl")
+    assert (meta["num_users"], meta["num_items"]) == (g.num_nodes("user"), g.num_nodes("item")) == (3, 3)
+    assert (g.num_edges("interacts"), g.num_edges("follows")) == (7, 1)
+
+
+def _core_by_peeling(pairs: set, min_user: int, min_item: int) -> set:
+    """The k-core found one node at a time, an order unlike ingest's rounds: the core is unique."""
+    while True:
+        users, items = Counter(u for u, _ in pairs), Counter(i for _, i in pairs)
+        short_user = next((u for u, n in users.items() if n < min_user), None)
+        short_item = next((i for i, n in items.items() if n < min_item), None)
+        if short_user is None and short_item is None:
+            return pairs
+        pairs = {(u, i) for u, i in pairs if u != short_user and i != short_item}
+
+
+@pytest.mark.parametrize("min_user, min_item", [(4, 0), (0, 5), (4, 5)])
+def test_kcore_is_the_largest_subgraph_meeting_both_minimums(tmp_path, min_user, min_item):
+    rng = np.random.default_rng(5)
+    u, i = rng.zipf(1.5, 3000) % 150, rng.zipf(1.5, 3000) % 400  # skewed: a core and a fringe
+    path = write_parquet(tmp_path / "in.parquet", {"user_id": u, "item_id": i})
+    cfg = edge_cfg(tmp_path, path, f"ingest.min_user_degree={min_user}", f"ingest.min_item_degree={min_item}")
+    stats = ingest(cfg)
+    d = cfg.path(cfg.ingest.out)
+    log = set(zip(u.tolist(), i.tolist()))
+    core = set().union(*_all_pairs(d))  # the filter runs before the split
+    assert 0 < len(core) < len(log)
+    users, items = Counter(u for u, _ in core), Counter(i for _, i in core)
+    assert min(users.values()) >= min_user and min(items.values()) >= min_item
+    assert core == _core_by_peeling(log, min_user, min_item)  # so no edge of the largest core was dropped
+    assert read_ids(d, "user").tolist() == sorted(users) and read_ids(d, "item").tolist() == sorted(items)
+    assert stats["kcore_edges_dropped"] == len(log) - len(core)
+    assert stats["kcore_users_dropped"] == len(set(u.tolist())) - len(users)
+    assert stats["kcore_items_dropped"] == len(set(i.tolist())) - len(items)
+
+
 # ---------------------------------------------------------------- features
 
 def test_feature_table(tmp_path):
@@ -502,6 +587,29 @@ def _case_nan_weight(tmp_path):
 def _case_infinite_weight(tmp_path):
     p = _good(tmp_path, w=[1.0, float("inf"), 3.0])
     return [f"ingest.interactions.path={p}", "ingest.interactions.weight_column=w"], ["e.parquet", "'w'", "infinite"]
+
+
+def _case_min_weight_without_weight_column(tmp_path):
+    p = _good(tmp_path)
+    return [f"ingest.interactions.path={p}", "ingest.interactions.min_weight=3"], \
+        ["ingest.interactions.min_weight", "ingest.interactions.weight_column"]
+
+
+def _case_min_weight_above_every_row(tmp_path):
+    p = _good(tmp_path, w=[1.0, 2.0, 3.0])
+    return [f"ingest.interactions.path={p}", "ingest.interactions.weight_column=w",
+            "ingest.interactions.min_weight=4"], ["e.parquet", "ingest.interactions.min_weight"]
+
+
+def _case_kcore_leaves_nothing(tmp_path):
+    p = _good(tmp_path)  # every user has one item
+    return [f"ingest.interactions.path={p}", "ingest.min_user_degree=2"], \
+        ["ingest.min_user_degree=2", "no interaction"]
+
+
+def _case_negative_min_degree(tmp_path):
+    p = _good(tmp_path)
+    return [f"ingest.interactions.path={p}", "ingest.min_item_degree=-1"], ["ingest.min_item_degree"]
 
 
 def _case_unknown_key(tmp_path):

@@ -5,6 +5,7 @@ Node types are `user` and `item`; edge types are named by EDGE_TYPES.
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 
 import numpy as np
@@ -191,7 +192,7 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     fanout = {c: int(c == canonical) for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {node_type: torch.from_numpy(nodes)}, fanout,
                                                       edge_dir="out", etype_sorted=False)
-    src, dst = (t.numpy() for t in frontier.edges(etype=canonical))
+    src, dst = (t.numpy() for t in _frontier_edges(frontier, canonical))
     if not len(src):
         return out
     # the k-th walker at node v takes the k-th edge sampled from v
@@ -203,6 +204,15 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     ok = src[index] == at
     out[walkers[ok]] = dst[index[ok]]
     return out
+
+
+def _frontier_edges(frontier, canonical_etype: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(src, dst) of one edge type of a frontier from sample_etype_neighbors, which leaves out every
+    edge type it drew no edge of (unless it drew none at all)."""
+    if canonical_etype not in frontier.canonical_etypes:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty
+    return frontier.edges(etype=canonical_etype)
 
 
 INTERACTS = ("user", "interacts", "item")
@@ -234,7 +244,7 @@ def dist_out_neighbors(graph, nodes: np.ndarray, canonical_etype=INTERACTS) -> t
     fanout = {c: -1 if c == canonical_etype else 0 for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {canonical_etype[0]: torch.from_numpy(nodes)},
                                                       fanout, edge_dir="out", etype_sorted=False)
-    src, dst = frontier.edges(etype=canonical_etype)
+    src, dst = _frontier_edges(frontier, canonical_etype)
     return src.numpy(), dst.numpy()
 
 
@@ -258,7 +268,7 @@ def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str,
     out = {}
     for c in graph.canonical_etypes:
         if c[1] in fanouts and c[2] in nodes:
-            src, dst = frontier.edges(etype=c)
+            src, dst = _frontier_edges(frontier, c)
             out[c[1]] = (src.numpy().astype(np.int64), dst.numpy().astype(np.int64))
     return out
 
@@ -328,18 +338,22 @@ def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_wal
 
 # ---------------------------------------------------------------- distributed tensors (trainer/)
 
-def normal_init(shape, dtype):
-    """DistEmbedding's initializer, N(0, 0.1^2). The servers unpickle it, so it lives at module level."""
-    return torch.randn(shape, dtype=dtype) * 0.1
+def normal_init(shape, dtype, seed: int = 0):
+    """DistEmbedding's initializer, N(0, 0.1^2), drawn from its own generator: a server's global one is
+    not seeded. The servers unpickle it, so it lives at module level."""
+    return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed)) * 0.1
 
 
-def dist_embedding(graph, node_type: str, dim: int, name: str):
+def dist_embedding(graph, node_type: str, dim: int, name: str, seed: int = 0):
     """A learnable [num_nodes(node_type), dim] table sharded in the graph servers' key-value store,
     rows next to their nodes; `emb(ids)` fetches rows and records them for the sparse optimizer. Names
-    of tensors are prefixed with the job's graph name (shared memory is named after them)."""
+    of tensors are prefixed with the job's graph name (shared memory is named after them). Each
+    partition's rows are drawn from (seed, table, partition): the same tables for the same seed."""
     from dgl.distributed import DistEmbedding
-    return DistEmbedding(graph.num_nodes(node_type), dim, name=f"{graph.graph_name}_{name}", init_func=normal_init,
-                         part_policy=graph.get_node_partition_policy(node_type))
+    policy = graph.get_node_partition_policy(node_type)
+    part_seed = int.from_bytes(hashlib.sha256(f"{seed}/{name}/{policy.part_id}".encode()).digest()[:8], "little") >> 1
+    return DistEmbedding(graph.num_nodes(node_type), dim, name=f"{graph.graph_name}_{name}",
+                         init_func=functools.partial(normal_init, seed=part_seed), part_policy=policy)
 
 
 def sparse_adam(embeddings: list, lr: float):

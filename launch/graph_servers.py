@@ -44,11 +44,13 @@ class GraphServerDied(JobFailed):
 class GraphServer:
     """One DistDGL server; `serve` blocks until all clients leave, other methods still answer."""
 
-    def address(self) -> tuple[str, int, int]:
-        """(node address, a free port, this process's pid)."""
+    def address(self, loopback: bool) -> tuple[str, int, int]:
+        """(the address to serve on: the node's, or 127.0.0.1 with `loopback`; a free port there; this
+        process's pid)."""
+        ip = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
         with socket.socket() as s:
-            s.bind(("", 0))
-            return ray.util.get_node_ip_address(), s.getsockname()[1], os.getpid()
+            s.bind((ip, 0))
+            return ip, s.getsockname()[1], os.getpid()
 
     def alive(self) -> bool:
         return True
@@ -115,7 +117,9 @@ class GraphServers:
                                   f"{self.start_timeout_s:.0f} s (one partition per node): add nodes or partition for fewer")
         self.actors = [GraphServer.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
             self.group, placement_group_bundle_index=i)).remote() for i in range(k)]
-        answers = ray.get([a.address.remote() for a in self.actors], timeout=self.start_timeout_s)
+        # One partition is one machine (its trainers run beside it): DistDGL's port, which unpickles what
+        # it is sent, is then reachable from this machine only.
+        answers = ray.get([a.address.remote(k == 1) for a in self.actors], timeout=self.start_timeout_s)
         self.addresses, self.pids = [(ip, port) for ip, port, _ in answers], [pid for _, _, pid in answers]
         text = self.ip_config_text
         self.serving = [actor.serve.remote(self._env("server", server_id=i), text, self.graph_name)

@@ -249,7 +249,7 @@ def worker_session(config: dict, dim: int, torch_threads: int | None, seed: int)
     torch.manual_seed(seed)
     w.graph = connect_client(config["client"])
     try:
-        w.tables = {n: dgl_adapter.dist_embedding(w.graph, n, dim, f"{n}_id") for n in NODE_TYPES}
+        w.tables = {n: dgl_adapter.dist_embedding(w.graph, n, dim, f"{n}_id", seed) for n in NODE_TYPES}
         yield w
     finally:
         dgl_adapter.disconnect()

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -54,6 +55,11 @@ def test_clients_sample_one_neighbour_per_walker(local_ray, partitions):
         clients = [Client.remote() for _ in range(2)]
         results = ray.get([c.sample.remote(servers.client_info, users) for c in clients], timeout=120)
         servers.check()
+        # one partition, one machine: DistDGL's port (it unpickles requests) is on loopback only
+        (ip, port), = servers.addresses
+        bound = {c.laddr.ip for c in psutil.Process(servers.pids[0]).connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert ip == "127.0.0.1" and bound == {"127.0.0.1"}
         ray.get([c.leave.remote() for c in clients], timeout=60)
     for got in results:
         assert np.all(got[users == 60] == -1)

@@ -87,6 +87,19 @@ def test_a_fresh_run_keeps_the_previous_checkpoints_until_it_has_its_own(local_r
     assert not (workdir / "checkpoints.previous").exists()
 
 
+def test_the_same_seed_gives_the_same_run(local_ray, workdir):
+    """One trainer, one seed: the same losses and validation metrics to the last bit (the servers draw
+    the ID tables from the seed; several trainers' sparse updates meet in the servers in arrival order)."""
+    runs = []
+    for out in ("same-a", "same-b"):
+        train(_cfg(workdir, "train.trainers_per_partition=1", "train.epochs=1", f"train.out={{workdir}}/{out}",
+                   f"train.checkpoints={{workdir}}/checkpoints-{out}"))
+        runs.append((workdir / out / "metrics.jsonl").read_text().splitlines())
+    first, second = ([{k: v for k, v in json.loads(line).items() if k in ("loss", "recall@20", "ndcg@20")}
+                      for line in run] for run in runs)
+    assert first == second and first[0]["recall@20"] > 0
+
+
 def test_killed_trainer_restarts_from_the_last_checkpoint(local_ray, workdir):
     """SIGKILL of a trainer mid-epoch: servers and trainers restart from the last checkpoint and the
     job ends with the same number of steps as an uninterrupted run."""

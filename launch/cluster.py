@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
+import psutil
 import ray
 
-from gnnrec import UserError
+from gnnrec import JobFailed, UserError
 
 # Memory model, measured on Gowalla (batch 65,536 x 16 negatives, 3 full layers, dim 64): graph server
 # 0.85 GB, trainer peak 3.3 GB, Ray's own actors and agents ~2 GB.
@@ -38,12 +39,28 @@ def start_ray(launch) -> bool:
             _answers(address, key)
             ray.init(address=address, log_to_driver=True)
         else:
-            # workers' logs stay in Ray's session directory; errors still reach the driver
-            ray.init(num_cpus=launch.num_cpus, include_dashboard=False, configure_logging=False,
-                     log_to_driver=False)
+            _start_embedded(launch.num_cpus)
     except ConnectionError as e:
         raise UserError(f"{key}: cannot connect to Ray ({e})") from None
     return True
+
+
+def _start_embedded(num_cpus) -> None:
+    """A local Ray (workers' logs stay in its session directory; errors still reach the driver). If it
+    fails to start (on a loaded machine: "The current node timed out during startup"), the processes
+    it had started are stopped and the failure is one line."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for its start-up failures
+        ray.shutdown()
+        for p in psutil.Process().children(recursive=True):
+            if p.pid not in before:
+                with suppress(psutil.Error):
+                    p.kill()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JobFailed(f"the embedded Ray did not start ({first}); on a loaded machine retry, or give it "
+                        "fewer CPUs (launch.num_cpus)") from None
 
 
 def _answers(address: str, key: str, timeout_s: float = 10) -> None:

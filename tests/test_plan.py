@@ -58,3 +58,30 @@ def test_a_dead_ray_address_is_one_line_in_seconds(monkeypatch, where):
     with pytest.raises(UserError, match=f"^{where}={dead}: no Ray head answers there"):
         cluster.start_ray(launch)
     assert time.time() - started < 30
+
+
+def test_an_embedded_ray_that_does_not_start_is_one_line_and_leaves_no_process(monkeypatch):
+    """Ray's own start-up failure (its raylet not registered within a hard-coded 30 s on a loaded
+    machine), played by an init that starts a process and raises Ray's message."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from gnnrec import JobFailed
+    from gnnrec.launch.config import load_config
+    started = []
+
+    def init_that_times_out(**_):
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+        raise Exception("The current node timed out during startup. This could happen because some of the "
+                        "raylet failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", init_that_times_out)
+    monkeypatch.setattr(cluster.ray, "shutdown", lambda: None)  # not this session's Ray
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(JobFailed, match=r"^the embedded Ray did not start \(The current node timed out during "
+                                        r"startup\..*\); .*launch.num_cpus\)$"):
+        cluster.start_ray(load_config().launch)
+    assert started[0].wait(timeout=10) != 0 and not psutil.pid_exists(started[0].pid)

@@ -65,6 +65,21 @@ class InteractionInput(EdgeInput):
         return min_weight
 
 
+class SocialInput(EdgeInput):
+    """The social graph; with `min_overlap`, a tie is kept only when its users' training items overlap
+    that much: noisy ties (friends who share no taste) leave before training."""
+    overlap: Literal["jaccard", "count"] = Field("jaccard", description="|A∩B|/|A∪B| or |A∩B| of the two "
+                                                  "users' training items")
+    min_overlap: float = Field(0, ge=0, description="ties overlapping less are dropped (0: every tie is kept)")
+
+    @field_validator("min_overlap")
+    @classmethod
+    def _jaccard_at_most_one(cls, min_overlap, info):  # a field validator, so the error names the key
+        if info.data.get("overlap") == "jaccard" and min_overlap > 1:
+            raise ValueError("a Jaccard overlap is at most 1")
+        return min_overlap
+
+
 class FeatureInput(Section):
     """A Parquet table of node features keyed by raw id; `columns` defaults to every other column."""
     path: str
@@ -76,7 +91,7 @@ class IngestConfig(Section):
     out: str = "{workdir}/dataset"
     interactions: InteractionInput = InteractionInput(path="{workdir}/synth/interactions", src_column="user_id",
                                                       dst_column="item_id", timestamp_column="timestamp")
-    social: Optional[EdgeInput] = None
+    social: Optional[SocialInput] = None
     user_features: Optional[FeatureInput] = None
     item_features: Optional[FeatureInput] = None
     nulls: Literal["drop", "reject"] = "drop"
@@ -152,6 +167,16 @@ class ContrastConfig(Section):
     sample: int = Field(4096, ge=2, description="users (and items) of a batch in the InfoNCE, at most")
 
 
+class RandomWalkConfig(Section):
+    """PinSage's random-walk blocks (train.sampler=random_walk, samplers/random_walk.py): each dst node's
+    `neighbors` most visited nodes of the other type, over `walks` walks of up to `length` traversals."""
+    walks: int = Field(20, ge=1, description="walks from each dst node of a training block")
+    length: int = Field(3, ge=1, description="traversals per walk, at most")
+    restart_prob: float = Field(0.5, ge=0, lt=1, description="a walk stops before each later traversal with this")
+    neighbors: int = Field(10, ge=1, description="T: the most visited nodes that become a node's in-neighbours")
+    inference_walks: int = Field(100, ge=1, description="walks per node in layer-wise inference and evaluation")
+
+
 class TrainConfig(Section):
     """Mini-batch training: Ray Train workers are DistDGL clients and DDP ranks."""
     out: str = "{workdir}/train"
@@ -161,7 +186,10 @@ class TrainConfig(Section):
     layers: int = Field(2, ge=0)
     model_options: dict[str, Any] = Field({}, description="the model's own options, e.g. residual, edge_dropout, "
                                           "node_dropout, aggr, normalize, heads, attn_dropout, attention, dropout")
-    sampler: Literal["neighbor", "none"] = "neighbor"
+    sampler: Literal["neighbor", "random_walk", "none"] = Field(
+        "neighbor", description="blocks: uniform `fanouts` per layer, or random walks (`random_walk`); the "
+        "default is random_walk for model=pinsage")
+    random_walk: RandomWalkConfig = RandomWalkConfig()
     fanouts: list[int] = [10, 5]
     batch_size: int = Field(1024, ge=1)
     epochs: int = Field(1, ge=1)
@@ -198,7 +226,10 @@ class TrainConfig(Section):
         if options and {"model", "dim", "layers"} <= info.data.keys():
             from gnnrec.model.models import MODELS, build_model  # torch, only when options are given
             if info.data["model"] in MODELS:
-                build_model(info.data["model"], info.data["dim"], info.data["layers"], options)
+                try:
+                    build_model(info.data["model"], info.data["dim"], info.data["layers"], options)
+                except (TypeError, RuntimeError, ZeroDivisionError) as e:  # torch's or a layer's own check
+                    raise ValueError(f"{info.data['model']} cannot be built with {options}: {e}") from None
         return options
 
     @field_validator("loss_options")
@@ -209,6 +240,14 @@ class TrainConfig(Section):
             from gnnrec.model.options import check, defaults
             check(info.data["loss"], defaults(LOSSES[info.data["loss"]], skip=("neg", "ego", "l2")), options)
         return options
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pinsage_walks(cls, data):
+        """PinSage trains on random-walk blocks unless train.sampler says otherwise."""
+        if isinstance(data, dict) and data.get("model") == "pinsage" and "sampler" not in data:
+            data = {**data, "sampler": "random_walk"}
+        return data
 
     @model_validator(mode="after")
     def _check(self):

@@ -50,12 +50,14 @@ def test_options_travel_from_the_config_to_the_model_and_loss():
     ("train.model_options.residual=1", ["'residual' takes a bool"]),
     ("train.model_options.edge_dropout=1.5", ["edge_dropout must be in [0, 1)"]),
     ("train.loss_options.margin=0.3", ["train.loss_options", "bpr has no option 'margin'"]),
+    ("train.model=gat train.model_options.heads=0", ["gat cannot be built with {'heads': 0}"]),
+    ("train.model=pinsage train.model_options.hidden=-1", ["pinsage cannot be built", "negative dimension"]),
     ("train.contrast.weight=0.1", ["contrast.layer=1 needs"]),
 ])
 def test_unknown_or_mistyped_option_is_refused_naming_it(override, words):
     with pytest.raises(UserError) as e:
         load_config(None, ["train.layers=0", "train.model=mf", "train.sampler=none", "train.fanouts=[]", override]
-                    if "contrast" in override else [override])
+                    if "contrast" in override else override.split())
     assert all(w in str(e.value) for w in words), str(e.value)
 
 

@@ -77,3 +77,14 @@ def test_a_pickled_payload_in_a_train_output_is_refused_not_run(model, tmp_path,
     item = pq.read_table(work / "dataset" / "ids" / "item.parquet").column("raw_id")[0].as_py()
     assert cli.main(["recommend", f"workdir={work}", f"recommend.checkpoint={copy}", "--items", str(item)]) == 2
     assert "refusing to load it" in capsys.readouterr().err and not marker.exists()
+
+
+def test_a_train_output_missing_a_checkpoint_file_is_one_line(model, tmp_path, capsys):
+    import shutil
+    work, _ = model
+    copy = tmp_path / "train"
+    shutil.copytree(work / "train", copy)
+    (copy / "model" / "ids-rank0.pt").unlink()
+    item = pq.read_table(work / "dataset" / "ids" / "item.parquet").column("raw_id")[0].as_py()
+    assert cli.main(["recommend", f"workdir={work}", f"recommend.checkpoint={copy}", "--items", str(item)]) == 2
+    assert "ids-rank0.pt: missing (an incomplete copy" in capsys.readouterr().err

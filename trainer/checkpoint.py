@@ -135,6 +135,8 @@ def _load(path: Path):
     files users copy between machines, and unpickling runs whatever they name)."""
     try:
         return torch.load(path, weights_only=True)
+    except FileNotFoundError:  # a copy that left a file behind: a restart would meet it again
+        raise UserError(f"{path}: missing (an incomplete copy of the checkpoint {path.parent}?)") from None
     except pickle.UnpicklingError:
         raise UserError(f"{path}: holds objects other than tensors and plain containers (not a gnnrec "
                         "checkpoint file, or an unsafe one): refusing to load it") from None

@@ -6,7 +6,8 @@ validates every file and collects the distinct raw IDs, the second maps raw IDs 
 user·num_items + item, so no duplicate can reach METIS (DGL aborts the process on one). Rows weighing
 less than `ingest.interactions.min_weight` are dropped in both passes, as rows with nulls are; the k-core
 filter (`ingest.min_user_degree`, `min_item_degree`) runs on the deduplicated log before the split and
-renumbers the nodes it keeps.
+renumbers the nodes it keeps. After the split, `ingest.social.min_overlap` drops the social ties whose
+users' training items overlap less (Jaccard or count).
 
 Dataset directory (written to a temporary directory, renamed when complete):
 
@@ -182,6 +183,44 @@ def split_codes(edges: dict, num_users: int, cfg) -> np.ndarray:
     return codes
 
 
+# ---------------------------------------------------------------- social ties: the overlap filter
+
+def shared_items(key: np.ndarray, deg: np.ndarray, num_items: int, a: np.ndarray, b: np.ndarray,
+                 chunk: int = 1 << 22) -> np.ndarray:
+    """|A∩B| for each pair of users (a[k], b[k]), A and B their items among the edges whose sorted unique
+    keys user·num_items + item are `key` (`deg`: each user's edges). Each item of the pair's user with
+    fewer is looked up among the other's keys, `chunk` look-ups at a time."""
+    first = np.cumsum(deg) - deg
+    small = np.where(deg[a] <= deg[b], a, b)
+    shift = (a + b - 2 * small) * num_items  # from a key of `small` to the same item's key of the other
+    n = deg[small]
+    ends = np.cumsum(n)
+    bounds = np.unique(np.r_[0, np.searchsorted(ends, np.arange(chunk, ends[-1:].sum(), chunk)), len(a)])
+    shared = np.zeros(len(a), np.int64)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        m = n[lo:hi]
+        pair = np.repeat(np.arange(hi - lo), m)
+        query = key[np.arange(len(pair)) + np.repeat(first[small[lo:hi]] - (np.cumsum(m) - m), m)]
+        query += shift[lo:hi][pair]
+        found = key[np.minimum(np.searchsorted(key, query), len(key) - 1)] == query
+        shared[lo:hi] = np.bincount(pair[found], minlength=hi - lo)
+    return shared
+
+
+def keep_overlapping(social: dict, train: dict, deg: np.ndarray, num_items: int, spec, stats: Counter) -> dict:
+    """The ties whose users' training items overlap by `spec.min_overlap` at least (Jaccard or count):
+    held-out edges cannot reach the filter."""
+    a, b = social["src"], social["dst"]
+    shared = shared_items(train["src"] * num_items + train["dst"], deg, num_items, a, b)
+    if spec.overlap == "jaccard":
+        union = deg[a] + deg[b] - shared
+        shared = np.divide(shared, union, out=np.zeros(len(a)), where=union > 0)
+    kept = shared >= spec.min_overlap
+    stats["social_low_overlap_dropped"] = len(kept) - int(kept.sum())
+    stats["social_overlap_kept_share"] = round(float(kept.mean()), 4) if len(kept) else 1.0
+    return _select(social, kept)
+
+
 # ---------------------------------------------------------------- the stage
 
 def _edge_columns(spec, prefix: str) -> dict[str, tuple[str, str]]:
@@ -273,6 +312,8 @@ def ingest(cfg) -> dict:
         stats["test_only_users"] = int(np.count_nonzero(deg_u[np.unique(test["src"])] == 0))
         stats["test_only_items"] = int(np.count_nonzero(deg_i[np.unique(test["dst"])] == 0))
     social = edges.get("social")
+    if social is not None and ic.social.min_overlap:
+        social = keep_overlapping(social, train, deg_u, ni, ic.social, stats)
 
     with atomic_dir(out) as tmp:
         for sub in ("edges", "ids"):

@@ -12,7 +12,7 @@ from gnnrec.launch import cli
 from gnnrec.launch.config import load_config
 from gnnrec.dgl_adapter import load_graph
 from gnnrec.data.formats import Dataset
-from gnnrec.data.ingest import ingest
+from gnnrec.data.ingest import ingest, shared_items
 
 from conftest import (BARE, DATASETS, edge_cfg, leftovers, make_cfg, raw_pairs, read_ids, read_json,
                       read_split, write_parquet)
@@ -440,6 +440,100 @@ def test_kcore_is_the_largest_subgraph_meeting_both_minimums(tmp_path, min_user,
     assert stats["kcore_items_dropped"] == len(set(i.tolist())) - len(items)
 
 
+# ---------------------------------------------------------------- social ties: the overlap filter
+
+# (user, training items, validation item, test item) under split.method=temporal, leave_last=1, val_last=1:
+# the latest edge is the test edge, the one before it the validation edge.
+OVERLAP_LOG = [("u1", ["i1", "i2", "i3", "i4"], "i8", "i9"),
+               ("u2", ["i1", "i2", "i5"], "i6", "i7"),
+               ("u3", ["i3", "i7"], "i10", "i11"),
+               ("u4", ["i8", "i9", "i12"], "i13", "i14")]
+# training overlap by hand: count, Jaccard. u1-u4 share only u1's held-out i8, i9; u2-u3 only u2's test
+# item i7; u5 has no item at all.
+OVERLAP_TIES = {("u1", "u2"): (2, 2 / 5), ("u2", "u1"): (2, 2 / 5), ("u1", "u3"): (1, 1 / 5),
+                ("u3", "u1"): (1, 1 / 5), ("u1", "u4"): (0, 0.0), ("u2", "u3"): (0, 0.0), ("u5", "u1"): (0, 0.0)}
+
+
+def _overlap_case(tmp_path, *overrides):
+    rows = [(u, i, t) for u, items, val, test in OVERLAP_LOG
+            for u, i, t in [*((u, i, n) for n, i in enumerate(items)), (u, val, 100), (u, test, 200)]]
+    u, i, t = zip(*rows)
+    inter = write_parquet(tmp_path / "in.parquet", {"user_id": list(u), "item_id": list(i), "ts": list(t)})
+    a, b = zip(*OVERLAP_TIES)
+    soc = write_parquet(tmp_path / "soc.parquet", {"a": list(a), "b": list(b)})
+    cfg = edge_cfg(tmp_path, inter, "split.method=temporal", "split.leave_last=1", "split.val_last=1",
+                   f"ingest.social.path={soc}", "ingest.social.src_column=a", "ingest.social.dst_column=b",
+                   *overrides, timestamp="ts")
+    return cfg, ingest(cfg)
+
+
+def _raw_social(dataset) -> set:
+    s, users = read_split(dataset, "social"), read_ids(dataset, "user")
+    return set(zip(users[s["src"]].tolist(), users[s["dst"]].tolist()))
+
+
+@pytest.mark.parametrize("overlap, minimum", [("jaccard", 0.4), ("jaccard", 0.3), ("jaccard", 0.2),
+                                              ("jaccard", 0.01), ("count", 1), ("count", 2), ("count", 3)])
+def test_social_overlap_filter_by_hand(tmp_path, overlap, minimum):
+    cfg, stats = _overlap_case(tmp_path, f"ingest.social.overlap={overlap}", f"ingest.social.min_overlap={minimum}")
+    d = cfg.path(cfg.ingest.out)
+    train, held_out = raw_pairs(d, "train"), raw_pairs(d, "val") | raw_pairs(d, "test")
+    assert {("u1", "i8"), ("u1", "i9"), ("u2", "i7")} <= held_out and {("u4", "i8"), ("u4", "i9"), ("u3", "i7")} <= train
+    value = {"count": 0, "jaccard": 1}[overlap]
+    expected = {tie for tie, by in OVERLAP_TIES.items() if by[value] >= minimum}
+    assert _raw_social(d) == expected  # never u1-u4 nor u2-u3: their items meet only in held-out edges
+    saved = read_json(d / "stats.json")
+    assert saved["social_low_overlap_dropped"] == stats["social_low_overlap_dropped"] == len(OVERLAP_TIES) - len(expected)
+    assert saved["social_overlap_kept_share"] == round(len(expected) / len(OVERLAP_TIES), 4)
+    assert saved["social_edges"] == len(expected) == load_graph(d / "graph.dgl").num_edges("follows")
+
+
+def test_social_overlap_filter_off_by_default(tmp_path):
+    cfg, stats = _overlap_case(tmp_path)
+    assert (cfg.ingest.social.overlap, cfg.ingest.social.min_overlap) == ("jaccard", 0)
+    assert _raw_social(cfg.path(cfg.ingest.out)) == set(OVERLAP_TIES)
+    assert "social_low_overlap_dropped" not in stats
+
+
+@pytest.mark.parametrize("overlap, minimum", [("jaccard", 0.05), ("count", 2)])
+def test_social_overlap_filter_matches_sets(tmp_path, overlap, minimum):
+    rng = np.random.default_rng(7)
+    u, i = rng.zipf(1.6, 4000) % 120, rng.zipf(1.3, 4000) % 300
+    a, b = rng.integers(0, 140, 3000), rng.integers(0, 140, 3000)  # users 120..139 only in the social graph
+    inter = write_parquet(tmp_path / "in.parquet", {"user_id": u, "item_id": i})
+    soc = write_parquet(tmp_path / "soc.parquet", {"a": a, "b": b})
+    cfg = edge_cfg(tmp_path, inter, f"ingest.social.path={soc}", "ingest.social.src_column=a",
+                   "ingest.social.dst_column=b", f"ingest.social.overlap={overlap}",
+                   f"ingest.social.min_overlap={minimum}")
+    stats = ingest(cfg)
+    d = cfg.path(cfg.ingest.out)
+    items = defaultdict(set)
+    for user, item in raw_pairs(d, "train"):
+        items[user].add(item)
+    ties = {(x, y) for x, y in zip(a.tolist(), b.tolist()) if x != y}
+
+    def by(x, y):
+        shared, union = len(items[x] & items[y]), len(items[x] | items[y])
+        return shared if overlap == "count" else (shared / union if union else 0.0)
+
+    expected = {t for t in ties if by(*t) >= minimum}
+    assert 0 < len(expected) < len(ties)
+    assert _raw_social(d) == expected
+    assert stats["social_low_overlap_dropped"] == len(ties) - len(expected)
+
+
+def test_shared_items_in_chunks():
+    rng = np.random.default_rng(3)
+    key = np.unique(rng.integers(0, 50, 600) * 40 + rng.integers(0, 40, 600))
+    deg = np.bincount(key // 40, minlength=60)
+    a, b = rng.integers(0, 60, 500), rng.integers(0, 60, 500)
+    whole = shared_items(key, deg, 40, a, b)
+    sets = [set((key[key // 40 == x] % 40).tolist()) for x in range(60)]
+    assert whole.tolist() == [len(sets[x] & sets[y]) for x, y in zip(a, b)]
+    for chunk in (1, 7, 100):  # a chunk is the look-ups of whole pairs, however many that are
+        assert np.array_equal(shared_items(key, deg, 40, a, b, chunk=chunk), whole)
+
+
 # ---------------------------------------------------------------- features
 
 def test_feature_table(tmp_path):
@@ -610,6 +704,19 @@ def _case_kcore_leaves_nothing(tmp_path):
 def _case_negative_min_degree(tmp_path):
     p = _good(tmp_path)
     return [f"ingest.interactions.path={p}", "ingest.min_item_degree=-1"], ["ingest.min_item_degree"]
+
+
+def _case_jaccard_above_one(tmp_path):
+    p, s = _good(tmp_path), write_parquet(tmp_path / "s.parquet", {"user_id": [1], "friend_id": [2]})
+    return [f"ingest.interactions.path={p}", f"ingest.social.path={s}", "ingest.social.src_column=user_id",
+            "ingest.social.dst_column=friend_id", "ingest.social.min_overlap=2"], \
+        ["ingest.social.min_overlap", "at most 1"]
+
+
+def _case_min_overlap_on_interactions(tmp_path):
+    p = _good(tmp_path)
+    return [f"ingest.interactions.path={p}", "ingest.interactions.min_overlap=1"], \
+        ["ingest.interactions.min_overlap", "unknown key"]
 
 
 def _case_unknown_key(tmp_path):

@@ -41,19 +41,27 @@ def _client_class():
             self.graph = connect_client(info)
             return PinSageSampler(DistNeighbors(self.graph), 30, num_walks=400, num_neighbors=5).sample(seeds)
 
+        def in_edges(self, nodes, fanouts):  # after sample: connected
+            from gnnrec.dgl_adapter import dist_sample_in_edges
+            return dist_sample_in_edges(self.graph, nodes, fanouts)
+
         def leave(self):
             from gnnrec.dgl_adapter import disconnect
             disconnect()
     return Client
 
 
-def test_clients_sample_one_neighbour_per_walker(local_ray, partitions):
+def test_clients_sample_through_the_server(local_ray, partitions):
     config, edges = partitions
     Client = _client_class()
     users = np.array([0, 0, 0, 5, 5, 60, 17] * 20)  # repeated walkers draw independently; 60 is isolated
     with GraphServers(config, num_clients=2) as servers:
         clients = [Client.remote() for _ in range(2)]
         results = ray.get([c.sample.remote(servers.client_info, users) for c in clients], timeout=120)
+        # the servers' frontier leaves out an edge type it drew nothing of (SocialGCN's validation of a
+        # node batch of users who follow nobody, issue #15): that type's edges are empty, not an error
+        in_edges = ray.get(clients[0].in_edges.remote({"user": np.array([60]), "item": np.arange(30)},
+                                                      {"interacted_by": -1, "interacts": -1}), timeout=120)
         servers.check()
         # one partition, one machine: DistDGL's port (it unpickles requests) is on loopback only
         (ip, port), = servers.addresses
@@ -65,6 +73,8 @@ def test_clients_sample_one_neighbour_per_walker(local_ray, partitions):
         assert np.all(got[users == 60] == -1)
         assert all((u, i) in edges for u, i in zip(users[users != 60].tolist(), got[users != 60].tolist()))
         assert len(set(got[users == 0].tolist())) > 1  # independent draws, not one per node
+    assert [len(a) for a in in_edges["interacted_by"]] == [0, 0]  # user 60 has no edge
+    assert set(zip(*(a.tolist() for a in in_edges["interacts"]))) == edges
 
 
 def test_dead_server_is_reported_by_partition(local_ray, partitions):

@@ -201,6 +201,8 @@ class TrainConfig(Section):
     contrast: ContrastConfig = ContrastConfig()
     negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
     num_negatives: int = Field(1, ge=1)
+    negative_mixing: bool = Field(False, description="MixGCF: each pair's num_negatives negatives are candidates "
+                                  "for one negative synthesized from them and the positive, layer by layer")
     hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
                                                              "n - 1 of its negatives per positive")
     exclude_positives: bool = True
@@ -255,6 +257,8 @@ class TrainConfig(Section):
             raise ValueError(f"contrast.layer={self.contrast.layer} needs 1 <= it <= layers={self.layers}")
         if self.contrast.weight and self.model == "ngcf":
             raise ValueError("contrast: ngcf's output (every layer concatenated) is no view of one layer")
+        if self.negative_mixing and self.negatives == "in_batch":
+            raise ValueError("negative_mixing mixes sampled candidates: negatives=in_batch has none")
         if self.model == "mf" and self.layers:
             raise ValueError("mf has no layers: set train.layers=0")
         if self.sampler == "neighbor" and len(self.fanouts) != self.layers:

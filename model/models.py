@@ -232,17 +232,38 @@ def build_model(name: str, dim: int, num_layers: int, options: dict) -> nn.Modul
     return MODELS[name](dim, num_layers, **check(name, model_options(name), options))
 
 
+def mixed_negatives(layers: list, users: Tensor, pos: Tensor, index: Tensor) -> list:
+    r"""MixGCF's synthesized hard negatives (Huang et al., 2021), one per pair from its candidates
+    index [B, K], layer by layer: each candidate mixed with the positive, then the mix the user scores
+    highest at that layer:
+
+    .. math:: e'^{(l)}_j = \alpha^{(l)} e^{(l)}_i + (1 - \alpha^{(l)}) e^{(l)}_j, \quad \alpha^{(l)} \sim U(0, 1),
+              \qquad e^{(l)}_{j^-} = e'^{(l)}_{j^*}, \quad j^* = \arg\max_j \, e^{(l)}_u \cdot e'^{(l)}_j
+
+    layers: every layer's output (`GNN.propagate`); returns the negatives' per-layer rows [B, d], for
+    the model's own combination (`GNN.output`)."""
+    rows = torch.arange(len(users), device=users.device)
+    negatives = []
+    for h in layers:
+        alpha = torch.rand(len(users), 1, 1, device=h.device)
+        mixed = alpha * h[pos].unsqueeze(1) + (1 - alpha) * h[index]
+        best = torch.einsum("bd,bkd->bk", h[users], mixed).argmax(1)
+        negatives.append(mixed[rows, best])
+    return negatives
+
+
 class Recommender(nn.Module):
     """A GNN from the registry and the loss, as one module for DDP; the ID embeddings h0 of the batch's
     input nodes come from outside (rows of the distributed tables, or of a table in memory).
 
-    t: the training config section (model, dim, layers, model_options, loss, loss_options, l2, contrast)."""
+    t: the training config section (model, dim, layers, model_options, loss, loss_options, l2, contrast,
+    negative_mixing)."""
 
     def __init__(self, t):
         super().__init__()
         self.gnn = build_model(t.model, t.dim, t.layers, t.model_options)
         self.loss, self.loss_options, self.l2 = LOSSES[t.loss], t.loss_options, t.l2
-        self.contrast = t.contrast
+        self.contrast, self.negative_mixing = t.contrast, t.negative_mixing
 
     def forward(self, batch: Batch, h0: Tensor) -> Tensor:
         c = self.contrast
@@ -252,6 +273,8 @@ class Recommender(nn.Module):
         if batch.neg_items is not None:
             index = batch.neg_items.view(len(batch.users), -1)  # [B, n_neg], n_neg >= 1
             ego, neg = (*ego, Rows(h0, index)), Rows(h, index)
+            if self.negative_mixing:
+                neg = self.gnn.output(mixed_negatives(layers, batch.users, batch.pos_items, index))
         loss = self.loss(h[batch.users], h[batch.pos_items], neg, ego=ego, l2=self.l2, **self.loss_options)
         if c.weight:  # XSimGCL: the output and one layer's output, both perturbed, as two views
             for nodes in (batch.users, batch.pos_items):

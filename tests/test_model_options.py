@@ -6,7 +6,7 @@ from gnnrec import UserError
 from gnnrec.launch.config import load_config
 from gnnrec.model.blocks import Batch, graph_edges
 from gnnrec.model.losses import view_contrast_loss
-from gnnrec.model.models import Recommender, build_model, model_options
+from gnnrec.model.models import Recommender, build_model, mixed_negatives, model_options
 
 from test_models import N, SOCIAL, UI, N_USERS, sampled_blocks
 
@@ -78,3 +78,34 @@ def test_contrastive_views_add_infonce_of_the_output_and_a_layer():
     assert h0.grad.abs().sum() > 0
     noisy = with_views.gnn.propagate(h0, batch.blocks, noise=0.1)
     assert torch.equal(noisy[0], layers[0]) and not torch.allclose(noisy[2], layers[2])
+
+
+def test_mixed_negatives_mix_each_candidate_with_the_positive_and_keep_the_users_best():
+    torch.manual_seed(0)
+    layers = [torch.randn(6, 4), torch.randn(6, 4)]
+    users, pos, index = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([[4, 5], [5, 2]])
+    torch.manual_seed(1)
+    got = mixed_negatives(layers, users, pos, index)
+    torch.manual_seed(1)
+    for h, negative in zip(layers, got):
+        alpha = torch.rand(2, 1, 1)
+        for b in range(2):
+            mixes = [alpha[b, 0, 0] * h[pos[b]] + (1 - alpha[b, 0, 0]) * h[j] for j in index[b]]
+            best = max(mixes, key=lambda m: float(h[users[b]] @ m))
+            assert torch.allclose(negative[b], best)
+
+
+def test_negative_mixing_reaches_the_loss_and_the_candidates():
+    cfg = load_config(None, ["train.negative_mixing=true", "train.num_negatives=2", "train.dim=8"])
+    src, dst, etype = graph_edges(UI[0], UI[1], N_USERS)
+    batch = Batch(torch.arange(N), sampled_blocks(src, dst, etype), users=torch.tensor([0, 1]),
+                  pos_items=torch.tensor([2, 2]), neg_items=torch.tensor([1, 0, 0, 1]))
+    h0 = torch.randn(N, 8, requires_grad=True)
+    mixing = Recommender(cfg.train)
+    plain = Recommender(cfg.train.model_copy(update={"negative_mixing": False}))
+    loss = mixing(batch, h0)
+    assert loss.item() != pytest.approx(plain(batch, h0).item())
+    loss.backward()
+    assert h0.grad[[0, 1]].abs().sum() > 0
+    with pytest.raises(UserError, match="negatives=in_batch has none"):
+        load_config(None, ["train.negative_mixing=true", "train.negatives=in_batch"])

@@ -60,6 +60,22 @@ def trained_social(trained):
     return work
 
 
+def test_the_same_seed_gives_the_same_run(trained_social):
+    """One trainer, one seed: the same losses and ID tables to the last bit (the servers draw the
+    tables from the seed; several trainers' sparse updates meet in the servers in arrival order)."""
+    from gnnrec.trainer.checkpoint import load_tables
+    work = trained_social
+    cfg = load_config(work / "train-social" / "config.yaml", ["train.out={workdir}/train-social-again",
+                                                             "train.checkpoints={workdir}/checkpoints-social-again"])
+    train(cfg)
+    runs = [work / "train-social", work / "train-social-again"]
+    first, again = ([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+                    for run in runs)
+    assert first == again
+    for a, b in zip(*(load_tables(run / "model").values() for run in runs)):
+        assert torch.equal(a, b)
+
+
 def _exported(work, node_type: str, infer="infer") -> torch.Tensor:
     """The exported embeddings of a node type as a matrix in dataset-id order."""
     table = _read(work / infer / f"{node_type}s")

@@ -328,10 +328,13 @@ def neighbor_blocks(graph, seeds: dict[str, np.ndarray], fanouts: list[int], exc
     return input_nodes, blocks
 
 
-def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_walks: int, num_neighbors: int):
-    """dgl.sampling.PinSAGESampler over items (item -> user -> item); call it with item ids (numpy)."""
+def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_walks: int, num_neighbors: int,
+                    node_type: str = "item"):
+    """dgl.sampling.PinSAGESampler over items (item -> user -> item), or over users (user -> item -> user);
+    call it with ids of that type (numpy)."""
     dgl = _dgl()
-    sampler = dgl.sampling.PinSAGESampler(graph, "item", "user", num_traversals, termination_prob, num_walks,
+    other = "user" if node_type == "item" else "item"
+    sampler = dgl.sampling.PinSAGESampler(graph, node_type, other, num_traversals, termination_prob, num_walks,
                                           num_neighbors)
     return lambda seeds: sampler(torch.from_numpy(np.asarray(seeds, np.int64)))
 

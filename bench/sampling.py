@@ -8,6 +8,12 @@ neighbor: edge batches of 1024 training pairs, 1 uniform negative each, 2 layers
     to_block per layer) over the same seeds, negatives and exclusions. Figure: training edges per second.
 pinsage: 3 traversals, 100 walks, top-10, batches of 1024 seed items. Ours: samplers/pinsage.py on the
     local CSR; DGL: dgl.sampling.PinSAGESampler. Figure: seeds per second.
+random_walk: the trainer's train.sampler=random_walk path (samplers/random_walk.py's RandomWalkSampler on
+    the local CSR) for the same edge batches as `neighbor`: 2 random-walk blocks of 20 walks, 3 traversals,
+    top-10, up to a finished `Batch` (negatives, batch-edge exclusion, relabelling, weights, degrees).
+    DGL: dgl.sampling.PinSAGESampler with the same walks over the same dst nodes of both blocks (item ->
+    user -> item for the items, user -> item -> user for the users; neighbourhoods only, no batch).
+    Figure: dst nodes (walk neighbourhoods) per second.
 Ours and DGL alternate batch by batch so that load from other processes hits both alike.
 """
 from __future__ import annotations
@@ -27,6 +33,7 @@ from gnnrec.samplers.negatives import Positives, UniformNegatives
 from gnnrec.samplers.neighbor import NeighborSampler
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods
 from gnnrec.samplers.pinsage import CSRNeighbors, PinSageSampler
+from gnnrec.samplers.random_walk import RandomWalkSampler
 
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla" / "train.parquet"
 
@@ -99,11 +106,44 @@ def bench_pinsage(user, item, nu, ni, graph, args) -> dict:
             "ratio": round(rate["ours"] / rate["dgl"], 3)}
 
 
+def bench_random_walk(user, item, nu, ni, graph, args) -> dict:
+    params = dict(walks=20, length=3, restart_prob=0.5, neighbors=10)
+    negatives = UniformNegatives(ni, Positives(user, item, ni))
+    ours = RandomWalkSampler(CSRNeighborhoods.from_edges(user, item, nu, ni), 2, nu, ni, negatives=negatives,
+                             num_negatives=1, **params)
+    dgl_samplers = {t: dgl_adapter.pinsage_sampler(graph, params["length"], params["restart_prob"], params["walks"],
+                                                   params["neighbors"], node_type=t) for t in ("user", "item")}
+    order = np.random.default_rng(3).permutation(len(user))
+    seconds, dst_nodes = {"ours": 0.0, "dgl": 0.0}, 0
+    for k in range(args.walk_batches + 1):
+        eids = order[k * args.batch_size:(k + 1) * args.batch_size]
+        start = time.perf_counter()
+        batch = ours.sample(user[eids], item[eids])
+        t_ours = time.perf_counter() - start
+        layers = [batch.input_nodes[:b.num_dst].numpy() for b in batch.blocks]  # each block's dst nodes
+        start = time.perf_counter()
+        for nodes in layers:
+            dgl_samplers["user"](nodes[nodes < nu])
+            dgl_samplers["item"](nodes[nodes >= nu] - nu)
+        t_dgl = time.perf_counter() - start
+        if k >= 1:
+            seconds["ours"] += t_ours
+            seconds["dgl"] += t_dgl
+            dst_nodes += sum(len(nodes) for nodes in layers)
+    rate = {k: dst_nodes / s for k, s in seconds.items()}
+    return {**params, "layers": 2, "batch_size": args.batch_size, "negatives": 1, "batches": args.walk_batches,
+            "dst_nodes_per_batch": round(dst_nodes / args.walk_batches),
+            "ours_edges_per_s": round(args.walk_batches * args.batch_size / seconds["ours"]),
+            "ours_dst_nodes_per_s": round(rate["ours"]), "dgl_dst_nodes_per_s": round(rate["dgl"]),
+            "ratio": round(rate["ours"] / rate["dgl"], 3)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=GOWALLA)
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--pinsage-batches", type=int, default=10)
+    p.add_argument("--walk-batches", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--fanouts", type=int, nargs="+", default=[10, 5])
     p.add_argument("--threads", type=int, default=2)
@@ -116,7 +156,8 @@ def main():
     graph = dgl_adapter.heterograph(nu, ni, user, item)
     result = {"dataset": str(args.data), "users": nu, "items": ni, "edges": len(user), "threads": args.threads,
               "neighbor": bench_neighbor(user, item, nu, ni, graph, args),
-              "pinsage": bench_pinsage(user, item, nu, ni, graph, args)}
+              "pinsage": bench_pinsage(user, item, nu, ni, graph, args),
+              "random_walk": bench_random_walk(user, item, nu, ni, graph, args)}
     print(json.dumps(result, indent=2))
     return 0
 

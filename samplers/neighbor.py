@@ -24,6 +24,8 @@ For a batch of positive pairs (user u_b, item i_b), ids 0-based per type:
    (outer) layer's dst nodes.
 
 Graph back-ends (`Neighborhoods`: a local CSR, or the graph servers) are in samplers/neighborhoods.py.
+Step 3's draw is `_draw`; samplers/random_walk.py draws the layers by random walks instead (and sets
+`Block.weight`), the rest is this module's.
 """
 from __future__ import annotations
 
@@ -99,11 +101,29 @@ class NeighborSampler:
         (layer-wise inference)."""
         return self._block(np.asarray(nodes, np.int64), fanout, None)
 
+    def graph_block(self, num_nodes: int, batch: int = 65536) -> Block:
+        """One block over all `num_nodes` nodes (src = dst = every node), drawn `batch` dst nodes at a
+        time: a whole-graph layer of a model trained on this sampler's blocks (full-graph evaluation)."""
+        src, dst, weight, etype, deg = [], [], [], [], torch.zeros(num_nodes)
+        for start in range(0, num_nodes, batch):
+            block, src_nodes = self.node_block(np.arange(start, min(start + batch, num_nodes)))
+            ids = torch.from_numpy(src_nodes)
+            src.append(ids[block.src])
+            dst.append(ids[block.dst])
+            weight.append(block.weight)
+            etype.append(block.etype)
+            deg[ids] = block.deg
+        block = Block(torch.cat(src), torch.cat(dst), num_nodes, num_nodes, etype=torch.cat(etype), deg=deg,
+                      weight=None if weight[0] is None else torch.cat(weight))
+        block.by_dst()
+        return block
+
     def _block(self, dst_nodes: np.ndarray, fanout: int, excluded) -> tuple[Block, np.ndarray]:
         """The block whose dst nodes are `dst_nodes` (global ids), and its src nodes."""
-        src, dst, etype = self._sample_layer(dst_nodes, fanout, excluded)
+        src, dst, etype, weight = self._sample_layer(dst_nodes, fanout, excluded)
         src_nodes, src_local = self.relabel(dst_nodes, src)
         block = Block(torch.from_numpy(src_local), torch.from_numpy(dst), len(src_nodes), len(dst_nodes),
+                      weight=None if weight is None else torch.from_numpy(weight),
                       etype=torch.from_numpy(etype), deg=torch.from_numpy(self._degree(src_nodes)))
         block.by_dst()  # sorted here, in the sampler's thread, rather than in the trainer's forward
         return block, src_nodes
@@ -114,23 +134,38 @@ class NeighborSampler:
         return user_at, nodes[user_at], item_at, nodes[item_at] - self.num_users
 
     def _sample_layer(self, dst_nodes, fanout, excluded):
-        """Sampled edges into dst_nodes: (global src id, local dst index, etype), batch edges dropped."""
+        """Sampled edges into dst_nodes: (global src id, local dst index, etype, weight or None), batch
+        edges dropped."""
         user_at, users, item_at, items = self._split(dst_nodes)
         at = {"user": (user_at, users), "item": (item_at, items)}
-        srcs, dsts, etypes = [], [], []
-        for relation, src, dst_index in self.graph.sample(users, items, fanout, self.rng):
+
+        def unbatched(relation, src, dst_index):
+            """(src, dst_index) without the batch's positive pairs."""
             src_type, dst_type = RELATIONS[relation]
-            positions, ids = at[dst_type]
-            src_global = src + (self.num_users if src_type == "item" else 0)
-            if excluded is not None and src_type != dst_type:
-                drop = self._batch_edges(excluded, src_type, src, ids, dst_index)
-                src_global, dst_index = src_global[~drop], dst_index[~drop]
-            srcs.append(src_global)
-            dsts.append(positions[dst_index])
-            etypes.append(np.full(len(src_global), INTERACTION if src_type != dst_type else SOCIAL, np.int64))
+            if excluded is None or src_type == dst_type:
+                return src, dst_index
+            keep = ~self._batch_edges(excluded, src_type, src, at[dst_type][1], dst_index)
+            return src[keep], dst_index[keep]
+
+        srcs, dsts, etypes, weights = [], [], [], []
+        for relation, src, dst_index, weight in self._draw(users, items, fanout, unbatched):
+            src_type, dst_type = RELATIONS[relation]
+            srcs.append(src + (self.num_users if src_type == "item" else 0))
+            dsts.append(at[dst_type][0][dst_index])
+            etypes.append(np.full(len(src), INTERACTION if src_type != dst_type else SOCIAL, np.int64))
+            weights.append(weight)
         empty = np.zeros(0, np.int64)
+        weight = None if all(w is None for w in weights) else np.concatenate(
+            [np.ones(len(s), np.float32) if w is None else w.astype(np.float32) for s, w in zip(srcs, weights)])
         return (np.concatenate(srcs or [empty]), np.concatenate(dsts or [empty]),
-                np.concatenate(etypes or [empty]))
+                np.concatenate(etypes or [empty]), weight)
+
+    def _draw(self, users, items, fanout, unbatched):
+        """In-edges of the (unique) users and items: (relation, src ids, position of the dst node in
+        users or items, weight or None) per relation, through `unbatched` (the batch's pairs dropped).
+        Up to `fanout` uniform in-neighbours per relation (-1: all)."""
+        for relation, src, dst_index in self.graph.sample(users, items, fanout, self.rng):
+            yield relation, *unbatched(relation, src, dst_index), None
 
     def _batch_edges(self, excluded, src_type, src, dst_ids, dst_index) -> np.ndarray:
         """Which interaction edges (src -> dst_ids[dst_index]) are positive pairs of the batch: only

@@ -4,7 +4,7 @@
 `fanout` edges gives them all, a longer row a uniform `fanout`-subset by Floyd's algorithm), and
 `DistNeighborhoods` over a DistDGL DistGraph (one server round per layer), and `LocalFirstNeighborhoods`:
 a trainer's own machine's partition from local memory, the rest from the servers. Node ids are 0-based
-per type.
+per type. Each is also a random walker's graph (`sample_one`, samplers/pinsage.py's `Neighbors`).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from gnnrec.arrays import group_by, ranges
+from gnnrec.samplers.pinsage import DistNeighbors, one_neighbor
 
 # relation name -> (src node type, dst node type); named after the DGL edge type that carries it
 RELATIONS = {
@@ -21,6 +22,8 @@ RELATIONS = {
     "follows": ("user", "user"),
     "followed_by": ("user", "user"),
 }
+# a random walk's step (samplers/pinsage.py) -> the relation whose in-edges it follows backwards
+WALK_STEPS = {"user->item": "interacted_by", "item->user": "interacts"}
 
 
 class Neighborhoods(Protocol):
@@ -32,6 +35,10 @@ class Neighborhoods(Protocol):
 
     def degree(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole-graph in-degrees of users and items over the relations `sample` draws from."""
+
+    def sample_one(self, nodes: np.ndarray, step: str, rng: np.random.Generator) -> np.ndarray:
+        """One uniform neighbour of each node (duplicates draw independently) for a random walk's
+        `step`, "user->item" or "item->user"; -1 where a node has none (`Neighbors.sample_one`)."""
 
 
 # ---------------------------------------------------------------- local CSR back-end
@@ -91,6 +98,9 @@ class CSRNeighborhoods:
     def degree(self, users, items):
         return self.user_degree[users], self.item_degree[items]
 
+    def sample_one(self, nodes, step, rng):
+        return one_neighbor(*self.csr[WALK_STEPS[step]], nodes, rng)
+
 
 # ---------------------------------------------------------------- DistGraph back-end
 
@@ -129,6 +139,9 @@ class DistNeighborhoods:
         for relation, (src, dst) in edges.items():
             out.append((relation, src, _positions(dst_ids[RELATIONS[relation][1]], dst)))
         return out
+
+    def sample_one(self, nodes, step, rng):  # the servers draw; rng is unused
+        return DistNeighbors(self.graph).sample_one(nodes, step, rng)
 
     def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (user, item) training pair of the (unique) `users`."""
@@ -196,6 +209,15 @@ class LocalFirstNeighborhoods:
             user_degree[~mine_u], item_degree[~mine_i] = self.remote.degree(users[~mine_u], items[~mine_i])
         return user_degree, item_degree
 
+    def sample_one(self, nodes, step, rng):
+        node_type = step.split("->")[0]
+        mine = self._mine(nodes, node_type)
+        out = np.empty(len(nodes), np.int64)
+        out[mine] = self.local.sample_one(nodes[mine] - self.own[node_type][0], step, rng)
+        if not mine.all():
+            out[~mine] = self.remote.sample_one(nodes[~mine], step, rng)
+        return out
+
     def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (user, item) training pair of the (unique) `users`."""
         mine = self._mine(users, "user")
@@ -205,3 +227,11 @@ class LocalFirstNeighborhoods:
             return local
         remote = self.remote.items_of(users[~mine])
         return np.concatenate([local[0], remote[0]]), np.concatenate([local[1], remote[1]])
+
+
+def served(graph, social: bool = True):
+    """The back-end of a worker connected to the graph servers: `LocalFirstNeighborhoods` when a server
+    of this machine shares its partition, else `DistNeighborhoods`."""
+    from gnnrec.dgl_adapter import local_in_csr
+    remote, local = DistNeighborhoods(graph, social), local_in_csr(graph)
+    return remote if local is None else LocalFirstNeighborhoods(remote, *local)

@@ -8,6 +8,10 @@ the importance weights (Ying et al., 2018). This is the distribution of
 `dgl.sampling.PinSAGESampler`, but the walk only asks a graph for one random neighbour of many nodes
 at once (`Neighbors.sample_one`), so the same code runs on a local CSR or across the partitions of a
 distributed graph (DistDGL has no random walks: DGL issues #2693, #7881).
+
+The walker starts at users as well as items, and counts either the nodes of the seed's type (the
+above) or, one hop shifted, those of the other type: the users an item's walks reach (item → user,
+→ item → user, ...), the items a user's walks reach; samplers/random_walk.py builds blocks of those.
 """
 from __future__ import annotations
 
@@ -24,6 +28,15 @@ class Neighbors(Protocol):
         "user->item"); -1 where a node has none. Duplicate nodes draw independently."""
 
 
+def one_neighbor(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniformly random entry of each CSR row `nodes` (duplicates draw independently), -1 for an
+    empty row."""
+    start = indptr[nodes]
+    deg = indptr[nodes + 1] - start
+    pick = start + (rng.random(len(nodes)) * deg).astype(np.int64)
+    return np.where(deg > 0, indices[np.minimum(pick, len(indices) - 1)], -1)
+
+
 class CSRNeighbors:
     """`Neighbors` over local CSR arrays (numpy or memory-mapped): {relation: (indptr, indices)}."""
 
@@ -35,45 +48,56 @@ class CSRNeighbors:
         return cls({"user->item": group_by(user, item, num_users), "item->user": group_by(item, user, num_items)})
 
     def sample_one(self, nodes, relation, rng):
-        indptr, indices = self.csr[relation]
-        start = indptr[nodes]
-        deg = indptr[nodes + 1] - start
-        pick = start + (rng.random(len(nodes)) * deg).astype(np.int64)
-        return np.where(deg > 0, indices[np.minimum(pick, len(indices) - 1)], -1)
+        return one_neighbor(*self.csr[relation], nodes, rng)
+
+
+OTHER = {"user": "item", "item": "user"}
 
 
 def random_walk_visits(neighbors: Neighbors, seeds: np.ndarray, num_walks: int, num_traversals: int,
-                       termination_prob: float, rng: np.random.Generator):
-    """(seed position, visited item) for every item a walk reached after a traversal."""
+                       termination_prob: float, rng: np.random.Generator, start: str = "item",
+                       visit: str = "same"):
+    """(seed position, visited node) for every node a walk from `seeds` (nodes of type `start`) reached.
+
+    visit="same": a traversal is start → other → start, the nodes reached after each are counted
+    (PinSage's item → item). visit="other": the walk one hop shifted, counting the other type: the
+    first traversal is start → other, each later one other → start → other. Before every traversal
+    but the first, a walk stops with probability `termination_prob`."""
+    shift = int(visit == "other")
+    types = (start, OTHER[start])
     origin = np.repeat(np.arange(len(seeds)), num_walks)
-    at = np.repeat(seeds, num_walks)
-    visit_origin, visit_item = [], []
-    for traversal in range(num_traversals):
-        if traversal:
+    at = np.repeat(np.asarray(seeds, np.int64), num_walks)
+    visit_origin, visit_node = [], []
+    for hop in range(2 * num_traversals - shift):
+        if hop and (hop + shift) % 2 == 0:  # a traversal begins
             keep = rng.random(len(at)) >= termination_prob
             origin, at = origin[keep], at[keep]
-        users = neighbors.sample_one(at, "item->user", rng)
-        ok = users >= 0
-        items = neighbors.sample_one(users[ok], "user->item", rng)
-        ok2 = items >= 0
-        origin, at = origin[ok][ok2], items[ok2]
-        visit_origin.append(origin)
-        visit_item.append(at)
-    return np.concatenate(visit_origin), np.concatenate(visit_item)
+        at = neighbors.sample_one(at, f"{types[hop % 2]}->{types[1 - hop % 2]}", rng)
+        ok = at >= 0
+        origin, at = origin[ok], at[ok]
+        if (hop + shift) % 2:  # a traversal ends
+            visit_origin.append(origin)
+            visit_node.append(at)
+    return np.concatenate(visit_origin), np.concatenate(visit_node)
 
 
-def top_visited(origin: np.ndarray, item: np.ndarray, num_seeds: int, num_items: int, k: int,
+def top_visited(origin: np.ndarray, node: np.ndarray, num_seeds: int, num_nodes: int, k: int,
                 rng: np.random.Generator):
-    """Per seed, the k most visited items (ties broken at random): (seed position, item, count)."""
-    pairs, counts = np.unique(origin * num_items + item, return_counts=True)
-    seed = pairs // num_items
-    # sort by seed, then count descending, then a random tiebreak
-    order = np.lexsort((rng.random(len(pairs)), -counts, seed))
+    """Per seed, the k most visited nodes (ties broken at random; k = -1: all): (seed position, node,
+    count), most visited first."""
+    pairs, counts = np.unique(origin * num_nodes + node, return_counts=True)
+    seed = pairs // num_nodes
+    # one integer sort: by seed, then count descending, then random low bits (ties in random order)
+    most = counts.max(initial=0) + 1
+    rank = seed * most + (most - 1 - counts)
+    bits = max(0, min(20, 62 - int(rank.max(initial=0)).bit_length()))
+    order = np.argsort((rank << bits) | rng.integers(0, 1 << bits, len(rank)))
     seed, pairs, counts = seed[order], pairs[order], counts[order]
-    first = np.searchsorted(seed, np.arange(num_seeds))
-    rank = np.arange(len(seed)) - first[seed]
-    top = rank < k
-    return seed[top], pairs[top] % num_items, counts[top]
+    if k >= 0:
+        first = np.searchsorted(seed, np.arange(num_seeds))
+        top = np.arange(len(seed)) - first[seed] < k
+        seed, pairs, counts = seed[top], pairs[top], counts[top]
+    return seed, pairs % num_nodes, counts
 
 
 class PinSageSampler:

@@ -1,6 +1,6 @@
 """GraphSAGE neighbour sampler: sampled edges are real, fanouts hold, batch edges never carry messages,
 blocks chain, full-fanout blocks reproduce full-graph LightGCN, prefetch keeps order and errors, and a
-served DistGraph gives the same neighbourhoods as the local CSR."""
+served DistGraph gives the same neighbourhoods (and random-walk neighbourhoods) as the local CSR."""
 import time
 from collections import Counter
 
@@ -11,6 +11,7 @@ import torch
 from gnnrec.samplers.neighbor import NeighborSampler
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods, sample_rows
 from gnnrec.samplers.prefetch import Prefetcher
+from gnnrec.samplers.random_walk import RandomWalkSampler
 from gnnrec.model.blocks import SOCIAL, full_graph_blocks, graph_edges
 from gnnrec.model.models import LightGCN
 
@@ -211,20 +212,33 @@ def test_distgraph_backend_samples_what_the_local_csr_samples(local_ray, served_
         first = LocalFirstNeighborhoods(remote, *local_in_csr(graph))  # the one partition is this machine's
         out = {name: [NeighborSampler(backend, fanouts, NU, NI).sample(users, items) for fanouts in ([2, 1], [-1, -1])]
                for name, backend in (("servers", remote), ("local first", first))}
+        walks = {name: _walk_weights(RandomWalkSampler(backend, 1, NU, NI, walks=3000))
+                 for name, backend in (("servers", remote), ("local first", first))}
         them = np.unique(users)
         pairs = {name: sorted(zip(*(a.tolist() for a in backend.items_of(them)))) for name, backend in
                  (("servers", remote), ("local first", first))}
         disconnect()
-        return out, pairs
+        return out, pairs, walks
 
     users, items = batch_pairs(6, seed=2)
     with GraphServers(served_toy, num_clients=1) as servers:
-        backends, pairs = ray.get(client.remote(servers.client_info, users, items), timeout=120)
+        backends, pairs, walks = ray.get(client.remote(servers.client_info, users, items), timeout=120)
+    local = _walk_weights(RandomWalkSampler(CSRNeighborhoods.from_edges(USER, ITEM, NU, NI), 1, NU, NI, walks=3000))
+    for got in walks.values():
+        assert max(abs(got.get(k, 0) - local.get(k, 0)) for k in set(got) | set(local)) < 0.06
     them = set(users.tolist())
     assert pairs["servers"] == pairs["local first"] == sorted((u, i) for u, i in zip(USER.tolist(), ITEM.tolist())
                                                               if u in them)
     for small, full in backends.values():
         _check_against_the_local_csr(users, items, small, full)
+
+
+def _walk_weights(sampler) -> dict:
+    """{(src, dst): weight} of the random-walk block into every node, every visited node kept."""
+    nodes = np.arange(NU + NI)
+    block, src_nodes = sampler.node_block(nodes, fanout=-1)
+    return {(int(src_nodes[s]), int(d)): w for s, d, w in zip(block.src.tolist(), block.dst.tolist(),
+                                                                block.weight.tolist())}
 
 
 def _check_against_the_local_csr(users, items, small, full):

@@ -1,6 +1,7 @@
-"""A trainer's batches: training pairs -> `Batch` (negatives, blocks), and the batch's input rows from
-the distributed ID tables. Neighbourhoods and the users' positives come from the trainer's own
-machine's partition in local memory where it holds them (`LocalFirstNeighborhoods`)."""
+"""A trainer's batches: training pairs -> `Batch` (negatives, the blocks of `train.sampler`), and the
+batch's input rows from the distributed ID tables. Neighbourhoods, random walks and the users' positives
+come from the trainer's own machine's partition in local memory where it holds them
+(`LocalFirstNeighborhoods`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ from gnnrec import dgl_adapter
 from gnnrec.model.blocks import Batch
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
 from gnnrec.samplers.neighbor import NeighborSampler
-from gnnrec.samplers.neighborhoods import DistNeighborhoods, LocalFirstNeighborhoods
+from gnnrec.samplers.neighborhoods import served
 from gnnrec.samplers.prefetch import Prefetcher
+from gnnrec.samplers.random_walk import RandomWalkSampler
 from gnnrec.trainer.phases import Phases
 
 
@@ -22,6 +24,19 @@ def lookup(tables: dict, nodes: torch.Tensor, num_users: int, device) -> torch.T
     at = torch.cat([torch.nonzero(users).squeeze(1), torch.nonzero(~users).squeeze(1)])
     rows = torch.cat([tables["user"](nodes[users], device), tables["item"](nodes[~users] - num_users, device)])
     return rows[torch.argsort(at)]
+
+
+def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = False, **options):
+    """The block sampler `train.sampler` names, over a `Neighborhoods` graph: `train.fanouts` uniform
+    neighbours per layer, or random-walk blocks (`train.random_walk`; with `inference`, the sampler of
+    layer-wise inference and evaluation: `inference_walks` walks per node). options: the sampler's
+    negatives, num_negatives, exclude_batch_edges."""
+    if t.sampler == "random_walk":
+        w = t.random_walk
+        walks = w.inference_walks if inference else w.walks
+        return RandomWalkSampler(graph, t.layers, num_users, num_items, walks=walks, length=w.length,
+                                 restart_prob=w.restart_prob, neighbors=w.neighbors, seed=t.seed, **options)
+    return NeighborSampler(graph, t.fanouts, num_users, num_items, seed=t.seed, **options)
 
 
 class BatchMaker:
@@ -42,12 +57,12 @@ class BatchMaker:
             self.negatives = WithHard(self.negatives, HardNegatives(hard_negatives, self.num_users, self.num_items,
                                                                     id_maps=id_maps))
         self.sampler = self.neighborhoods = None
-        if (t.sampler == "neighbor" and t.layers) or t.exclude_positives:
-            remote, local = DistNeighborhoods(graph, social), dgl_adapter.local_in_csr(graph)
-            self.neighborhoods = remote if local is None else LocalFirstNeighborhoods(remote, *local)
-        if t.sampler == "neighbor" and t.layers:
-            self.sampler = NeighborSampler(self.neighborhoods, t.fanouts, self.num_users, self.num_items,
-                                           negatives=self.negatives, num_negatives=t.num_negatives, seed=t.seed)
+        blocks = t.sampler != "none" and t.layers
+        if blocks or t.exclude_positives:
+            self.neighborhoods = served(graph, social)
+        if blocks:
+            self.sampler = block_sampler(t, self.neighborhoods, self.num_users, self.num_items,
+                                         negatives=self.negatives, num_negatives=t.num_negatives)
 
     def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
         """The batch of positive pairs (users[j], items[j])."""

@@ -1,7 +1,8 @@
 """The evaluate stage: full-ranking metrics of a trained model on the dataset's held-out edges.
 
 The model's ID embeddings (rows in the partitions' per-type ids, mapped back to dataset ids through
-`orig_nids`) are propagated by its GNN over the whole training graph in one pass, then every item is
+`orig_nids`) are propagated by its GNN over the whole training graph in one pass (over random-walk
+blocks of it for a model trained on them, as layer-wise inference draws them), then every item is
 ranked for every user with the user's known items masked (training items; validation items too when
 testing) — ranking/metrics.py. Popularity (training degree) is evaluated beside it, the baseline any
 model must beat.
@@ -19,6 +20,8 @@ from gnnrec.data.formats import Dataset
 from gnnrec.model.blocks import full_graph_blocks, graph_edges
 from gnnrec.model.models import Popularity, Recommender, uses_social
 from gnnrec.ranking.metrics import evaluate, evaluate_topk
+from gnnrec.samplers.neighborhoods import CSRNeighborhoods
+from gnnrec.trainer.batches import block_sampler
 from gnnrec.trainer.checkpoint import TrainOutput
 
 
@@ -37,13 +40,23 @@ def social_edges(dataset: Dataset, model: Recommender):
 
 
 def propagate_all(model: Recommender, h0: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_users: int,
-                  num_layers: int, social=None) -> torch.Tensor:
+                  num_layers: int, social=None, t=None) -> torch.Tensor:
     """Final representations of all nodes: the model's GNN over the whole graph of (user, item) pairs
-    and, given, (follower, followee) pairs, every pair both ways."""
-    src, dst, etype = graph_edges(users, items, num_users, *(social or ()))
+    and, given, (follower, followee) pairs, every pair both ways; for a model trained on random-walk
+    blocks (`t`, the training config: train.sampler), over random-walk blocks of that graph."""
+    num_nodes = h0.shape[0]
+    if t is not None and t.sampler == "random_walk" and num_layers:
+        num_items = num_nodes - num_users
+        graph = CSRNeighborhoods.from_edges(users.numpy(), items.numpy(), num_users, num_items,
+                                            None if social is None else tuple(x.numpy() for x in social))
+        sampler = block_sampler(t, graph, num_users, num_items, inference=True)
+        blocks = [sampler.graph_block(num_nodes) for _ in range(num_layers)]
+    else:
+        src, dst, etype = graph_edges(users, items, num_users, *(social or ()))
+        blocks = full_graph_blocks(src, dst, num_nodes, num_layers, etype=etype) if num_layers else []
     model.eval()
     with torch.no_grad():
-        return model.gnn(h0, full_graph_blocks(src, dst, h0.shape[0], num_layers, etype=etype) if num_layers else [])
+        return model.gnn(h0, blocks)
 
 
 class TrainedModel:
@@ -63,7 +76,8 @@ class TrainedModel:
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, I) in dataset ids: h0 propagated over the training graph."""
         nu = self.dataset.num_users
-        h = propagate_all(self.model, self.h0, self.train[0], self.train[1], nu, self.config.train.layers, self.social)
+        t = self.config.train
+        h = propagate_all(self.model, self.h0, self.train[0], self.train[1], nu, t.layers, self.social, t)
         return h[:nu], h[nu:]
 
 

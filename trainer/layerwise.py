@@ -5,7 +5,9 @@ the graph or a whole layer: for l = 1..L, each trainer takes its share of the us
 partition's nodes first), builds in node batches the block of their whole in-neighbourhood (fanout -1),
 reads layer l-1 of those neighbours from the servers' distributed tensors and writes layer l of its
 nodes back. Then each node's final representation is the model's `output` of its layers 0..L.
-Layer 0 is the ID tables themselves.
+Layer 0 is the ID tables themselves. A model trained on random-walk blocks (train.sampler=random_walk)
+sees the neighbourhoods it was trained on instead: each node's T most visited nodes, drawn by
+`train.random_walk.inference_walks` walks per node (many, so that they vary little).
 
 Validation ranks every item for each trainer's share of the users (items fetched in full: one
 [num_items, d] matrix per trainer), with the users' training items masked, and sums the metrics across
@@ -21,22 +23,26 @@ import torch
 from gnnrec import NODE_TYPES, dgl_adapter
 from gnnrec.model.models import uses_social
 from gnnrec.ranking.metrics import RankingStats, evaluate
-from gnnrec.samplers.neighbor import NeighborSampler
-from gnnrec.samplers.neighborhoods import DistNeighborhoods
+from gnnrec.samplers.neighborhoods import served
+from gnnrec.trainer.batches import block_sampler
 
 
 class LayerwiseInference:
     """Final representations of all nodes in distributed tensors `self.final[node type]`.
 
-    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistEmbedding}.
+    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistEmbedding}; t: the
+    training config (the blocks it trained on: train.sampler); neighborhoods: the graph back-end
+    (default: this machine's partition from local memory, the rest through the servers).
     `run(progress)` reports (desc, batch, batches) of each layer to `progress` (WorkerSession.progress).
     The distributed tensors are created once (collectively, by every trainer) and reused per call.
     """
 
-    def __init__(self, graph, gnn, tables: dict, rank: int, world: int, batch_size: int = 4096):
+    def __init__(self, graph, gnn, tables: dict, t, rank: int, world: int, batch_size: int = 4096,
+                 neighborhoods=None):
         self.graph, self.gnn, self.batch_size = graph, gnn, batch_size
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
-        self.sampler = NeighborSampler(DistNeighborhoods(graph, uses_social(gnn)), [], self.num_users, self.num_items)
+        self.sampler = block_sampler(t, neighborhoods or served(graph, uses_social(gnn)), self.num_users,
+                                     self.num_items, inference=True)
         self.shares = {t: dgl_adapter.dist_node_split(graph, t, rank, world) for t in NODE_TYPES}
         dim = tables["user"].embedding_dim
         num_layers = len(gnn.convs)
@@ -77,7 +83,7 @@ class LayerwiseInference:
             for step, (node_type, ids, nodes) in enumerate(self._batches()):
                 if progress is not None:
                     progress(f"inference layer {index + 1}/{num_layers}", step, batches)
-                block, src_nodes = self.sampler.node_block(nodes, fanout=-1)
+                block, src_nodes = self.sampler.node_block(nodes)
                 h = self.gnn.layer(index, block, self._rows(self.layers[index], src_nodes))
                 self.layers[index + 1][node_type][torch.from_numpy(ids)] = h
             _barrier()

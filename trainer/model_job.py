@@ -46,4 +46,4 @@ def model_session(config: dict):
     with worker_session(config, t.dim, t.torch_threads, t.seed) as w:
         checkpoint.restore(trained.model_dir, w.tables, None, w.rank, w.world)
         model = trained.model().eval()
-        yield w, LayerwiseInference(w.graph, model.gnn, w.tables, w.rank, w.world, w.cfg.infer.batch_size)
+        yield w, LayerwiseInference(w.graph, model.gnn, w.tables, t, w.rank, w.world, w.cfg.infer.batch_size)

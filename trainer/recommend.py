@@ -26,7 +26,8 @@ class ColdStart:
     def __init__(self, train_dir):
         trained = TrainedModel(train_dir, "recommend.checkpoint")
         self.model, self.h0, self.train, self.social = trained.model, trained.h0, trained.train, trained.social
-        self.num_layers = trained.config.train.layers
+        self.t = trained.config.train
+        self.num_layers = self.t.layers
         self.num_users, self.num_items = trained.dataset.num_users, trained.dataset.num_items
         self.raw_items = trained.dataset.raw_ids("item")
 
@@ -54,7 +55,7 @@ class ColdStart:
         h0 = torch.cat([self.h0[:nu], torch.stack([self.h0[nu + torch.from_numpy(s)].mean(0) for s in item_lists]),
                         self.h0[nu:]])
         h = propagate_all(self.model, h0, torch.cat([self.train[0], new_users]), torch.cat([self.train[1], new_items]),
-                          nu + n, self.num_layers, self.social)
+                          nu + n, self.num_layers, self.social, self.t)
         given = torch.stack([new_users - nu, new_items])
         (_, items, scores), = top_k(h[nu:nu + n], h[nu + n:], k, given, user_chunk=max(n, 1))
         return items.numpy(), scores.numpy()

@@ -163,8 +163,8 @@ def train_loop(config: dict) -> None:
                 state.loss_sum, state.loss_count = 0.0, 0  # rank 0 carries the epoch's partial sums
             else:  # the checkpoint's epochs only: a restart drops those the killed attempt logged after it
                 (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state.history))
-        validate = None if t.validate_split == "none" else _validator(w, module.gnn, t)
         batches = BatchMaker(graph, t, w.partitions, hard, uses_social(module.gnn))
+        validate = None if t.validate_split == "none" else _validator(w, module.gnn, t, batches.neighborhoods)
         if hard is not None and state.hard_negatives != str(hard):  # a new round starts here
             state.hard_negatives, state.round_start_epoch = str(hard), state.epoch
         steps_run, phases = 0, Phases()
@@ -271,11 +271,12 @@ def _early_stopping(state: TrainState, metrics: dict, t) -> None:
         state.stopped = bool(t.patience) and state.bad_epochs >= t.patience
 
 
-def _validator(w, gnn, t):
-    """A function computing this epoch's validation metrics (the same numbers on every trainer)."""
+def _validator(w, gnn, t, neighborhoods=None):
+    """A function computing this epoch's validation metrics (the same numbers on every trainer), over
+    the trainer's graph back-end `neighborhoods` (BatchMaker's) when it has one."""
     from gnnrec.trainer.layerwise import LayerwiseInference, sharded_metrics
 
-    inference = LayerwiseInference(w.graph, gnn, w.tables, w.rank, w.world)
+    inference = LayerwiseInference(w.graph, gnn, w.tables, t, w.rank, w.world, neighborhoods=neighborhoods)
     held_out = w.partitions.held_out(t.validate_split)
     k = t.validate_k
 

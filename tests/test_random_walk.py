@@ -1,4 +1,4 @@
-"""Random-walk (PinSage) blocks: visit-count weights summing to 1, at most T in-edges of the other node
+"""Random-walk (PinSage) blocks: visit-count weights of mean 1 per node, at most T in-edges of the other node
 type, no batch pair as an edge; the neighbourhoods match exact walk probabilities and DGL's
 PinSAGESampler one hop shifted; the local-first back-end walks as the whole CSR does; PinSageConv sees
 the weights; the config picks random walks for PinSage."""
@@ -41,9 +41,11 @@ class FixedNegatives:
 
 
 def _weights(block, src_nodes, dst_nodes) -> dict:
-    """{(global src, global dst): weight} of a block."""
+    """{(global src, global dst): the src's share of the dst's visits} of a block."""
+    total = torch.zeros(block.num_dst, dtype=torch.float64).index_add_(0, block.dst, block.weight.double())
+    share = block.weight.double() / total[block.dst]
     return {(int(src_nodes[s]), int(dst_nodes[d])): float(w)
-            for s, d, w in zip(block.src.tolist(), block.dst.tolist(), block.weight.tolist())}
+            for s, d, w in zip(block.src.tolist(), block.dst.tolist(), share.tolist())}
 
 
 def test_blocks_carry_normalized_visit_counts_of_at_most_T_other_type_nodes_and_no_batch_pair():
@@ -68,7 +70,7 @@ def test_blocks_carry_normalized_visit_counts_of_at_most_T_other_type_nodes_and_
         in_edges = np.bincount(b.dst.numpy(), minlength=b.num_dst)
         assert in_edges.max() <= T and (in_edges > 0).all()  # every node here has an edge to walk
         total = torch.zeros(b.num_dst, dtype=torch.float64).index_add_(0, b.dst, b.weight.double())
-        assert torch.allclose(total, torch.ones(b.num_dst, dtype=torch.float64), atol=1e-6)
+        assert torch.allclose(total, torch.from_numpy(in_edges).double(), atol=1e-5)  # mean 1 per dst
         assert len(set(zip(src.tolist(), dst.tolist()))) == b.num_edges  # one edge per visited node
         assert not set(zip(src.tolist(), dst.tolist())) & banned
         assert np.array_equal(b.deg.numpy(), degree[nodes[:b.num_src]])

@@ -39,7 +39,7 @@ class Block:
     weight: Optional[Tensor] = None
     etype: Optional[Tensor] = None
     deg: Optional[Tensor] = None
-    _by_dst: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+    _sorted: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.num_dst > self.num_src:
@@ -53,19 +53,26 @@ class Block:
 
     def by_dst(self) -> tuple[Tensor, Tensor]:
         """(edge order sorted by dst, CSR row pointer over dst nodes), computed once per block."""
-        if self._by_dst is None:
-            order = torch.argsort(self.dst, stable=True)
-            crow = torch.zeros(self.num_dst + 1, dtype=torch.long, device=self.dst.device)
-            crow[1:] = torch.cumsum(torch.bincount(self.dst, minlength=self.num_dst), 0)
-            self._by_dst = order, crow
-        return self._by_dst
+        return self._sorted_by("dst", self.dst, self.num_dst)
+
+    def by_src(self) -> tuple[Tensor, Tensor]:
+        """(edge order sorted by src, CSR row pointer over src nodes): the transposed adjacency of the
+        backward pass, computed once per block."""
+        return self._sorted_by("src", self.src, self.num_src)
+
+    def _sorted_by(self, key: str, index: Tensor, num: int) -> tuple[Tensor, Tensor]:
+        if key not in self._sorted:
+            crow = torch.zeros(num + 1, dtype=torch.long, device=index.device)
+            crow[1:] = torch.cumsum(torch.bincount(index, minlength=num), 0)
+            self._sorted[key] = torch.argsort(index, stable=True), crow
+        return self._sorted[key]
 
     def to(self, device, non_blocking: bool = False) -> "Block":
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         moved = dataclasses.replace(self, src=move(self.src), dst=move(self.dst), weight=move(self.weight),
                                     etype=move(self.etype), deg=move(self.deg))
-        if self._by_dst is not None:  # computed where the block was made (a sampler thread): keep it
-            moved._by_dst = tuple(move(t) for t in self._by_dst)
+        # sorted where the block was made (a sampler thread): kept
+        moved._sorted.update({key: tuple(move(t) for t in ts) for key, ts in self._sorted.items()})
         return moved
 
     def edge_subset(self, keep: Tensor) -> "Block":

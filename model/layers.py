@@ -55,15 +55,34 @@ def propagate(block: Block, h: Tensor, coef: Tensor) -> Tensor:
     """sum_{j in N(i)} coef_ij h_j for every dst node i.
 
     With constant coefficients this is one sparse-matrix product A @ h (A[i, j] = coef_ij, CSR; ~7x
-    faster than gather + index_add on CPU, forward and backward); coefficients that need a gradient
-    (attention) take the gather/scatter path.
+    faster than gather + index_add on CPU, forward and backward), and its backward A^T @ grad over the
+    block's by-src order (the sampler's thread sorts it; autograd's own transpose of A re-sorted it in
+    the step: 0.22 s of a 1.8 s Gowalla step). Coefficients that need a gradient (attention) take the
+    gather/scatter path.
     """
     if coef.requires_grad or h.dim() != 2:
         return scatter_sum(h[block.src] * coef.unsqueeze(-1), block.dst, block.num_dst)
+    coef = coef.to(h.dtype)
     order, crow = block.by_dst()
-    adjacency = torch.sparse_csr_tensor(crow, block.src[order], coef[order].to(h.dtype),
-                                        (block.num_dst, block.num_src))
-    return adjacency @ h
+    adjacency = torch.sparse_csr_tensor(crow, block.src[order], coef[order], (block.num_dst, block.num_src))
+    if not h.requires_grad:
+        return adjacency @ h
+    order, crow = block.by_src()
+    transposed = torch.sparse_csr_tensor(crow, block.dst[order], coef[order], (block.num_src, block.num_dst))
+    return _SparseProduct.apply(h, adjacency, transposed)
+
+
+class _SparseProduct(torch.autograd.Function):
+    """adjacency @ h, with the gradient transposed @ grad (transposed = adjacency^T, given)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, adjacency: Tensor, transposed: Tensor) -> Tensor:
+        ctx.transposed = transposed
+        return adjacency @ h
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.transposed @ grad.contiguous(), None, None
 
 
 def weighted_mean(block: Block, h: Tensor) -> Tensor:

@@ -18,8 +18,8 @@ class Rows(NamedTuple):
     """The rows h[index] ([B, n_neg, d] for an index [B, n_neg]) as a loss's `neg` or `ego` term, never
     materialized: scores are gathered in chunks with a backward of two sparse products, and the L2
     term weighs each row of h by how often the index names it. On a Gowalla batch (65,536 pairs x 16
-    negatives, dim 64, 1 thread) that is 0.45 s instead of autograd's 0.96 s for the scores, and no
-    gather at all for the L2 term (0.9 s with its backward)."""
+    negatives, dim 64, 1 thread) the scores take 0.23 s instead of autograd's 0.96 s, and the L2 term
+    no gather at all (0.9 s with its backward)."""
     h: Tensor
     index: Tensor
 
@@ -29,10 +29,15 @@ class _GatheredScores(torch.autograd.Function):
     S[b, index[b, k]] = grad[b, k]."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, h: Tensor, index: Tensor, chunk: int = 4096) -> Tensor:
+    def forward(ctx, u: Tensor, h: Tensor, index: Tensor, chunk: int = 1024) -> Tensor:
+        # rows by index_select into cache-sized chunks, scores written in place: 2.2x faster than
+        # h[index] in chunks of 4096 and a cat (Gowalla batch, 1 thread: 0.23 s instead of 0.5)
         ctx.save_for_backward(u, h, index)
-        return torch.cat([torch.bmm(h[index[a:a + chunk]], u[a:a + chunk].unsqueeze(2)).squeeze(2)
-                          for a in range(0, len(index), chunk)]) if len(index) else u.new_zeros(index.shape)
+        scores = u.new_empty(index.shape)
+        for a in range(0, len(index), chunk):
+            rows = h.index_select(0, index[a:a + chunk].reshape(-1)).view(-1, index.shape[1], h.shape[1])
+            torch.bmm(rows, u[a:a + chunk].unsqueeze(2), out=scores[a:a + chunk].unsqueeze(2))
+        return scores
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -90,6 +90,7 @@ class NeighborSampler:
         blocks = []
         for fanout in reversed(self.fanouts):
             block, nodes = self._block(nodes, fanout, excluded)
+            block.by_src()  # the backward pass's order, sorted here rather than in the trainer's step
             blocks.insert(0, block)
         b = len(users)
         t = torch.from_numpy

@@ -8,7 +8,7 @@ import torch
 
 from gnnrec.model.blocks import (Batch, Block, drop_edges, full_graph_blocks, graph_edges, sym_norm,
                                    time_decay)
-from gnnrec.model.layers import GATConv, scatter_max, scatter_sum, segment_softmax
+from gnnrec.model.layers import GATConv, propagate, scatter_max, scatter_sum, segment_softmax
 from gnnrec.model.losses import LOSSES, Rows, bpr_loss, max_margin_loss, view_contrast_loss
 from gnnrec.ranking.metrics import evaluate
 from gnnrec.model.models import MODELS, GCN, LightGCN, NodeInput, Popularity, score
@@ -47,11 +47,12 @@ def test_block_conventions():
     with pytest.raises(ValueError):
         Block(src, dst, 3, 5)
     batch = Batch(torch.arange(N), [b], users=torch.tensor([0]), pos_items=torch.tensor([3]))
-    order, crow = b.by_dst()  # computed once, where the block is made, and moved with it
+    (order, crow), (src_order, src_crow) = b.by_dst(), b.by_src()  # once, where the block is made, and moved
     moved = batch.to("cpu")
     assert moved.blocks[0].num_edges == src.numel() and moved.output_nodes.tolist() == list(range(N))
-    assert moved.blocks[0]._by_dst is not None and torch.equal(moved.blocks[0].by_dst()[1], crow)
+    assert set(moved.blocks[0]._sorted) == {"dst", "src"} and torch.equal(moved.blocks[0].by_dst()[1], crow)
     assert torch.all(dst[order][1:] >= dst[order][:-1]) and crow[-1] == src.numel()
+    assert torch.all(src[src_order][1:] >= src[src_order][:-1]) and torch.equal(src_crow.diff(), torch.bincount(src, minlength=N))
     assert drop_edges(b, 1.0).num_edges == 0 and drop_edges(b, 0.0) is b
     assert time_decay(torch.tensor([0.0, 2.0]), 0.5).tolist() == pytest.approx([1.0, torch.e ** -1])
 
@@ -130,6 +131,12 @@ def test_aggregation_gradients():
     x = torch.randn(6, 2, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: segment_softmax(t, index, 4), (x,))
     assert torch.autograd.gradcheck(lambda t: scatter_max(t, index, 4), (x,))
+    # the sparse product (its backward over the block's by-src order) against gather + scatter
+    src, dst = torch.tensor([0, 3, 1, 3, 4, 2, 0]), torch.tensor([0, 0, 1, 2, 2, 2, 1])
+    block, coef = Block(src, dst, 5, 3), torch.rand(7, dtype=torch.double)
+    h = torch.randn(5, 2, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: propagate(block, t, coef), (h,))
+    assert torch.allclose(propagate(block, h, coef), scatter_sum(h[src] * coef[:, None], dst, 3))
 
 
 def test_global_degrees_and_options():

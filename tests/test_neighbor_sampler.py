@@ -234,11 +234,13 @@ def test_distgraph_backend_samples_what_the_local_csr_samples(local_ray, served_
 
 
 def _walk_weights(sampler) -> dict:
-    """{(src, dst): weight} of the random-walk block into every node, every visited node kept."""
+    """{(src, dst): src's share of dst's visits} of the random-walk block into every node, every visited
+    node kept."""
     nodes = np.arange(NU + NI)
     block, src_nodes = sampler.node_block(nodes, fanout=-1)
-    return {(int(src_nodes[s]), int(d)): w for s, d, w in zip(block.src.tolist(), block.dst.tolist(),
-                                                                block.weight.tolist())}
+    total = torch.zeros(block.num_dst, dtype=torch.float64).index_add_(0, block.dst, block.weight.double())
+    share = (block.weight.double() / total[block.dst]).tolist()
+    return {(int(src_nodes[s]), int(d)): w for s, d, w in zip(block.src.tolist(), block.dst.tolist(), share)}
 
 
 def _check_against_the_local_csr(users, items, small, full):

@@ -128,10 +128,23 @@ def serve(env: dict[str, str]) -> None:
     import os
     os.environ.update(env)
     dgl = _dgl()
+    _shorten_the_servers_wait_for_clients()
     try:
         dgl.distributed.initialize(env["DGL_IP_CONFIG"])
     except SystemExit:
         pass
+
+
+def _shorten_the_servers_wait_for_clients() -> None:
+    """DGL 2.1's server sleeps 3 s once its clients have registered, "for the clients' receivers to be
+    ready", before it connects back to them; every client waits those 3 s in `initialize`. A client
+    listens right after sending its registration (and a connect that came too early is retried 5 s
+    later): 0.1 s is enough. Measured: a client's initialize takes 0.11-0.12 s instead of 3.0 s."""
+    import time
+    import types
+
+    from dgl.distributed import rpc_server
+    rpc_server.time = types.SimpleNamespace(sleep=lambda seconds: time.sleep(0.1 if seconds == 3 else seconds))
 
 
 def job_features(part_config: str, part: int, directory: str) -> str:

@@ -17,22 +17,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gnnrec import UserError
-from gnnrec.arrays import group_by
+from gnnrec.arrays import KeySet, group_by
 
 HARD_NEGATIVE_COLUMNS = ("user", "item", "rank")
 
 
 class Positives:
-    """Membership test for (user, item) training edges, by binary search over sorted keys."""
+    """Membership test for (user, item) training edges (`arrays.KeySet` of user * num_items + item)."""
 
     def __init__(self, user: np.ndarray, item: np.ndarray, num_items: int):
         self.num_items = num_items
-        self.keys = np.unique(np.asarray(user, np.int64) * num_items + item)
+        self.pairs = KeySet(np.asarray(user, np.int64) * num_items + item)
 
     def contains(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
-        keys = np.asarray(user, np.int64) * self.num_items + item
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return self.keys[at] == keys
+        return self.pairs.contains(np.asarray(user, np.int64) * self.num_items + item)
 
 
 class NegativeSampler:
@@ -62,8 +60,9 @@ class NegativeSampler:
         return neg
 
     def _uniform_non_positive(self, user, rng) -> int:
-        start, stop = np.searchsorted(self.positives.keys, [user * self.num_items, (user + 1) * self.num_items])
-        taken = self.positives.keys[start:stop] - user * self.num_items
+        keys = self.positives.pairs.keys
+        start, stop = np.searchsorted(keys, [user * self.num_items, (user + 1) * self.num_items])
+        taken = keys[start:stop] - user * self.num_items
         if len(taken) >= self.num_items:
             raise UserError(f"user {user} has every item as a positive: no negative exists")
         free = np.setdiff1d(np.arange(self.num_items), taken, assume_unique=True)

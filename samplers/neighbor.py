@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gnnrec.arrays import KeySet
 from gnnrec.model.blocks import INTERACTION, SOCIAL, Batch, Block
 from gnnrec.samplers.neighborhoods import RELATIONS, Neighborhoods
 
@@ -48,16 +49,20 @@ class Relabeler:
     def __call__(self, dst_nodes: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         local = self.local
         local[dst_nodes] = np.arange(len(dst_nodes))
-        new = np.unique(src[local[src] < 0])
-        local[new] = np.arange(len(dst_nodes), len(dst_nodes) + len(new))
+        new, _ = self.unique(src[local[src] < 0], start=len(dst_nodes))
         src_local = local[src]
         local[dst_nodes] = local[new] = -1
         return np.concatenate([dst_nodes, new]), src_local
 
-
-def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[at] == keys
+    def unique(self, ids: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """np.unique(ids, return_inverse=True) (inverse offset by `start`), numbering the distinct ids
+        in the scratch array, where they stay until the caller resets them: a sort of the m distinct
+        ids only, not of all n (a batch's 1.1M seeds are 70k nodes on Gowalla: 13 ms, not 150)."""
+        local, positions = self.local, np.arange(len(ids))
+        local[ids] = positions  # the last occurrence of each id wins
+        distinct = np.sort(ids[local[ids] == positions])
+        local[distinct] = np.arange(start, start + len(distinct))
+        return distinct, local[ids]
 
 
 class NeighborSampler:
@@ -83,10 +88,11 @@ class NeighborSampler:
         if self.negatives is not None:
             neg = np.asarray(self.negatives.sample(users, items, self.num_negatives, self.rng), np.int64)
         seeds = [users, items + self.num_users] + ([] if neg is None else [neg.ravel() + self.num_users])
-        nodes, role = np.unique(np.concatenate(seeds), return_inverse=True)
+        nodes, role = self.relabel.unique(np.concatenate(seeds))
+        self.relabel.local[nodes] = -1
         excluded = None
         if self.exclude_batch_edges:
-            excluded = np.unique(users * self.num_items + items), {"user": np.unique(users), "item": np.unique(items)}
+            excluded = KeySet(users * self.num_items + items), {"user": KeySet(users), "item": KeySet(items)}
         blocks = []
         for fanout in reversed(self.fanouts):
             block, nodes = self._block(nodes, fanout, excluded)
@@ -174,11 +180,11 @@ class NeighborSampler:
         keys, endpoints = excluded
         dst_type = "item" if src_type == "user" else "user"
         drop = np.zeros(len(src), bool)
-        maybe = np.flatnonzero(_member(dst_ids, endpoints[dst_type])[dst_index])
+        maybe = np.flatnonzero(endpoints[dst_type].contains(dst_ids)[dst_index])
         user, item = src[maybe], dst_ids[dst_index[maybe]]
         if src_type == "item":
             user, item = item, user
-        drop[maybe] = _member(user * self.num_items + item, keys)
+        drop[maybe] = keys.contains(user * self.num_items + item)
         return drop
 
     def _degree(self, nodes: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnnrec.samplers.neighbor import NeighborSampler
+from gnnrec.samplers.neighbor import NeighborSampler, Relabeler
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods, sample_rows
 from gnnrec.samplers.prefetch import Prefetcher
 from gnnrec.samplers.random_walk import RandomWalkSampler
@@ -59,6 +59,22 @@ def local_sampler(fanouts, **kw):
 def batch_pairs(n=4, seed=0):
     pick = np.random.default_rng(seed).choice(len(USER), n, replace=False)
     return USER[pick], ITEM[pick]
+
+
+def test_relabeler_unique_is_np_unique_and_leaves_its_scratch_clean():
+    rng = np.random.default_rng(0)
+    relabel = Relabeler(5000)
+    for n in (0, 1, 20_000):
+        ids = rng.integers(0, 5000, n)
+        distinct, inverse = relabel.unique(ids, start=7)
+        expected, expected_inverse = np.unique(ids, return_inverse=True)
+        assert np.array_equal(distinct, expected) and np.array_equal(inverse, expected_inverse + 7)
+        relabel.local[distinct] = -1
+        dst = np.unique(rng.integers(0, 5000, 50))
+        nodes, src_local = relabel(dst, ids)
+        assert np.array_equal(nodes[: len(dst)], dst) and np.array_equal(nodes[src_local], ids)
+        assert np.array_equal(np.sort(nodes[len(dst):]), nodes[len(dst):]) and len(set(nodes)) == len(nodes)
+        assert (relabel.local == -1).all()
 
 
 def test_csr_rows_sample_distinct_existing_neighbours_up_to_fanout_uniformly():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gnnrec import UserError
+from gnnrec.arrays import KeySet
 from gnnrec.samplers.negatives import NEGATIVES, Positives
 from gnnrec.samplers.pinsage import CSRNeighbors, PinSageSampler
 
@@ -83,6 +84,16 @@ def test_pinsage_neighbours_stay_in_community_and_respect_k():
 def _graph(rng, num_users=50, num_items=40, edges=400):
     key = np.unique(rng.integers(0, num_users, edges) * num_items + rng.integers(0, num_items, edges))
     return key // num_items, key % num_items
+
+
+@pytest.mark.parametrize("num_keys", [0, 1, 1000, 100_000])
+def test_key_set_agrees_with_isin(num_keys):
+    rng = np.random.default_rng(num_keys)
+    keys = rng.integers(-10**12, 10**12, num_keys)
+    queries = np.concatenate([rng.integers(-10**12, 10**12, 50_000), keys[:1000], keys[:1000] + 1])
+    queries = queries[rng.permutation(len(queries))][: len(queries) // 2 * 2].reshape(-1, 2)  # any shape
+    found = KeySet(keys).contains(queries)
+    assert found.shape == queries.shape and np.array_equal(found, np.isin(queries, keys))
 
 
 @pytest.mark.parametrize("name", ["uniform", "popularity", "in_batch"])

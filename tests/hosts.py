@@ -83,6 +83,14 @@ def _mount_ns(pid: int) -> str | None:
         return None
 
 
+def _zombie(pid: int) -> bool:
+    """Exited, waiting for its parent to reap it: nothing is left to stop."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class TwoHosts:
     def __init__(self, cpus_per_host: int = 3, start_timeout_s: float = 90):
         self.cpus, self.start_timeout_s = cpus_per_host, start_timeout_s
@@ -231,10 +239,11 @@ class TwoHosts:
         pids.update(int(p) for p in out.stdout.split())
         pids.update(p.pid for p in self.procs if p.poll() is None)
         pids.discard(os.getpid())
-        return pids
+        return {pid for pid in pids if not _zombie(pid)}
 
     def close(self) -> None:
-        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        # Ray's gcs_server and two of its Python helpers outlive SIGTERM here (seen): a short grace, then SIGKILL
+        for sig, wait_s in ((signal.SIGTERM, 2), (signal.SIGKILL, 10)):
             pids = self.host_pids()
             for pid in pids:
                 try:

@@ -51,20 +51,22 @@ class Block:
     def num_edges(self) -> int:
         return self.src.numel()
 
-    def by_dst(self) -> tuple[Tensor, Tensor]:
-        """(edge order sorted by dst, CSR row pointer over dst nodes), computed once per block."""
+    def by_dst(self) -> tuple[Optional[Tensor], Tensor]:
+        """(edge order sorted by dst, None when the edges already are; CSR row pointer over dst nodes),
+        computed once per block."""
         return self._sorted_by("dst", self.dst, self.num_dst)
 
-    def by_src(self) -> tuple[Tensor, Tensor]:
-        """(edge order sorted by src, CSR row pointer over src nodes): the transposed adjacency of the
-        backward pass, computed once per block."""
+    def by_src(self) -> tuple[Optional[Tensor], Tensor]:
+        """(edge order sorted by src, or None; CSR row pointer over src nodes): the transposed adjacency
+        of the backward pass, computed once per block."""
         return self._sorted_by("src", self.src, self.num_src)
 
-    def _sorted_by(self, key: str, index: Tensor, num: int) -> tuple[Tensor, Tensor]:
+    def _sorted_by(self, key: str, index: Tensor, num: int) -> tuple[Optional[Tensor], Tensor]:
         if key not in self._sorted:
             crow = torch.zeros(num + 1, dtype=torch.long, device=index.device)
             crow[1:] = torch.cumsum(torch.bincount(index, minlength=num), 0)
-            self._sorted[key] = torch.argsort(index, stable=True), crow
+            ordered = bool((index[1:] >= index[:-1]).all())
+            self._sorted[key] = None if ordered else torch.argsort(index, stable=True), crow
         return self._sorted[key]
 
     def to(self, device, non_blocking: bool = False) -> "Block":

@@ -63,13 +63,19 @@ def propagate(block: Block, h: Tensor, coef: Tensor) -> Tensor:
     if coef.requires_grad or h.dim() != 2:
         return scatter_sum(h[block.src] * coef.unsqueeze(-1), block.dst, block.num_dst)
     coef = coef.to(h.dtype)
-    order, crow = block.by_dst()
-    adjacency = torch.sparse_csr_tensor(crow, block.src[order], coef[order], (block.num_dst, block.num_src))
+    adjacency = _csr(block.by_dst(), block.src, coef, (block.num_dst, block.num_src))
     if not h.requires_grad:
         return adjacency @ h
-    order, crow = block.by_src()
-    transposed = torch.sparse_csr_tensor(crow, block.dst[order], coef[order], (block.num_src, block.num_dst))
+    transposed = _csr(block.by_src(), block.dst, coef, (block.num_src, block.num_dst))
     return _SparseProduct.apply(h, adjacency, transposed)
+
+
+def _csr(sorted_by: tuple, columns: Tensor, values: Tensor, shape: tuple) -> Tensor:
+    """The sparse CSR matrix of the edges (row pointer and edge order from Block.by_dst/by_src)."""
+    order, crow = sorted_by
+    if order is not None:  # samplers emit edges sorted by dst: no gather for the forward's matrix
+        columns, values = columns[order], values[order]
+    return torch.sparse_csr_tensor(crow, columns, values, shape)
 
 
 class _SparseProduct(torch.autograd.Function):

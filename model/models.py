@@ -113,7 +113,9 @@ class LightGCN(GNN):
         super().__init__([LightGCNConv() for _ in range(num_layers)], **opts)
 
     def combine(self, layers):
-        return torch.stack(layers).mean(0)
+        # a sum, not torch.stack(layers).mean(0): 18 ms instead of 87-150 ms with its backward
+        # (4 layers of a Gowalla batch, 63k x 64, 1 thread)
+        return sum(layers[1:], layers[0]) / len(layers)
 
 
 class NGCF(GNN):

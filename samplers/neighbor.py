@@ -18,7 +18,7 @@ For a batch of positive pairs (user u_b, item i_b), ids 0-based per type:
    are dropped, so no seed hears its own label. They are dropped after sampling: a node whose sample
    drew a batch edge gets one message fewer.
 4. The block's src nodes are its dst nodes followed by the new neighbours (ascending ids), edges
-   are relabelled to local indices (numpy; no dgl.to_block, which returns garbage on inconsistent
+   are sorted by dst (the CSR order of the forward's sparse product) and relabelled to local indices (numpy; no dgl.to_block, which returns garbage on inconsistent
    input), `deg` is each src node's whole-graph in-degree over the relations used (the degrees of
    the symmetric graph that `model.blocks.graph_edges` builds), `etype` INTERACTION or SOCIAL. The src nodes become the next
    (outer) layer's dst nodes.
@@ -128,11 +128,13 @@ class NeighborSampler:
     def _block(self, dst_nodes: np.ndarray, fanout: int, excluded) -> tuple[Block, np.ndarray]:
         """The block whose dst nodes are `dst_nodes` (global ids), and its src nodes."""
         src, dst, etype, weight = self._sample_layer(dst_nodes, fanout, excluded)
+        order = np.argsort(dst, kind="stable")  # edges by dst, sorted here rather than in the trainer's step
+        src, dst, etype, weight = src[order], dst[order], etype[order], None if weight is None else weight[order]
         src_nodes, src_local = self.relabel(dst_nodes, src)
         block = Block(torch.from_numpy(src_local), torch.from_numpy(dst), len(src_nodes), len(dst_nodes),
                       weight=None if weight is None else torch.from_numpy(weight),
                       etype=torch.from_numpy(etype), deg=torch.from_numpy(self._degree(src_nodes)))
-        block.by_dst()  # sorted here, in the sampler's thread, rather than in the trainer's forward
+        block.by_dst()
         return block, src_nodes
 
     def _split(self, nodes: np.ndarray):

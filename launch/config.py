@@ -209,7 +209,7 @@ class TrainConfig(Section):
     trainers_per_partition: int = Field(1, ge=1)
     use_gpu: Optional[bool] = Field(None, description="null = use GPUs when the cluster has them")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch threads per worker (null: the machine's "
-                                         "cores shared by its workers)")
+                                         "cores shared by its workers, one left to each sampler thread)")
     prefetch: int = Field(2, ge=0, description="mini-batches sampled ahead of compute")
     record_visits: bool = Field(False, description="write the training edge ids each trainer visits (audit)")
     checkpoints: str = Field("{workdir}/checkpoints", description="kept across runs: resume reads them")

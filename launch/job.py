@@ -233,8 +233,7 @@ def _beat_forever(heartbeats, rank: int, where: dict) -> None:
 @contextlib.contextmanager
 def worker_session(config: dict, dim: int, torch_threads: int | None, seed: int):
     """Open a worker: start its heartbeat, set torch's threads (Ray sets OMP_NUM_THREADS=1; None: the
-    cores this machine's workers share; the sampler thread takes ~2/3 of a core on Gowalla, and its
-    core is better used than idle: epoch 11.3 -> 10.4 s with 2 threads on 2 cores) and seed,
+    cores this machine's workers share, one left to each sampler thread) and seed,
     connect the DistDGL client, create the ID tables of `dim` in the servers; always disconnect."""
     import ray.train
     from ray.train.torch import get_device
@@ -249,7 +248,7 @@ def worker_session(config: dict, dim: int, torch_threads: int | None, seed: int)
                       Partitions(config["partitions"]))
     threading.Thread(target=_beat_forever, args=(config["heartbeats"], w.rank, w.where), daemon=True).start()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(torch_threads or max(1, cores // ctx.get_local_world_size()))
+    torch.set_num_threads(torch_threads or max(1, cores // ctx.get_local_world_size() - 1))
     torch.manual_seed(seed)
     w.graph = connect_client(config["client"])
     try:

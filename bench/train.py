@@ -4,8 +4,8 @@
 
 Runs `gnnrec train` (the Gowalla config: 1 partition, 1 trainer, LightGCN with 3 layers, dim 64,
 batches of 65536 edges with 16 negatives each) with sampled fanouts [10, 10, 10] and with full
-neighbourhoods ([-1, -1, -1]) for `--epochs` epochs each, validating on the test split after every
-epoch. Figures per run: training edges/s per trainer, epoch seconds, Recall@20 after the epochs.
+neighbourhoods ([-1, -1, -1]) for `--epochs` epochs each, validating on the config's validation
+split after every epoch. Figures per run: training edges/s per trainer, epoch seconds, Recall@20 after the epochs.
 Anchor, in the same run: one process of pure PyTorch doing full-graph LightGCN steps (the whole graph
 propagated per batch, no sampling, no servers) on the same data, batches and negatives; `ratio` is
 ours over the anchor in training edges/s. `phases_s_per_step`: the trainer's seconds per step in each

@@ -18,9 +18,10 @@ For a batch of positive pairs (user u_b, item i_b), ids 0-based per type:
    are dropped, so no seed hears its own label. They are dropped after sampling: a node whose sample
    drew a batch edge gets one message fewer.
 4. The block's src nodes are its dst nodes followed by the new neighbours (ascending ids), edges
-   are sorted by dst (the CSR order of the forward's sparse product) and relabelled to local indices (numpy; no dgl.to_block, which returns garbage on inconsistent
-   input), `deg` is each src node's whole-graph in-degree over the relations used (the degrees of
-   the symmetric graph that `model.blocks.graph_edges` builds), `etype` INTERACTION or SOCIAL. The src nodes become the next
+   are sorted by dst (the CSR order of the forward's sparse product) and relabelled to local
+   indices (numpy; no dgl.to_block, which returns garbage on inconsistent input), `deg` is each src
+   node's whole-graph in-degree over the relations used (the degrees of the symmetric graph that
+   `model.blocks.graph_edges` builds), `etype` INTERACTION or SOCIAL. The src nodes become the next
    (outer) layer's dst nodes.
 
 Graph back-ends (`Neighborhoods`: a local CSR, or the graph servers) are in samplers/neighborhoods.py.

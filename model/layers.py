@@ -26,6 +26,13 @@ def _expand(index: Tensor, like: Tensor) -> Tensor:
     return index.view(-1, *([1] * (like.dim() - 1))).expand_as(like)
 
 
+def gather(h: Tensor, index: Tensor) -> Tensor:
+    """h[index] for a 1-D index, by index_select: its backward (index_add_) sums repeated rows in a
+    fixed order; advanced indexing's (index_put_ with accumulate) does not with 2+ CPU threads, and a
+    same-seed run would differ in the 8th digit."""
+    return h.index_select(0, index)
+
+
 def scatter_sum(values: Tensor, index: Tensor, num: int) -> Tensor:
     """out[n] = sum of values[e] over edges e with index[e] == n."""
     return values.new_zeros((num, *values.shape[1:])).index_add_(0, index, values)
@@ -42,7 +49,7 @@ def segment_softmax(logits: Tensor, index: Tensor, num: int) -> Tensor:
     peak = logits.new_full((num, *logits.shape[1:]), float("-inf"))
     peak = peak.scatter_reduce(0, _expand(index, logits), logits, reduce="amax", include_self=True)
     ex = torch.exp(logits - peak[index].detach())
-    return ex / scatter_sum(ex, index, num)[index].clamp(min=1e-16)
+    return ex / gather(scatter_sum(ex, index, num), index).clamp(min=1e-16)
 
 
 def edge_coef(block: Block, norm: Optional[Tensor] = None) -> Tensor:
@@ -61,7 +68,7 @@ def propagate(block: Block, h: Tensor, coef: Tensor) -> Tensor:
     gather/scatter path.
     """
     if coef.requires_grad or h.dim() != 2:
-        return scatter_sum(h[block.src] * coef.unsqueeze(-1), block.dst, block.num_dst)
+        return scatter_sum(gather(h, block.src) * coef.unsqueeze(-1), block.dst, block.num_dst)
     coef = coef.to(h.dtype)
     adjacency = _csr(block.by_dst(), block.src, coef, (block.num_dst, block.num_src))
     if not h.requires_grad:
@@ -155,7 +162,7 @@ class SAGEConv(nn.Module):
         if self.aggr == "mean":
             hn = weighted_mean(block, h)
         else:
-            hn = scatter_max(F.relu(self.pool(h))[block.src], block.dst, block.num_dst)
+            hn = scatter_max(gather(F.relu(self.pool(h)), block.src), block.dst, block.num_dst)
         out = self.lin(torch.cat([h[: block.num_dst], hn], dim=-1))
         out = F.relu(out) if self.act else out
         return F.normalize(out, dim=-1) if self.normalize else out
@@ -210,12 +217,13 @@ class GATConv(nn.Module):
         if self.self_loops:
             block = add_self_loops(block)
         z = self.lin(h).view(-1, self.heads, self.out_dim)
-        logits = (z * self.a_src).sum(-1)[block.src] + (z[: block.num_dst] * self.a_dst).sum(-1)[block.dst]
+        logits = (gather((z * self.a_src).sum(-1), block.src)
+                  + gather((z[: block.num_dst] * self.a_dst).sum(-1), block.dst))
         logits = F.leaky_relu(logits, 0.2)
         if block.weight is not None:
             logits = logits + block.weight.clamp(min=1e-12).log().unsqueeze(-1)
         alpha = segment_softmax(logits, block.dst, block.num_dst)  # [E, heads]
-        out = scatter_sum(z[block.src] * self.attn_dropout(alpha).unsqueeze(-1), block.dst, block.num_dst)
+        out = scatter_sum(gather(z, block.src) * self.attn_dropout(alpha).unsqueeze(-1), block.dst, block.num_dst)
         out = out.flatten(1) if self.concat else out.mean(1)
         out = F.elu(out) if self.act else out
         return (out, alpha) if return_attention else out
@@ -260,6 +268,6 @@ class SocialConv(nn.Module):
         if self.gate is not None and block.etype is not None:
             social = block.etype == SOCIAL
             s, d = block.src[social], block.dst[social]
-            g = torch.sigmoid(self.gate(torch.cat([h[d], h[s]], dim=-1))).squeeze(-1)
+            g = torch.sigmoid(self.gate(torch.cat([gather(h, d), gather(h, s)], dim=-1))).squeeze(-1)
             coef = coef.masked_scatter(social, coef[social] * g)
         return propagate(block, h, coef)

@@ -45,7 +45,7 @@ class _GatheredScores(torch.autograd.Function):
         (b, k), flat, values = index.shape, index.reshape(-1), grad.reshape(-1).contiguous()
         rows = torch.arange(0, b * k + 1, k, device=u.device)
         s = torch.sparse_csr_tensor(rows, flat, values, (b, len(h)))
-        order = torch.argsort(flat)
+        order = torch.argsort(flat, stable=True)  # ties in a fixed order: the same sums with any thread count
         crow = torch.zeros(len(h) + 1, dtype=torch.long, device=u.device)
         crow[1:] = torch.cumsum(torch.bincount(flat, minlength=len(h)), 0)
         s_t = torch.sparse_csr_tensor(crow, order // k, values[order], (len(h), b))

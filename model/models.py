@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import Batch, drop_edges, drop_nodes
-from .layers import GATConv, GCNConv, LightGCNConv, NGCFConv, PinSageConv, SAGEConv, SocialConv
+from .layers import GATConv, GCNConv, LightGCNConv, NGCFConv, PinSageConv, SAGEConv, SocialConv, gather
 from .losses import LOSSES, Rows, view_contrast_loss
 from .options import check, defaults
 
@@ -271,13 +271,14 @@ class Recommender(nn.Module):
         c = self.contrast
         layers = self.gnn.propagate(h0, batch.blocks, noise=c.noise if c.weight else 0.0)
         h = self.gnn.output(layers)
-        ego, neg = (h0[batch.users], h0[batch.pos_items]), None
+        ego, neg = (gather(h0, batch.users), gather(h0, batch.pos_items)), None
         if batch.neg_items is not None:
             index = batch.neg_items.view(len(batch.users), -1)  # [B, n_neg], n_neg >= 1
             ego, neg = (*ego, Rows(h0, index)), Rows(h, index)
             if self.negative_mixing:
                 neg = self.gnn.output(mixed_negatives(layers, batch.users, batch.pos_items, index))
-        loss = self.loss(h[batch.users], h[batch.pos_items], neg, ego=ego, l2=self.l2, **self.loss_options)
+        u, pos = gather(h, batch.users), gather(h, batch.pos_items)
+        loss = self.loss(u, pos, neg, ego=ego, l2=self.l2, **self.loss_options)
         if c.weight:  # XSimGCL: the output and one layer's output, both perturbed, as two views
             for nodes in (batch.users, batch.pos_items):
                 nodes = torch.unique(nodes)

@@ -109,3 +109,35 @@ def test_negative_mixing_reaches_the_loss_and_the_candidates():
     assert h0.grad[[0, 1]].abs().sum() > 0
     with pytest.raises(UserError, match="negatives=in_batch has none"):
         load_config(None, ["train.negative_mixing=true", "train.negatives=in_batch"])
+
+
+@pytest.mark.parametrize("model", ["lightgcn", "socialgcn", "gat"])
+def test_a_step_is_bitwise_reproducible_with_two_threads(model):
+    """The same batch and weights give the same gradients to the last bit with 2 torch threads (with
+    h[index] gathers, whose backward accumulates repeated rows in any order, they did not)."""
+    import numpy as np
+
+    from gnnrec.launch.config import load_config
+    from gnnrec.model.models import Recommender
+    from gnnrec.samplers.negatives import UniformNegatives
+    from gnnrec.samplers.neighbor import NeighborSampler
+    from gnnrec.samplers.neighborhoods import CSRNeighborhoods
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 3000, 60_000), rng.integers(0, 2000, 60_000)
+    graph = CSRNeighborhoods.from_edges(users, items, 3000, 2000, social=tuple(rng.integers(0, 3000, (2, 8000))))
+    t = load_config(None, ["workdir=/tmp/unused", f"train.model={model}", "train.layers=2", "train.fanouts=[5, 5]"]).train
+    batch = NeighborSampler(graph, t.fanouts, 3000, 2000, UniformNegatives(2000), 4).sample(users[:4096], items[:4096])
+    torch.manual_seed(0)
+    recommender, table = Recommender(t), torch.randn(5000, t.dim) * 0.1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            h0 = table[batch.input_nodes].clone().requires_grad_()
+            recommender.zero_grad()
+            recommender(batch, h0).backward()
+            grads.append([h0.grad] + [p.grad.clone() for p in recommender.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for g in grads[1:] for a, b in zip(g, grads[0]))

@@ -27,10 +27,10 @@ def _expand(index: Tensor, like: Tensor) -> Tensor:
 
 
 def gather(h: Tensor, index: Tensor) -> Tensor:
-    """h[index] for a 1-D index, by index_select: its backward (index_add_) sums repeated rows in a
-    fixed order; advanced indexing's (index_put_ with accumulate) does not with 2+ CPU threads, and a
-    same-seed run would differ in the 8th digit."""
-    return h.index_select(0, index)
+    """h[index] (rows, for an index of any shape) by index_select: its backward (index_add_) sums
+    repeated rows in a fixed order; advanced indexing's (index_put_ with accumulate) does not with 2+
+    CPU threads, and a same-seed run would differ in the 8th digit."""
+    return h.index_select(0, index.reshape(-1)).view(*index.shape, *h.shape[1:])
 
 
 def scatter_sum(values: Tensor, index: Tensor, num: int) -> Tensor:

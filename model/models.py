@@ -248,8 +248,8 @@ def mixed_negatives(layers: list, users: Tensor, pos: Tensor, index: Tensor) -> 
     negatives = []
     for h in layers:
         alpha = torch.rand(len(users), 1, 1, device=h.device)
-        mixed = alpha * h[pos].unsqueeze(1) + (1 - alpha) * h[index]
-        best = torch.einsum("bd,bkd->bk", h[users], mixed).argmax(1)
+        mixed = alpha * gather(h, pos).unsqueeze(1) + (1 - alpha) * gather(h, index)
+        best = torch.einsum("bd,bkd->bk", gather(h, users), mixed).argmax(1)
         negatives.append(mixed[rows, best])
     return negatives
 

@@ -21,7 +21,13 @@ class UserError(Exception):
 
 
 class JobFailed(RuntimeError):
-    """A distributed job failed (a graph server or trainer died): one line naming it, exit status 1."""
+    """A distributed job failed (a graph server or trainer died, froze or raised): one line naming it,
+    exit status 1. `restartable`: whether a restart from the last checkpoint may succeed (a process
+    lost), unlike an exception of the code, which would repeat."""
+
+    def __init__(self, message: str, restartable: bool = True):
+        super().__init__(message)
+        self.restartable = restartable
 
 
 @contextlib.contextmanager

@@ -7,13 +7,19 @@
                  ... w.progress(desc, step, steps) ...
 
 Every worker beats once a second from the moment its session opens, with where it is and its pid; the
-driver shows that as a progress bar (on a terminal). Once every worker has started, the job's processes
-(trainers by rank, graph servers by partition: pid and node address) are in `{tmp}/processes.json`
-until the job ends, so an operator (or a test) can act on exactly this job's processes. A worker that
-has not beaten within `launch.start_timeout_s` of the start, or stops beating for
-`launch.health_timeout_s / 4`, fails the job; so does a graph server that stops answering. Errors name the job kind
-(train, infer, mine). Restarts are the caller's (trainer/train.py): a restarted Ray Train worker could
-not rejoin, since DistDGL servers admit exactly `num_clients` clients.
+driver shows rank 0's place as a progress bar (on a terminal). Once every worker has started, the job's
+processes (trainers by rank, graph servers by partition: pid and node address) are in
+`{tmp}/processes.json` until the job ends, so an operator (or a test) can act on exactly this job's
+processes. The job fails, its error naming the job kind (train, infer, mine) and the process, when
+    a worker has not beaten within `launch.start_timeout_s` of the start,
+    a worker stops beating for `launch.health_timeout_s / 4` (dead or frozen),
+    a worker inside a loop of steps has not moved for `launch.health_timeout_s` (its main thread is stuck:
+        liveness is progress, which a heartbeat thread cannot fake),
+    a graph server stops answering for `launch.health_timeout_s`;
+a worker's UserError is raised as it is. Restarts are the caller's (trainer/train.py), and only where one
+can help (`JobFailed.restartable`): not after an exception the workers' code raised, which would
+repeat; a restarted Ray Train worker could not rejoin, since DistDGL servers admit exactly
+`num_clients` clients.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from gnnrec import NODE_TYPES, JobFailed, UserError
+from gnnrec import NODE_TYPES, JobFailed, UserError, faults
 
 
 def format_plan(job: dict) -> str:
@@ -55,14 +61,15 @@ def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, 
     from gnnrec.launch.graph_servers import GraphServers
 
     tmp = Path(tmp).resolve()  # Ray Train wants an absolute storage path
-    launch = cfg.launch
+    launch, fail_points = cfg.launch, faults.from_environment()
     with GraphServers(partitions.config, num_clients=job["trainers"], start_timeout_s=launch.health_timeout_s,
                       answer_timeout_s=launch.health_timeout_s) as servers:
         heartbeats = Heartbeats.remote()
         trainer = TorchTrainer(
             loop,
             train_loop_config={**loop_config, "cfg": cfg.model_dump(mode="json"), "client": servers.client_info,
-                               "partitions": str(partitions.path.resolve()), "heartbeats": heartbeats},
+                               "partitions": str(partitions.path.resolve()), "heartbeats": heartbeats,
+                               "fail_points": fail_points},
             scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
                                          resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
             torch_config=TorchConfig(backend=job["backend"], timeout_s=int(launch.health_timeout_s)),
@@ -79,11 +86,12 @@ def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, 
         if isinstance(error, UserError):  # bad input found by a worker: no restart would help
             raise error
         if error:
-            raise JobFailed(f"{kind} failed: {error}")
+            message, restartable = error
+            raise JobFailed(f"{kind} failed: {message}", restartable)
 
 
 def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int,
-           processes: Path) -> str | UserError | None:
+           processes: Path) -> tuple[str, bool] | UserError | None:
     """Run TorchTrainer.fit in a task while checking the graph servers and the workers' heartbeats
     (Ray Train notices a dead worker too, but not always: a worker gone silent is a failure here);
     write `processes` once every worker has started; on a failure, stop the job and free what it held
@@ -98,10 +106,14 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
         while not ray.wait([fit], timeout=1.0)[0]:
             progress.show(ray.get(heartbeats.position.remote()))
             servers.check()
-            silent, beating = ray.get(heartbeats.silent.remote(stale_after_s))
+            silent, stuck, beating = ray.get(heartbeats.health.remote(stale_after_s, launch.health_timeout_s))
             if silent:
                 raise JobFailed(f"{kind} failed: {noun} rank {silent[0]} stopped (no heartbeat for "
                                 f"{stale_after_s:.0f} s)")
+            if stuck:
+                rank, at = stuck[0]
+                raise JobFailed(f"{kind} failed: {noun} rank {rank} is stuck at {at['desc']}, step {at['step']} of "
+                                f"{at['steps']} (alive, but no progress for {launch.health_timeout_s:.0f} s)")
             if beating == world and not processes.exists():
                 trainers = ray.get(heartbeats.processes.remote())
                 processes.write_text(json.dumps({"trainers": trainers, "graph_servers": servers.processes}))
@@ -109,7 +121,11 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
                 raise JobFailed(f"{kind} failed: {world - beating} of {world} {noun}s did not start within "
                                 f"launch.start_timeout_s={launch.start_timeout_s:.0f} s")
         progress.show()
-        return ray.get(fit)
+        error = ray.get(fit)
+        if isinstance(error, tuple) and not error[1]:  # a worker's exception: a symptom of a server lost meanwhile?
+            ray.wait(servers.serving, num_returns=len(servers.serving), timeout=2.0)
+            servers.check()
+        return error
     except BaseException:
         ray.kill(heartbeats)
         ray.cancel(fit, force=True)
@@ -119,10 +135,11 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
         raise
 
 
-def _fit(trainer, kind: str):
+def _fit(trainer, kind: str) -> tuple[str, bool] | UserError | None:
     """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile; returns the
-    failure in one line, naming the worker that died when Ray Train says which, or the UserError a
-    worker raised."""
+    UserError a worker raised, or the failure in one line (naming the worker that died when Ray Train
+    says which) and whether a restart may help: not when every failed worker raised an exception of
+    its own code (not a lost peer's symptom), which a restart would raise again."""
     # Ray Train's controller polls its workers every 2 s by default, passing on this process's setting:
     # at 0.5 s a 1-epoch job on this machine takes 24-32 s instead of 26-36 s
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
@@ -132,39 +149,65 @@ def _fit(trainer, kind: str):
         user_error = next((f for f in getattr(e, "worker_failures", {}).values() if isinstance(f, UserError)), None)
         if user_error is not None:
             return UserError(str(getattr(user_error, "cause", user_error)))  # a RayTaskError's cause: the message alone
+        failures = getattr(e, "worker_failures", None) or {}
+        if failures and all(_repeats(f) for f in failures.values()):
+            rank, raised = min(failures.items(), key=lambda kv: kv[0])
+            return (f"{worker_noun(kind)} rank {rank} raised {type(raised).__name__}: {_short(str(raised))} (not "
+                    f"restarted: an exception of the code repeats)"), False
         text = " ".join(str(e).split())
         rank, pid, ip = (re.search(p, text) for p in (r"Rank (\d+)", r"pid=(\d+)", r"node_ip='([^']+)'"))
         if rank and "died" in text:
             where = f" (pid {pid.group(1)} on {ip.group(1)})" if pid and ip else ""
-            return f"{worker_noun(kind)} rank {rank.group(1)}{where} died"
-        return f"{type(e).__name__}: {text if len(text) <= 600 else text[:200] + ' ... ' + text[-400:]}"
+            return f"{worker_noun(kind)} rank {rank.group(1)}{where} died", True
+        return f"{type(e).__name__}: {_short(text)}", True
     return None
+
+
+# what a worker raises when a peer (another trainer, a graph server) is lost: a restart can help
+_LOST_PEER = ("connection", "gloo", "nccl", "timed out", "timeout", "socket", "rpc")
+
+
+def _repeats(error: BaseException) -> bool:
+    """Whether a worker's failure is an exception of the code, not its process's death (Ray's errors)
+    nor a lost peer's symptom."""
+    text = str(error).lower()
+    return not isinstance(error, (ray.exceptions.RayError, OSError)) and type(error).__module__.split(".")[0] != "ray" \
+        and not any(word in text for word in _LOST_PEER)
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= 600 else text[:200] + " ... " + text[-400:]
 
 
 @ray.remote(num_cpus=0)
 class Heartbeats:
     """Last sign of life of each worker, sent once a second by a thread of the worker process, with
-    where rank 0 is (`WorkerSession.where`) and each worker's process ({"pid", "ip"})."""
+    where the worker is (`WorkerSession.where`, set by its main thread) and its process ({"pid", "ip"})."""
 
     def __init__(self):
-        self.last, self.where, self.process = {}, None, {}
+        self.last, self.where, self.moved, self.process = {}, {}, {}, {}
 
-    def beat(self, rank: int, where: dict | None = None, process: dict | None = None) -> None:
-        self.last[rank] = time.time()
+    def beat(self, rank: int, where: dict, process: dict) -> None:
+        now = self.last[rank] = time.time()
         self.process[rank] = process
-        if rank == 0:
-            self.where = where
+        if where != self.where.get(rank):
+            self.where[rank], self.moved[rank] = where, now
 
     def processes(self) -> list[dict]:
         return [{"rank": rank, **self.process[rank]} for rank in sorted(self.process)]
 
     def position(self) -> dict | None:
-        return self.where
+        return self.where.get(0)
 
-    def silent(self, seconds: float) -> tuple[list[int], int]:
-        """The ranks silent for `seconds`, and how many ranks have ever beaten."""
+    def health(self, silent_s: float, stuck_s: float) -> tuple[list[int], list[tuple[int, dict]], int]:
+        """The ranks silent for `silent_s`; the ranks inside a loop of steps (before its last) that have
+        not moved for `stuck_s`, with where each is; how many ranks have ever beaten."""
         now = time.time()
-        return [rank for rank, t in self.last.items() if now - t > seconds], len(self.last)
+        silent = [rank for rank, t in self.last.items() if now - t > silent_s]
+        stuck = [(rank, at) for rank, at in self.where.items()
+                 if at["step"] < at["steps"] and now - self.moved[rank] > stuck_s]
+        return silent, stuck, len(self.last)
 
 
 class Progress:
@@ -218,7 +261,9 @@ class WorkerSession:
     where: dict = field(default_factory=lambda: {"desc": "starting", "step": 0, "steps": 0})
 
     def progress(self, desc: str, step: int, steps: int, **extra) -> None:
-        """Where this worker is, for the driver's progress bar (rank 0's is shown)."""
+        """Where this worker is: shown by the driver's progress bar (rank 0's), and its liveness: a worker
+        that has done `step` of `steps` < `steps` must move on within `launch.health_timeout_s`
+        (`steps` 0: a phase of no steps, not timed)."""
         self.where.clear()
         self.where.update(desc=desc, step=step, steps=steps, **extra)
 
@@ -246,6 +291,7 @@ def worker_session(config: dict, dim: int, torch_threads: int | None, seed: int)
     ctx = ray.train.get_context()
     w = WorkerSession(Config.model_validate(config["cfg"]), ctx.get_world_rank(), ctx.get_world_size(), get_device(),
                       Partitions(config["partitions"]))
+    faults.arm(config["fail_points"])
     threading.Thread(target=_beat_forever, args=(config["heartbeats"], w.rank, w.where), daemon=True).start()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(torch_threads or max(1, cores // ctx.get_local_world_size() - 1))

@@ -166,6 +166,43 @@ def test_frozen_graph_server_fails_the_job_within_the_health_timeout(local_ray, 
         os.kill(pid, signal.SIGKILL)  # the job has killed it already, unless it failed to
 
 
+def test_frozen_trainer_fails_the_job_within_the_health_timeout(local_ray, workdir):
+    """SIGSTOP of a trainer stops every thread of it, its heartbeat's too."""
+    frozen = _kill_once(workdir / "killed", "trainers", ready=_trained_an_epoch, sig=signal.SIGSTOP)
+    with pytest.raises(JobFailed, match=r"trainer rank 0 stopped \(no heartbeat for 5 s\)"):
+        train(_cfg(workdir, *KILLED, "launch.health_timeout_s=20"))
+    (frozen_at, pid), = frozen
+    assert time.time() - frozen_at < 60
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stuck_trainer_fails_the_job_within_the_health_timeout(local_ray, workdir, monkeypatch):
+    """A trainer whose training thread blocks (a deadlock) while its process and heartbeat thread go
+    on: its progress stops, and that fails the job (without the check, the job would never end)."""
+    monkeypatch.setenv("GNNREC_FAIL_POINTS", "train.step=hang@3")
+    started = time.time()
+    with pytest.raises(JobFailed, match=r"trainer rank \d is stuck at epoch 1, step 3 of \d+ \(alive, but no progress "
+                                        r"for 20 s\)"):
+        train(_cfg(workdir, *KILLED, "launch.health_timeout_s=20"))
+    assert time.time() - started < 120
+    assert not (workdir / "killed").exists()
+
+
+def test_an_exception_of_the_code_fails_the_job_without_a_restart(local_ray, workdir, monkeypatch, capsys):
+    monkeypatch.setenv("GNNREC_FAIL_POINTS", "train.step=raise@2")
+    with pytest.raises(JobFailed, match=r"trainer rank \d raised FailPointError: fail point train.step .*not restarted") \
+            as failure:
+        train(_cfg(workdir, *KILLED, "train.max_failures=2"))
+    assert not failure.value.restartable and "restarting" not in capsys.readouterr().out
+
+
+def test_a_mistyped_fail_point_is_refused_before_the_job_starts(local_ray, workdir, monkeypatch):
+    monkeypatch.setenv("GNNREC_FAIL_POINTS", "train.step=explode")
+    with pytest.raises(UserError, match="GNNREC_FAIL_POINTS=train.step=explode: 'train.step=explode' is not"):
+        train(_cfg(workdir, *KILLED))
+
+
 def _trained_an_epoch(tmp):
     metrics = tmp / "metrics.jsonl"
     return metrics.exists() and metrics.read_text().strip() != ""

@@ -71,7 +71,7 @@ def infer_loop(config: dict) -> None:
         parts = []
         chunks = top_k(U, I, i.k, known_items(w.graph, users), user_chunk=i.user_chunk, item_chunk=i.item_chunk)
         for step, (rows, items, scores) in enumerate(chunks):
-            w.progress("top-k", step * i.user_chunk, len(users))
+            w.progress("top-k", min((step + 1) * i.user_chunk, len(users)), len(users))
             parts.append(_topk_table(users[rows.numpy()], items.numpy(), scores.numpy(), raw))
         write(out / "topk" / f"part-{w.rank:05d}.parquet", pa.concat_tables(parts) if parts else _topk_table(
             np.zeros(0, np.int64), np.zeros((0, i.k), np.int64), np.zeros((0, i.k), np.float32), raw))

@@ -86,6 +86,8 @@ class LayerwiseInference:
                 block, src_nodes = self.sampler.node_block(nodes)
                 h = self.gnn.layer(index, block, self._rows(self.layers[index], src_nodes))
                 self.layers[index + 1][node_type][torch.from_numpy(ids)] = h
+            if progress is not None:  # done: the wait for the other workers below is not a stuck step
+                progress(f"inference layer {index + 1}/{num_layers}", batches, batches)
             _barrier()
             self.layer_seconds.append(time.perf_counter() - started)
         for node_type, ids, nodes in self._batches():

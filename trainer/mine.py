@@ -58,8 +58,10 @@ def mine_loop(config: dict) -> None:
         users_with_items = np.unique(known[0].numpy())
         U = final["user"][torch.from_numpy(users)]
         I = final["item"][torch.arange(w.graph.num_nodes("item"))]
-        parts = []
+        parts, done = [], 0
         for rows, items, _ in top_k(U, I, hi + 1, known, users=torch.from_numpy(users_with_items)):
+            done += len(rows)
+            w.progress("mining", done, len(users_with_items))
             user_ids = dataset_user[users[rows.numpy()]]
             window = items[:, lo:].numpy()
             slots = draw_slots(user_ids, window.shape[1], m.per_user, m.seed)

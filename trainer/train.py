@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gnnrec import JobFailed, UserError, atomic_dir
+from gnnrec.faults import fail_point
 from gnnrec.data.formats import Partitions
 from gnnrec.model.models import MODELS, Recommender, uses_social
 from gnnrec.trainer import checkpoint
@@ -74,7 +75,7 @@ def _train(cfg, partitions: Partitions) -> dict:
                 run_workers("train", cfg, partitions, job, train_loop, loop_config, tmp, progress)
                 break
             except JobFailed as e:
-                if attempt == t.max_failures:
+                if attempt == t.max_failures or not e.restartable:
                     raise
                 print(f"{e}\nrestarting from {checkpoint.latest(checkpoints) or 'the start'} "
                       f"(restart {attempt + 1} of {t.max_failures})", flush=True)
@@ -170,6 +171,7 @@ def train_loop(config: dict) -> None:
         steps_run, phases = 0, Phases()
 
         def save():
+            w.progress("checkpoint", 0, 0)
             dense_state = {"model": module.state_dict(),
                            "optimizer": dense_opt.state_dict() if dense_opt is not None else None}
             checkpoint.save(checkpoints, state, tables, sparse_opt, dense_state if rank == 0 else None, rank, world,
@@ -182,6 +184,7 @@ def train_loop(config: dict) -> None:
             rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
             if hard is not None:  # the curriculum: epoch n of the round adds n - 1 hard negatives
                 batches.negatives.num_hard = epoch - state.round_start_epoch
+            w.progress(f"epoch {epoch + 1}", first, steps, epoch=epoch)
             for batch in phases.timed("wait for batch", batches.ahead(my_users, my_items, chunks[first:], rngs)):
                 with phases("row pull"), dgl_adapter.RPC:
                     h0 = lookup(tables, batch.input_nodes, num_users, w.device)
@@ -203,6 +206,7 @@ def train_loop(config: dict) -> None:
                 state.global_step += 1
                 steps_run += 1
                 w.progress(f"epoch {epoch + 1}", state.step, steps, epoch=epoch, loss=state.loss_sum / state.loss_count)
+                fail_point("train.step")
                 if t.checkpoint_every and state.global_step % t.checkpoint_every == 0 and state.step < steps:
                     total, count = _all_sum(state.loss_sum, state.loss_count)
                     state.loss_sum, state.loss_count = (total, count) if rank == 0 else (0.0, 0)

@@ -39,8 +39,7 @@ def main(argv=None) -> int:
             flags.append(f"recommend.items=[{', '.join(repr(i.strip()) for i in args.items.split(','))}]")
         cfg = load_config(args.config, [*args.overrides, *flags])
         if args.stage == "run":
-            for name, summary in run(cfg).items():
-                print(format_table(f"{name} summary", summary), end="\n\n")
+            run(cfg, report=lambda name, summary: print(format_table(f"{name} summary", summary), end="\n\n", flush=True))
         else:
             print(format_table(f"{args.stage} summary", run_stage(args.stage, cfg)))
     except (UserError, JobFailed) as e:

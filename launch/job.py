@@ -211,11 +211,14 @@ class Heartbeats:
 
 
 class Progress:
-    """A bar of the steps of rank 0's current phase (on a terminal only); with `metrics`, also prints
-    the epochs rank 0 appends to that metrics.jsonl as they come. `seen`: epochs already printed."""
+    """A bar of the steps of rank 0's current phase on a terminal; elsewhere (a log file, CI) a line
+    every `every_s` seconds with the step and the steps per second since the last line. With `metrics`,
+    also prints the epochs rank 0 appends to that metrics.jsonl as they come. `seen`: epochs already
+    printed."""
 
-    def __init__(self, metrics: Path | None = None, seen: int = 0):
+    def __init__(self, metrics: Path | None = None, seen: int = 0, every_s: float = 30.0):
         self.metrics, self.seen, self.bar, self.bar_desc = metrics, seen, None, None
+        self.every_s, self.line = every_s, None  # (time, desc, step) of the last line printed
 
     def show(self, where: dict | None = None) -> None:
         if self.metrics is not None and self.metrics.exists():
@@ -236,8 +239,21 @@ class Progress:
             self.bar.n = where["step"]
             if "loss" in where:
                 self.bar.set_postfix(loss=f"{where['loss']:.4f}")
+            if self.bar.disable:
+                self._print_line(where)
         elif where is None:  # the job has ended
             self._close_bar()
+
+    def _print_line(self, where: dict) -> None:
+        now, (desc, step) = time.time(), (where["desc"], where["step"])
+        if self.line is None:
+            self.line = (now, desc, step)
+        elif now - self.line[0] >= self.every_s:
+            t, last_desc, last_step = self.line
+            rate = f", {(step - last_step) / (now - t):.2f} steps/s" if last_desc == desc else ""
+            loss = f", loss {where['loss']:.4f}" if "loss" in where else ""
+            print(f"{desc}: step {step} of {where['steps']}{loss}{rate}", flush=True)
+            self.line = (now, desc, step)
 
     def _close_bar(self) -> None:
         if self.bar is not None:

@@ -47,8 +47,9 @@ def run_stage(name: str, cfg) -> dict:
     return getattr(importlib.import_module(module), function)(cfg)
 
 
-def run(cfg) -> dict[str, dict]:
-    """Run cfg.run.stages in pipeline order; every stage's summary, by stage name.
+def run(cfg, report=None) -> dict[str, dict]:
+    """Run cfg.run.stages in pipeline order; every stage's summary, by stage name, each also given to
+    `report(name, summary)` as soon as its stage ends.
 
     With `mine` listed, training runs in `run.rounds` rounds: after the first, each round mines hard
     negatives from the model so far, then resumes training for `run.round_epochs` more epochs with them
@@ -57,18 +58,24 @@ def run(cfg) -> dict[str, dict]:
     from gnnrec.launch.cluster import ray_session
 
     stages, summaries = cfg.run.stages, {}
+
+    def stage(name: str, label: str | None = None) -> None:
+        summaries[label or name] = run_stage(name, cfg)
+        if report is not None:
+            report(label or name, summaries[label or name])
+
     with ray_session(cfg.launch) if any(BY_NAME[s].needs_ray for s in stages) else nullcontext():
         for name in PIPELINE:
             if name not in stages or name == "mine":
                 continue
-            summaries[name] = run_stage(name, cfg)
+            stage(name)
             if name == "train" and "mine" in stages:
                 for r in range(2, cfg.run.rounds + 1):
-                    summaries[f"mine (round {r})"] = run_stage("mine", cfg)
+                    stage("mine", f"mine (round {r})")
                     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
                         "resume": True, "hard_negatives": cfg.mine.out,
                         "epochs": cfg.train.epochs + cfg.run.round_epochs})})
-                    summaries[f"train (round {r})"] = run_stage("train", cfg)
+                    stage("train", f"train (round {r})")
                 if cfg.run.rounds == 1:
-                    summaries["mine"] = run_stage("mine", cfg)
+                    stage("mine")
     return summaries

@@ -54,7 +54,7 @@ def test_run_end_to_end(tmp_path, capsys):
     assert cli.main(["run", f"workdir={tmp_path}", "synth.edges=5000", "synth.social_edges=500", "run.rounds=1"]) == 0
     out, err = capsys.readouterr()
     assert "synth summary" in out and "ingest summary" in out
-    assert out.index("synth summary") < out.index("ingest summary")
+    assert out.index("synth summary") < out.index("ingest summary") < out.index("plan:")  # each as its stage ends
     meta = Dataset(tmp_path / "dataset").meta
     stats = read_json(tmp_path / "dataset" / "stats.json")
     ingest_part = out[out.index("ingest summary"):]
@@ -67,6 +67,18 @@ def test_run_end_to_end(tmp_path, capsys):
     assert load_config(tmp_path / "synth" / "config.yaml") == cfg
     assert load_config(tmp_path / "dataset" / "config.yaml") == cfg
     assert leftovers(tmp_path) == []
+
+
+def test_progress_without_a_terminal_is_a_line_every_interval(capsys):
+    from gnnrec.launch.job import Progress
+
+    progress = Progress(every_s=0.0)
+    for step in (1, 3, 7):
+        progress.show({"desc": "epoch 1", "step": step, "steps": 10, "epoch": 0, "loss": 0.5})
+    progress.show()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["epoch 1: step 3 of 10", "epoch 1: step 7 of 10"]
+    assert all("loss 0.5000" in line and "steps/s" in line for line in lines)
 
 
 def test_single_stages_and_config_file(tmp_path, capsys):

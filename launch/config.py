@@ -68,8 +68,7 @@ class InteractionInput(EdgeInput):
 class SocialInput(EdgeInput):
     """The social graph; with `min_overlap`, a tie is kept only when its users' training items overlap
     that much: noisy ties (friends who share no taste) leave before training."""
-    overlap: Literal["jaccard", "count"] = Field("jaccard", description="|A∩B|/|A∪B| or |A∩B| of the two "
-                                                  "users' training items")
+    overlap: Literal["jaccard", "count"] = Field("jaccard", description="|A∩B|/|A∪B| or |A∩B| of their training items")
     min_overlap: float = Field(0, ge=0, description="ties overlapping less are dropped (0: every tie is kept)")
 
     @field_validator("min_overlap")
@@ -152,9 +151,9 @@ class LaunchConfig(Section):
     """Where the job runs: an embedded local Ray (address null) or an existing cluster."""
     address: Optional[str] = Field(None, description="null = embedded local Ray; 'auto' or ray://host:port")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded Ray (null = all)")
-    health_timeout_s: float = Field(60, gt=0, description="a dead server or worker fails the job within this")
-    start_timeout_s: float = Field(300, gt=0, description="every worker of a job must be up within this "
-                                   "(imports, DDP and DistDGL set-up)")
+    health_timeout_s: float = Field(60, gt=0, description="a dead, frozen or stuck server or worker fails the job "
+                                    "within this")
+    start_timeout_s: float = Field(300, gt=0, description="every worker of a job is up within this (DDP, DistDGL)")
 
 
 class ContrastConfig(Section):
@@ -219,6 +218,7 @@ class TrainConfig(Section):
     validate_split: Literal["val", "test", "none"] = Field("val", description="held-out edges validated per epoch")
     validate_k: int = Field(20, ge=1, description="validation reports Recall/NDCG@K; early stopping watches NDCG@K")
     validate_every: int = Field(1, ge=1, description="validate every N epochs (and after the last)")
+    validate_users: Optional[int] = Field(None, ge=1, description="validate on a seeded sample of N users (null: all)")
     patience: int = Field(0, ge=0, description="stop after this many validations without a better NDCG@K (0: never)")
     seed: int = 0
 
@@ -282,8 +282,7 @@ class MineConfig(Section):
     """Hard negatives from a trained model: items at ranks [lo, hi] of each training user's ranking."""
     checkpoint: str = "{workdir}/train"
     out: str = "{workdir}/mined"
-    window: list[float] = Field([0.01, 0.05], description="[lo, hi]: ranks (0 = top), or fractions of the "
-                                                           "catalog when below 1")
+    window: list[float] = Field([0.01, 0.05], description="[lo, hi]: ranks (0 = top), or catalog fractions below 1")
     per_user: int = Field(20, ge=1, description="hard negatives drawn per user from the window")
     seed: int = 0
 
@@ -307,6 +306,7 @@ class EvaluateConfig(Section):
     out: str = "{workdir}/evaluate"
     split: Literal["val", "test"] = "test"
     ks: list[int] = [10, 20]
+    users: Optional[int] = Field(None, ge=1, description="evaluate a seeded sample of N users (null: all)")
     recommendations: Optional[str] = Field(None, description="also evaluate the top-K lists of this `gnnrec infer` output")
 
     @model_validator(mode="after")

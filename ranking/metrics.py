@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -86,6 +87,18 @@ def _hits(top: Tensor, truth_csr, users: Tensor, num_items: int) -> Tensor:
     r, c = csr_rows(*truth_csr, users)
     rows = torch.arange(top.shape[0], device=top.device).unsqueeze(1)
     return torch.isin(rows * num_items + top, r * num_items + c) & (top >= 0)
+
+
+def sample_truth(users: np.ndarray, items: np.ndarray, n: Optional[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out (user, item) pairs of `n` users drawn uniformly (seeded) from those that have any, so
+    that metrics over them estimate the full ones at a fraction of the ranking; all with `n` None or
+    at least the number of such users."""
+    distinct = np.unique(users)
+    if n is None or n >= len(distinct):
+        return users, items
+    chosen = np.random.default_rng(seed).choice(distinct, n, replace=False)
+    keep = np.isin(users, chosen)
+    return users[keep], items[keep]
 
 
 def evaluate(U: Tensor, I: Tensor, truth, exclude=None, ks=(20,), chunk_size: int = 4096,

@@ -59,6 +59,11 @@ def test_evaluate_stage_reports_model_and_popularity(checkpoint):
     assert results["lightgcn"]["num_users"] == len(np.unique(edges["test"]["user"].to_numpy()))
     assert all(0 <= v <= 1 for k, v in results["lightgcn"].items() if k != "num_users")
     assert summary["popularity_recall@20"] == round(expected["recall@20"], 4)
+    # a seeded sample of users: the same metrics over exactly those users
+    sampled = evaluate_stage(load_config(None, [f"workdir={work}", "evaluate.ks=[5, 20]", "evaluate.users=7",
+                                                "evaluate.out={workdir}/evaluate-7"]))
+    results = json.loads((work / "evaluate-7" / "metrics.json").read_text())["results"]
+    assert sampled["users"] == 7 and results["lightgcn"]["num_users"] == results["popularity"]["num_users"] == 7
 
 
 def test_evaluate_without_checkpoint_is_a_user_error(tmp_path):

@@ -1,10 +1,11 @@
 """Ranking metrics against hand-computed values on tiny examples; masking of known items."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from gnnrec.ranking.metrics import evaluate, evaluate_topk
+from gnnrec.ranking.metrics import evaluate, evaluate_topk, sample_truth
 from gnnrec.ranking.topk import to_csr, top_k
 
 # I = identity, so U's rows are the scores themselves. 5 items, 4 users.
@@ -67,3 +68,12 @@ def test_precomputed_topk_lists():
     got = evaluate_topk(torch.tensor([[0, 2, -1]]), TRUTH, 5, ks=[3], users=torch.tensor([1]), num_users=4)
     assert got["recall@3"] == 1.0 and got["mrr@3"] == pytest.approx(1 / 2)
     assert got["ndcg@3"] == pytest.approx(L2(2) / L2(1)) and got["coverage@3"] == pytest.approx(2 / 5)
+
+
+def test_a_sample_of_users_keeps_every_held_out_item_of_exactly_those_users():
+    users, items = np.array([0, 0, 1, 2, 2, 2, 5, 7]), np.arange(8)
+    u, i = sample_truth(users, items, 3, seed=1)
+    assert len(np.unique(u)) == 3 and set(np.unique(u)) <= set(users)
+    assert sorted(i) == [k for k in range(8) if users[k] in set(u)]  # all their pairs, no other
+    assert np.array_equal(sample_truth(users, items, 3, seed=1)[1], i)  # seeded
+    assert sample_truth(users, items, None, 0)[0] is users and sample_truth(users, items, 5, 0)[0] is users

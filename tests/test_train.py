@@ -64,13 +64,14 @@ def test_validation_early_stopping_and_resume(local_ray, workdir):
     assert history[1]["recall@20"] > history[0]["recall@20"]  # it learns, as validation sees it
     assert (workdir / "first" / "curves.png").stat().st_size > 1000
     again = train(_cfg(workdir, "train.model=lightgcn", "train.layers=2", "train.fanouts=[5, 5]",
-                       "train.epochs=3", "train.resume=true", "train.out={workdir}/resumed"))
+                       "train.epochs=3", "train.resume=true", "train.validate_users=20", "train.out={workdir}/resumed"))
     per_epoch = first["steps"] // 2
     assert again["steps"] == 3 * per_epoch and again["epochs"] == 3
     ranks = [json.loads((workdir / "resumed" / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["steps_run"] == per_epoch for r in ranks)  # only the third epoch ran
-    history = (workdir / "resumed" / "metrics.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in (workdir / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 3
+    assert history[1]["validated_users"] > 20 and history[2]["validated_users"] == 20  # a sample of 20 users
 
 
 def test_a_fresh_run_keeps_the_previous_checkpoints_until_it_has_its_own(local_ray, workdir):

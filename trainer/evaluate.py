@@ -19,7 +19,7 @@ from gnnrec import NODE_TYPES, UserError, atomic_dir
 from gnnrec.data.formats import Dataset
 from gnnrec.model.blocks import full_graph_blocks, graph_edges
 from gnnrec.model.models import Popularity, Recommender, uses_social
-from gnnrec.ranking.metrics import evaluate, evaluate_topk
+from gnnrec.ranking.metrics import evaluate, evaluate_topk, sample_truth
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods
 from gnnrec.trainer.batches import block_sampler
 from gnnrec.trainer.checkpoint import TrainOutput
@@ -86,7 +86,7 @@ def evaluate_stage(cfg) -> dict:
     trained = TrainedModel(cfg.path(e.checkpoint))
     dataset, model_name = trained.dataset, trained.config.train.model
     train = trained.train
-    truth = dataset.edges(e.split)
+    truth = torch.from_numpy(np.stack(sample_truth(*dataset.edges(e.split).numpy(), e.users, seed=0)))
     known = train if e.split == "val" else torch.cat([train, dataset.edges("val")], dim=1)
     if truth.shape[1] == 0:
         raise UserError(f"evaluate.split={e.split}: the dataset has no {e.split} edges")
@@ -101,7 +101,7 @@ def evaluate_stage(cfg) -> dict:
         cfg.save(tmp)
     print(format_results(results))
     k = max(e.ks)
-    return {"out": str(cfg.path(e.out)), "split": e.split, "model": model_name,
+    return {"out": str(cfg.path(e.out)), "split": e.split, "model": model_name, "users": e.users or "all",
             f"recall@{k}": round(results[model_name][f"recall@{k}"], 4),
             f"ndcg@{k}": round(results[model_name][f"ndcg@{k}"], 4),
             f"popularity_recall@{k}": round(results["popularity"][f"recall@{k}"], 4)}

@@ -278,13 +278,15 @@ def _early_stopping(state: TrainState, metrics: dict, t) -> None:
 def _validator(w, gnn, t, neighborhoods=None):
     """A function computing this epoch's validation metrics (the same numbers on every trainer), over
     the trainer's graph back-end `neighborhoods` (BatchMaker's) when it has one."""
+    from gnnrec.ranking.metrics import sample_truth
     from gnnrec.trainer.layerwise import LayerwiseInference, sharded_metrics
 
     inference = LayerwiseInference(w.graph, gnn, w.tables, t, w.rank, w.world, neighborhoods=neighborhoods)
-    held_out = w.partitions.held_out(t.validate_split)
+    held_out = sample_truth(*w.partitions.held_out(t.validate_split), t.validate_users, t.seed)  # same on every rank
     k = t.validate_k
 
     def validate() -> dict:
         result = sharded_metrics(w.graph, inference.run(w.progress), inference.shares["user"], held_out, [k])
-        return {f"recall@{k}": result[f"recall@{k}"], f"ndcg@{k}": result[f"ndcg@{k}"]}
+        return {f"recall@{k}": result[f"recall@{k}"], f"ndcg@{k}": result[f"ndcg@{k}"],
+                "validated_users": result["num_users"]}
     return validate

@@ -146,12 +146,12 @@ def _fit(trainer, kind: str) -> tuple[str, bool] | UserError | None:
     try:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - reported to the driver as the job's error
-        user_error = next((f for f in getattr(e, "worker_failures", {}).values() if isinstance(f, UserError)), None)
+        failures = getattr(e, "worker_failures", None) or {}  # rank -> the exception raised, or Ray's error for a death
+        user_error = next((f for f in failures.values() if isinstance(f, UserError)), None)
         if user_error is not None:
             return UserError(str(getattr(user_error, "cause", user_error)))  # a RayTaskError's cause: the message alone
-        failures = getattr(e, "worker_failures", None) or {}
         if failures and all(_repeats(f) for f in failures.values()):
-            rank, raised = min(failures.items(), key=lambda kv: kv[0])
+            rank, raised = min(failures.items())
             return (f"{worker_noun(kind)} rank {rank} raised {type(raised).__name__}: {_short(str(raised))} (not "
                     f"restarted: an exception of the code repeats)"), False
         text = " ".join(str(e).split())
@@ -170,9 +170,8 @@ _LOST_PEER = ("connection", "gloo", "nccl", "timed out", "timeout", "socket", "r
 def _repeats(error: BaseException) -> bool:
     """Whether a worker's failure is an exception of the code, not its process's death (Ray's errors)
     nor a lost peer's symptom."""
-    text = str(error).lower()
-    return not isinstance(error, (ray.exceptions.RayError, OSError)) and type(error).__module__.split(".")[0] != "ray" \
-        and not any(word in text for word in _LOST_PEER)
+    from_ray, text = type(error).__module__.split(".")[0] == "ray", str(error).lower()
+    return not from_ray and not isinstance(error, OSError) and not any(word in text for word in _LOST_PEER)
 
 
 def _short(text: str) -> str:

@@ -86,7 +86,9 @@ def evaluate_stage(cfg) -> dict:
     trained = TrainedModel(cfg.path(e.checkpoint))
     dataset, model_name = trained.dataset, trained.config.train.model
     train = trained.train
-    truth = torch.from_numpy(np.stack(sample_truth(*dataset.edges(e.split).numpy(), e.users, seed=0)))
+    truth = dataset.edges(e.split)
+    if e.users is not None:
+        truth = torch.from_numpy(np.stack(sample_truth(*truth.numpy(), e.users, seed=0)))
     known = train if e.split == "val" else torch.cat([train, dataset.edges("val")], dim=1)
     if truth.shape[1] == 0:
         raise UserError(f"evaluate.split={e.split}: the dataset has no {e.split} edges")

@@ -96,9 +96,16 @@ def sample_truth(users: np.ndarray, items: np.ndarray, n: Optional[int], seed: i
     distinct = np.unique(users)
     if n is None or n >= len(distinct):
         return users, items
-    chosen = np.random.default_rng(seed).choice(distinct, n, replace=False)
-    keep = np.isin(users, chosen)
+    keep = np.isin(users, distinct[sample_users(len(distinct), n, seed)])
     return users[keep], items[keep]
+
+
+def sample_users(num_users: int, n: Optional[int], seed: int) -> np.ndarray:
+    """`n` of the positions 0..num_users-1, drawn uniformly without replacement (seeded); all of them
+    with `n` None or at least `num_users`."""
+    if n is None or n >= num_users:
+        return np.arange(num_users)
+    return np.random.default_rng(seed).choice(num_users, n, replace=False)
 
 
 def evaluate(U: Tensor, I: Tensor, truth, exclude=None, ks=(20,), chunk_size: int = 4096,

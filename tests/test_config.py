@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from gnnrec import UserError
-from gnnrec.launch.config import QUICKSTART, Config, FeatureInput, load_config
+from gnnrec.launch.config import QUICKSTART, Config, load_config
+from gnnrec.launch.sections import FeatureInput
 
 from conftest import REPO
 

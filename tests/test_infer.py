@@ -54,7 +54,7 @@ def trained_social(trained):
     cfg = load_config(None, [f"workdir={work}", "train.model=socialgcn", "train.batch_size=512", "train.lr=0.05",
                              "train.layers=2", "train.fanouts=[5, 5]", "train.validate_split=none",
                              "train.out={workdir}/train-social", "train.checkpoints={workdir}/checkpoints-social",
-                             "infer.checkpoint={workdir}/train-social", "infer.out={workdir}/infer-social"])
+                             "infer.checkpoint={workdir}/train-social", "infer.out={workdir}/infer-social", "infer.users=30"])
     train(cfg)
     infer_stage(cfg)
     return work
@@ -120,6 +120,14 @@ def test_exported_top_k_masks_training_items_and_reproduces_validation(trained):
     assert results["exported_top_k"]["recall@20"] == pytest.approx(best["recall@20"], abs=2e-3)
     assert results["exported_top_k"]["ndcg@20"] == pytest.approx(best["ndcg@20"], abs=2e-3)
     assert results["exported_top_k"]["recall@20"] == pytest.approx(summary["recall@20"], abs=2e-3)
+
+
+def test_infer_users_ranks_a_seeded_sample_and_embeds_every_node(trained_social):
+    work = trained_social
+    manifest = json.loads((work / "infer-social" / "manifest.json").read_text())
+    top = _read(work / "infer-social" / "topk")
+    assert manifest["topk_users"] == 30 and len(set(top["user_id"].to_pylist())) == 30
+    assert manifest["users"]["rows"] == Dataset(work / "dataset").num_users > 30
 
 
 def test_mined_negatives_come_from_the_rank_window(trained):

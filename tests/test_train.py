@@ -55,7 +55,8 @@ def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir,
 
 def test_validation_early_stopping_and_resume(local_ray, workdir):
     """LightGCN validates every epoch (layer-wise inference through the servers); the output holds the
-    best epoch's checkpoint, curves.png; a resumed run continues the step count where it stopped."""
+    best epoch's checkpoint, curves.png; a resumed run continues the step count where it stopped (its
+    epoch cut at train.max_steps_per_epoch)."""
     cfg = _cfg(workdir, "train.model=lightgcn", "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=2",
                "train.out={workdir}/first")
     first = train(cfg)
@@ -64,11 +65,14 @@ def test_validation_early_stopping_and_resume(local_ray, workdir):
     assert history[1]["recall@20"] > history[0]["recall@20"]  # it learns, as validation sees it
     assert (workdir / "first" / "curves.png").stat().st_size > 1000
     again = train(_cfg(workdir, "train.model=lightgcn", "train.layers=2", "train.fanouts=[5, 5]",
-                       "train.epochs=3", "train.resume=true", "train.validate_users=20", "train.out={workdir}/resumed"))
+                       "train.epochs=3", "train.resume=true", "train.validate_users=20", "train.max_steps_per_epoch=2",
+                       "train.out={workdir}/resumed"))
     per_epoch = first["steps"] // 2
-    assert again["steps"] == 3 * per_epoch and again["epochs"] == 3
+    assert per_epoch > 2 and again["steps"] == 2 * per_epoch + 2 and again["epochs"] == 3
     ranks = [json.loads((workdir / "resumed" / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
-    assert all(r["steps_run"] == per_epoch for r in ranks)  # only the third epoch ran
+    assert all(r["steps_run"] == 2 for r in ranks)  # only the third epoch ran, and only 2 of its batches
+    visited = len(np.load(workdir / "resumed" / "visits" / "rank0_epoch2.npy"))
+    assert visited == pytest.approx(2 * ranks[0]["edges_per_epoch"] / per_epoch, abs=2)
     history = [json.loads(line) for line in (workdir / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 3
     assert history[1]["validated_users"] > 20 and history[2]["validated_users"] == 20  # a sample of 20 users

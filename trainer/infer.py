@@ -25,6 +25,7 @@ import torch
 
 from gnnrec import NODE_TYPES
 from gnnrec.data.formats import Dataset
+from gnnrec.ranking.metrics import sample_users
 from gnnrec.ranking.topk import top_k
 from gnnrec.trainer.checkpoint import TrainOutput
 from gnnrec.trainer.layerwise import known_items
@@ -38,7 +39,8 @@ def infer_stage(cfg) -> dict:
     trained, out = TrainOutput(cfg.path(i.checkpoint), "infer.checkpoint"), cfg.path(i.out)
     trained.model()  # weights that do not fit the config: refused here, before any worker starts
     with model_job("infer", cfg, trained, out, infer_loop, {}) as tmp:
-        manifest = {"checkpoint": str(trained.path), "model": trained.config.train.model, "k": i.k}
+        manifest = {"checkpoint": str(trained.path), "model": trained.config.train.model, "k": i.k,
+                    "topk_users": i.users}
         for table in TABLES:
             files = sorted((tmp / table).glob("part-*.parquet"))
             manifest[table] = {"files": [f"{table}/{f.name}" for f in files],
@@ -66,6 +68,8 @@ def infer_loop(config: dict) -> None:
             write(out / f"{node_type}s" / f"part-{w.rank:05d}.parquet",
                   {"id": raw[node_type].take(ids), "embedding": _vectors(vectors)})
         users = inference.shares["user"]
+        if i.users is not None:  # the same seeded sample on every rank, each scoring its share of it
+            users = users[np.isin(users, sample_users(w.graph.num_nodes("user"), i.users, i.seed))]
         U = final["user"][torch.from_numpy(users)]
         I = final["item"][torch.arange(w.graph.num_nodes("item"))]
         parts = []

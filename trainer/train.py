@@ -153,7 +153,8 @@ def train_loop(config: dict) -> None:
         sparse_opt = dgl_adapter.sparse_adam(list(tables.values()), t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
         my_users, my_items = dgl_adapter.dist_find_edges(graph, my_edges)  # once, not a server round per step
-        steps = _agreed_steps(len(my_edges), t.batch_size)
+        steps_per_epoch = _agreed_steps(len(my_edges), t.batch_size)
+        steps = min(steps_per_epoch, t.max_steps_per_epoch or steps_per_epoch)
         state = TrainState(dim=t.dim)
         if config["resume"]:
             state, saved = checkpoint.restore(checkpoint.latest(checkpoints), tables, sparse_opt, rank, world)
@@ -180,7 +181,7 @@ def train_loop(config: dict) -> None:
         while state.epoch < t.epochs and not state.stopped:
             epoch, started, first = state.epoch, time.perf_counter(), state.step
             order = np.random.default_rng([t.seed, epoch, rank]).permutation(len(my_edges))  # positions in my_edges
-            chunks = np.array_split(order, steps)
+            chunks = np.array_split(order, steps_per_epoch)[:steps]
             rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
             if hard is not None:  # the curriculum: epoch n of the round adds n - 1 hard negatives
                 batches.negatives.num_hard = epoch - state.round_start_epoch

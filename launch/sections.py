@@ -1,0 +1,317 @@
+"""The typed sections of the config, one per stage (and Ray's launch settings): each forbids unknown keys,
+and its field validators make an error name the dotted key."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from gnnrec.launch.stages import PIPELINE
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class SynthConfig(Section):
+    """Synthetic interaction log: power-law degrees and planted communities."""
+    out: str = "{workdir}/synth"
+    users: int = Field(10_000, ge=1)
+    items: int = Field(5_000, ge=1)
+    edges: int = Field(200_000, ge=1)
+    communities: int = Field(16, ge=1)
+    in_community: float = Field(0.8, ge=0, le=1, description="share of a user's edges inside its community")
+    user_exponent: float = Field(0.9, ge=0, description="Zipf exponent of user activity")
+    item_exponent: float = Field(0.9, ge=0, description="Zipf exponent of item popularity")
+    timestamps: bool = True
+    weights: bool = False
+    social_edges: int = Field(0, ge=0)
+    homophily: float = Field(0.8, ge=0, le=1, description="share of social edges inside a community")
+    item_feature_dim: int = Field(0, ge=0)
+    string_ids: bool = False
+    chunk_edges: int = Field(1_000_000, ge=1, description="edges generated per chunk (bounds memory)")
+    file_edges: int = Field(10_000_000, ge=1, description="edges per Parquet file")
+    seed: int = 0
+
+
+class EdgeInput(Section):
+    """A Parquet edge list: a file, a directory of files, a glob, or a filesystem URI."""
+    path: str
+    src_column: str
+    dst_column: str
+    weight_column: Optional[str] = None
+    timestamp_column: Optional[str] = None
+
+
+class InteractionInput(EdgeInput):
+    """The interaction log; rows weighing less than `min_weight` are dropped before deduplication."""
+    min_weight: Optional[float] = None
+
+    @field_validator("min_weight")
+    @classmethod
+    def _needs_weight(cls, min_weight, info):  # a field validator, so the error names the key
+        if min_weight is not None and not info.data.get("weight_column"):
+            raise ValueError("needs ingest.interactions.weight_column")
+        return min_weight
+
+
+class SocialInput(EdgeInput):
+    """The social graph; with `min_overlap`, a tie is kept only when its users' training items overlap
+    that much: noisy ties (friends who share no taste) leave before training."""
+    overlap: Literal["jaccard", "count"] = Field("jaccard", description="|A∩B|/|A∪B| or |A∩B| of their training items")
+    min_overlap: float = Field(0, ge=0, description="ties overlapping less are dropped (0: every tie is kept)")
+
+    @field_validator("min_overlap")
+    @classmethod
+    def _jaccard_at_most_one(cls, min_overlap, info):  # a field validator, so the error names the key
+        if info.data.get("overlap") == "jaccard" and min_overlap > 1:
+            raise ValueError("a Jaccard overlap is at most 1")
+        return min_overlap
+
+
+class FeatureInput(Section):
+    """A Parquet table of node features keyed by raw id; `columns` defaults to every other column."""
+    path: str
+    id_column: str = "id"
+    columns: Optional[list[str]] = None
+
+
+class IngestConfig(Section):
+    out: str = "{workdir}/dataset"
+    interactions: InteractionInput = InteractionInput(path="{workdir}/synth/interactions", src_column="user_id",
+                                                      dst_column="item_id", timestamp_column="timestamp")
+    social: Optional[SocialInput] = None
+    user_features: Optional[FeatureInput] = None
+    item_features: Optional[FeatureInput] = None
+    nulls: Literal["drop", "reject"] = "drop"
+    duplicate_weight: Literal["max", "sum"] = "max"
+    duplicate_timestamp: Literal["latest", "earliest"] = "latest"
+    min_user_degree: int = Field(0, ge=0, description="k-core: users with fewer distinct items lose their edges, "
+                                 "repeated with min_item_degree until none does (0: no minimum)")
+    min_item_degree: int = Field(0, ge=0, description="k-core: items with fewer distinct users lose their edges")
+    batch_rows: int = Field(1_000_000, ge=1)
+
+
+class SplitConfig(Section):
+    """How held-out edges are chosen.
+
+    ratio: per user, a random `ratios[1]` share to validation and `ratios[2]` to test.
+    test_file: `test_path` holds the test edges (raw ids, same columns); `val_ratio` of each user's
+      training edges go to validation.
+    temporal: per user, the last `leave_last` edges to test and the `val_last` before them to validation.
+    """
+    method: Literal["ratio", "test_file", "temporal"] = "ratio"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    test_path: Optional[str] = None
+    val_ratio: float = Field(0.0, ge=0, lt=1)
+    leave_last: int = Field(1, ge=1)
+    val_last: int = Field(0, ge=0)
+    seed: int = 0
+
+    @field_validator("ratios")
+    @classmethod
+    def _check_ratios(cls, ratios):  # a field validator, so the error names split.ratios
+        if any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+            raise ValueError("ratios must be three non-negative shares summing to 1")
+        return ratios
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.method == "test_file" and not self.test_path:
+            raise ValueError("method=test_file needs test_path")
+        return self
+
+
+class PartitionConfig(Section):
+    """K partitions in DGL's format; `method` names a partitioner in the registry."""
+    out: str = "{workdir}/partitions"
+    dataset: str = "{workdir}/dataset"
+    method: Literal["metis", "random", "random-walk"] = "metis"
+    parts: int = Field(1, ge=1)
+    halo_hops: int = Field(1, ge=0)
+    walks_per_seed: int = Field(4, ge=1)
+    walk_length: int = Field(8, ge=1)
+    restart_prob: float = Field(0.3, ge=0, lt=1)
+    mmap: bool = Field(True, description="memory-map the CSR from disk instead of loading it")
+    workers: int = Field(0, ge=0, description="Ray tasks for the random walks; 0 = in-process")
+    seed: int = 0
+
+
+class LaunchConfig(Section):
+    """Where the job runs: an embedded local Ray (address null) or an existing cluster."""
+    address: Optional[str] = Field(None, description="null = embedded local Ray; 'auto' or ray://host:port")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the embedded Ray (null = all)")
+    health_timeout_s: float = Field(60, gt=0, description="a dead, frozen or stuck server or worker fails the job "
+                                    "within this")
+    start_timeout_s: float = Field(300, gt=0, description="every worker of a job is up within this (DDP, DistDGL)")
+
+
+class ContrastConfig(Section):
+    """XSimGCL's contrastive views, added to any loss: InfoNCE between the output and layer `layer`'s
+    output of the batch's users (and of its items), every layer's output perturbed by `noise`."""
+    weight: float = Field(0.0, ge=0, description="0: off; XSimGCL uses 0.05-0.2")
+    noise: float = Field(0.1, ge=0, description="eps, the perturbation's norm")
+    temperature: float = Field(0.2, gt=0)
+    layer: int = Field(1, ge=1, description="the layer whose output is the second view")
+    sample: int = Field(4096, ge=2, description="users (and items) of a batch in the InfoNCE, at most")
+
+
+class RandomWalkConfig(Section):
+    """PinSage's random-walk blocks (train.sampler=random_walk, samplers/random_walk.py): each dst node's
+    `neighbors` most visited nodes of the other type, over `walks` walks of up to `length` traversals."""
+    walks: int = Field(20, ge=1, description="walks from each dst node of a training block")
+    length: int = Field(3, ge=1, description="traversals per walk, at most")
+    restart_prob: float = Field(0.5, ge=0, lt=1, description="a walk stops before each later traversal with this")
+    neighbors: int = Field(10, ge=1, description="T: the most visited nodes that become a node's in-neighbours")
+    inference_walks: int = Field(100, ge=1, description="walks per node in layer-wise inference and evaluation")
+
+
+class TrainConfig(Section):
+    """Mini-batch training: Ray Train workers are DistDGL clients and DDP ranks."""
+    out: str = "{workdir}/train"
+    partitions: str = "{workdir}/partitions"
+    model: str = "lightgcn"
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=0)
+    model_options: dict[str, Any] = Field({}, description="the model's own options, e.g. residual, edge_dropout, "
+                                          "node_dropout, aggr, normalize, heads, attn_dropout, attention, dropout")
+    sampler: Literal["neighbor", "random_walk", "none"] = Field(
+        "neighbor", description="blocks: uniform `fanouts` per layer, or random walks (`random_walk`); the "
+        "default is random_walk for model=pinsage")
+    random_walk: RandomWalkConfig = RandomWalkConfig()
+    fanouts: list[int] = [10, 5]
+    batch_size: int = Field(1024, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="end each epoch after N steps (null: every "
+                                               "edge once); for benchmarks and smoke runs on large logs")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the ID embeddings (and of dense weights)")
+    dense_lr: Optional[float] = Field(None, gt=0, description="learning rate of dense weights (null: lr)")
+    l2: float = Field(1e-4, ge=0)
+    loss: Literal["bpr", "max_margin", "cosine_contrastive", "alignment_uniformity"] = "bpr"
+    loss_options: dict[str, Any] = Field({}, description="the loss's own options, e.g. margin, negative_weight, gamma")
+    contrast: ContrastConfig = ContrastConfig()
+    negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
+    num_negatives: int = Field(1, ge=1)
+    negative_mixing: bool = Field(False, description="MixGCF: each pair's num_negatives negatives are candidates "
+                                  "for one negative synthesized from them and the positive, layer by layer")
+    hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
+                                                             "n - 1 of its negatives per positive")
+    exclude_positives: bool = True
+    trainers_per_partition: int = Field(1, ge=1)
+    use_gpu: Optional[bool] = Field(None, description="null = use GPUs when the cluster has them")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch threads per worker (null: the machine's "
+                                         "cores shared by its workers, one left to each sampler thread)")
+    prefetch: int = Field(2, ge=0, description="mini-batches sampled ahead of compute")
+    record_visits: bool = Field(False, description="write the training edge ids each trainer visits (audit)")
+    checkpoints: str = Field("{workdir}/checkpoints", description="kept across runs: resume reads them")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: at epoch ends only)")
+    resume: bool = Field(False, description="continue from the newest checkpoint in `checkpoints`")
+    max_failures: int = Field(1, ge=0, description="restarts from the last checkpoint after a trainer or server dies")
+    validate_split: Literal["val", "test", "none"] = Field("val", description="held-out edges validated per epoch")
+    validate_k: int = Field(20, ge=1, description="validation reports Recall/NDCG@K; early stopping watches NDCG@K")
+    validate_every: int = Field(1, ge=1, description="validate every N epochs (and after the last)")
+    validate_users: Optional[int] = Field(None, ge=1, description="validate on a seeded sample of N users (null: all)")
+    patience: int = Field(0, ge=0, description="stop after this many validations without a better NDCG@K (0: never)")
+    seed: int = 0
+
+    @field_validator("model_options")
+    @classmethod
+    def _check_model_options(cls, options, info: ValidationInfo):  # a field validator: errors name the key
+        if options and {"model", "dim", "layers"} <= info.data.keys():
+            from gnnrec.model.models import MODELS, build_model  # torch, only when options are given
+            if info.data["model"] in MODELS:
+                try:
+                    build_model(info.data["model"], info.data["dim"], info.data["layers"], options)
+                except (TypeError, RuntimeError, ZeroDivisionError) as e:  # torch's or a layer's own check
+                    raise ValueError(f"{info.data['model']} cannot be built with {options}: {e}") from None
+        return options
+
+    @field_validator("loss_options")
+    @classmethod
+    def _check_loss_options(cls, options, info: ValidationInfo):
+        if options and "loss" in info.data:
+            from gnnrec.model.losses import LOSSES
+            from gnnrec.model.options import check, defaults
+            check(info.data["loss"], defaults(LOSSES[info.data["loss"]], skip=("neg", "ego", "l2")), options)
+        return options
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pinsage_walks(cls, data):
+        """PinSage trains on random-walk blocks unless train.sampler says otherwise."""
+        if isinstance(data, dict) and data.get("model") == "pinsage" and "sampler" not in data:
+            data = {**data, "sampler": "random_walk"}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.contrast.weight and not 1 <= self.contrast.layer <= self.layers:
+            raise ValueError(f"contrast.layer={self.contrast.layer} needs 1 <= it <= layers={self.layers}")
+        if self.contrast.weight and self.model == "ngcf":
+            raise ValueError("contrast: ngcf's output (every layer concatenated) is no view of one layer")
+        if self.negative_mixing and self.negatives == "in_batch":
+            raise ValueError("negative_mixing mixes sampled candidates: negatives=in_batch has none")
+        if self.model == "mf" and self.layers:
+            raise ValueError("mf has no layers: set train.layers=0")
+        if self.sampler == "neighbor" and len(self.fanouts) != self.layers:
+            raise ValueError(f"fanouts has {len(self.fanouts)} entries but layers={self.layers}")
+        if any(f == 0 or f < -1 for f in self.fanouts):
+            raise ValueError("fanouts are positive, or -1 for all neighbours")
+        return self
+
+
+class InferConfig(Section):
+    """Embeddings of every user and item and each user's top-K, from a trained model (`train.out`)."""
+    checkpoint: str = "{workdir}/train"
+    out: str = "{workdir}/infer"
+    k: int = Field(20, ge=1, description="recommendations per user")
+    batch_size: int = Field(4096, ge=1, description="nodes per layer-wise inference batch")
+    user_chunk: int = Field(4096, ge=1, description="users scored at once")
+    item_chunk: Optional[int] = Field(None, ge=1, description="score the catalog in shards of this many items")
+    users: Optional[int] = Field(None, ge=1, description="top-K for a seeded sample of N users (null: all); "
+                                 "embeddings are written for all")
+    seed: int = 0
+
+
+class MineConfig(Section):
+    """Hard negatives from a trained model: items at ranks [lo, hi] of each training user's ranking."""
+    checkpoint: str = "{workdir}/train"
+    out: str = "{workdir}/mined"
+    window: list[float] = Field([0.01, 0.05], description="[lo, hi]: ranks (0 = top), or catalog fractions below 1")
+    per_user: int = Field(20, ge=1, description="hard negatives drawn per user from the window")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.window) != 2 or not 0 <= self.window[0] < self.window[1]:
+            raise ValueError("window is [lo, hi] with 0 <= lo < hi")
+        return self
+
+
+class RecommendConfig(Section):
+    """Cold start: top-K for a new user from a few of their items (raw IDs)."""
+    checkpoint: str = "{workdir}/train"
+    items: list[str] = []
+    k: int = Field(20, ge=1)
+
+
+class EvaluateConfig(Section):
+    """Full-ranking evaluation of a trained model (its `train.out` directory) on held-out edges."""
+    checkpoint: str = "{workdir}/train"
+    out: str = "{workdir}/evaluate"
+    split: Literal["val", "test"] = "test"
+    ks: list[int] = [10, 20]
+    users: Optional[int] = Field(None, ge=1, description="evaluate a seeded sample of N users (null: all)")
+    recommendations: Optional[str] = Field(None, description="also evaluate the top-K lists of this `gnnrec infer` output")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("ks must be positive cut-offs")
+        return self
+
+
+class RunConfig(Section):
+    stages: list[Literal[PIPELINE]] = ["synth", "ingest"]
+    rounds: int = Field(1, ge=1, description="training rounds; each after the first mines hard negatives first")
+    round_epochs: int = Field(1, ge=1, description="epochs of each later round")

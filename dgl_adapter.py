@@ -377,6 +377,12 @@ def sparse_adam(embeddings: list, lr: float):
     return _dgl().distributed.optim.SparseAdam(embeddings, lr=lr)
 
 
+def sparse_adam_state(optimizer, embedding) -> tuple:
+    """The distributed tensors of the sparse Adam's state of an embedding's rows: step counts [n], first
+    and second moments [n, dim]. (DGL's own `save` gathers a rank's whole state in memory at once.)"""
+    return optimizer._state[embedding.name]
+
+
 def dist_tensor(graph, node_type: str, dim: int, name: str):
     """A [num_nodes(node_type), dim] float tensor in the servers' key-value store (zeros)."""
     from dgl.distributed import DistTensor

@@ -167,13 +167,16 @@ def split_codes(edges: dict, num_users: int, cfg) -> np.ndarray:
         tiebreak = np.random.default_rng(s.seed).integers(0, 1 << random_bits, len(user))
         order, position, deg = _sort_within_user(user, tiebreak, num_users)
         del tiebreak
-        # RecBole's per-user split: floor shares, but a user with spare training edges gives at
-        # least one to each non-empty held-out split.
-        n_test = np.floor(deg * ratios[2]).astype(np.int64)
-        n_val = np.floor(deg * ratios[1]).astype(np.int64)
-        for n_held, share in ((n_test, ratios[2]), (n_val, ratios[1])):
-            bump = (n_held == 0) & (share > 0) & (deg - n_test - n_val > 1)
-            n_held[bump] = 1
+        if s.rounding == "random":  # up with probability the fraction; a user keeps one training edge
+            up = np.random.default_rng([s.seed, 1]).random((2, len(deg)))
+            n_test = np.minimum(np.floor(deg * ratios[2] + up[0]).astype(np.int64), np.maximum(deg - 1, 0))
+            n_val = np.minimum(np.floor(deg * ratios[1] + up[1]).astype(np.int64), np.maximum(deg - 1 - n_test, 0))
+        else:  # RecBole's: floor shares, but a user with spare training edges gives at least one to each
+            n_test = np.floor(deg * ratios[2]).astype(np.int64)
+            n_val = np.floor(deg * ratios[1]).astype(np.int64)
+            for n_held, share in ((n_test, ratios[2]), (n_val, ratios[1])):
+                bump = (n_held == 0) & (share > 0) & (deg - n_test - n_val > 1)
+                n_held[bump] = 1
     in_order = np.zeros(len(user), np.int8)
     in_order[position < (n_test + n_val)[user]] = 1
     in_order[position < n_test[user]] = 2

@@ -109,7 +109,7 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
             silent, stuck, beating = ray.get(heartbeats.health.remote(stale_after_s, launch.health_timeout_s))
             if silent:
                 raise JobFailed(f"{kind} failed: {noun} rank {silent[0]} stopped (no heartbeat for "
-                                f"{stale_after_s:.0f} s)")
+                                f"{stale_after_s:.0f} s){_out_of_memory(fit)}")
             if stuck:
                 rank, at = stuck[0]
                 raise JobFailed(f"{kind} failed: {noun} rank {rank} is stuck at {at['desc']}, step {at['step']} of "
@@ -133,6 +133,22 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
             if group_id not in groups_before and info["state"] != "REMOVED" and group_id != servers.group.id.hex():
                 remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
         raise
+
+
+def _out_of_memory(fit) -> str:
+    """What to add to a silent worker's failure when Ray's memory monitor killed it: the monitor kills
+    the job's newest tasks together, `fit` among them (or Ray Train says so in `fit`'s error)."""
+    if ray.wait([fit], timeout=2.0)[0]:
+        try:
+            error = ray.get(fit)
+        except ray.exceptions.OutOfMemoryError:
+            error = ("memory",)
+        except Exception:  # noqa: BLE001 - any other end of `fit` says nothing of memory
+            error = None
+        if isinstance(error, tuple) and "memory" in error[0].lower():
+            return ("; Ray's memory monitor killed the job's processes: the machine ran out of memory (see the "
+                    "plan line's memory per machine; more partitions or machines, or a smaller train.batch_size)")
+    return ""
 
 
 def _fit(trainer, kind: str) -> tuple[str, bool] | UserError | None:

@@ -95,13 +95,19 @@ class IngestConfig(Section):
 class SplitConfig(Section):
     """How held-out edges are chosen.
 
-    ratio: per user, a random `ratios[1]` share to validation and `ratios[2]` to test.
+    ratio: per user, a random `ratios[1]` share to validation and `ratios[2]` to test, each user's count
+      rounded by `rounding`: "at_least_one" (RecBole's): rounded down, but a user with a spare training
+      edge gives at least one to each non-empty held-out split (on a log of light users the held-out
+      shares grow: users of 3 edges give one of each); "random": rounded up with probability equal to
+      its fraction (the shares hold on the whole log; a light user may hold out nothing). Either way a
+      user keeps at least one training edge.
     test_file: `test_path` holds the test edges (raw ids, same columns); `val_ratio` of each user's
       training edges go to validation.
     temporal: per user, the last `leave_last` edges to test and the `val_last` before them to validation.
     """
     method: Literal["ratio", "test_file", "temporal"] = "ratio"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    rounding: Literal["at_least_one", "random"] = "at_least_one"
     test_path: Optional[str] = None
     val_ratio: float = Field(0.0, ge=0, lt=1)
     leave_last: int = Field(1, ge=1)

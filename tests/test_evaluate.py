@@ -39,8 +39,9 @@ def checkpoint(tmp_path_factory):
     model = work / "train" / "model"  # one trainer's checkpoint (trainer/checkpoint.py)
     model.mkdir(parents=True)
     cfg.save(work / "train")
-    rows = {n: (torch.arange(meta[f"num_{n}s"]), torch.randn(meta[f"num_{n}s"], cfg.train.dim)) for n in ("user", "item")}
-    torch.save(rows, model / "ids-rank0.pt")
+    for n in ("user", "item"):
+        np.save(model / f"ids-rank0-{n}.npy", np.random.default_rng(0).normal(size=(meta[f"num_{n}s"], cfg.train.dim))
+                .astype(np.float32))
     torch.save({"model": Recommender(cfg.train).state_dict()}, model / "dense.pt")
     (model / "state.json").write_text(json.dumps({"world": 1}))
     return work, meta

@@ -285,6 +285,28 @@ def test_ratio_split_small_degrees(tmp_path):
     assert per_user[3] == Counter(train=1, val=1, test=1)
 
 
+@pytest.mark.parametrize("rounding", ["at_least_one", "random"])
+def test_ratio_split_shares_on_a_log_of_light_users(tmp_path, rounding):
+    """2,000 users of 2-6 edges, ratios 0.98/0.01/0.01: "random" rounding keeps each held-out share
+    within 1 point of its ratio; "at_least_one" gives every user of 3 or more edges one of each."""
+    rng = np.random.default_rng(3)
+    deg = rng.integers(2, 7, 2000)
+    users = np.repeat(np.arange(2000), deg)
+    items = np.concatenate([rng.choice(500, d, replace=False) for d in deg])
+    path = write_parquet(tmp_path / "in.parquet", {"user_id": users.tolist(), "item_id": items.tolist()})
+    cfg = edge_cfg(tmp_path, path, "split.ratios=[0.98, 0.01, 0.01]", f"split.rounding={rounding}")
+    ingest(cfg)
+    train, val, test = _all_pairs(cfg.path(cfg.ingest.out))
+    per_user = _per_user({"train": train, "val": val, "test": test})
+    assert all(c["train"] >= 1 for c in per_user.values())
+    shares = len(val) / len(users), len(test) / len(users)
+    if rounding == "random":
+        assert all(abs(share - 0.01) < 0.01 for share in shares), shares
+    else:
+        assert all(share > 0.15 for share in shares), shares  # what the README warns of
+        assert all(c["val"] == c["test"] == 1 for u, c in per_user.items() if deg[u] >= 3)
+
+
 @pytest.mark.parametrize("leave_last, val_last", [(1, 0), (1, 1), (2, 1)])
 def test_temporal_split(tmp_path, leave_last, val_last):
     rng = np.random.default_rng(2)

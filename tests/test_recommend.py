@@ -84,7 +84,7 @@ def test_a_train_output_missing_a_checkpoint_file_is_one_line(model, tmp_path, c
     work, _ = model
     copy = tmp_path / "train"
     shutil.copytree(work / "train", copy)
-    (copy / "model" / "ids-rank0.pt").unlink()
+    (copy / "model" / "ids-rank0-item.npy").unlink()
     item = pq.read_table(work / "dataset" / "ids" / "item.parquet").column("raw_id")[0].as_py()
     assert cli.main(["recommend", f"workdir={work}", f"recommend.checkpoint={copy}", "--items", str(item)]) == 2
-    assert "ids-rank0.pt: missing (an incomplete copy" in capsys.readouterr().err
+    assert "ids-rank0-item.npy: missing (an incomplete copy" in capsys.readouterr().err

@@ -182,6 +182,19 @@ def test_frozen_trainer_fails_the_job_within_the_health_timeout(local_ray, workd
         os.kill(pid, signal.SIGKILL)
 
 
+def test_a_silent_worker_killed_for_memory_is_named_so(local_ray):
+    """Ray's memory monitor kills the job's newest tasks together, TorchTrainer.fit's task among them:
+    what `ray.get` of that task raises then names the cause in the job's failure."""
+    import ray
+    from gnnrec.launch.job import _out_of_memory
+
+    def oom():
+        raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+    assert "the machine ran out of memory" in _out_of_memory(ray.remote(oom).remote())
+    assert _out_of_memory(ray.remote(lambda: None).remote()) == ""
+    assert _out_of_memory(ray.remote(lambda: ("trainer rank 0 died", True)).remote()) == ""
+
+
 def test_a_stuck_trainer_fails_the_job_within_the_health_timeout(local_ray, workdir, monkeypatch):
     """A trainer whose training thread blocks (a deadlock) while its process and heartbeat thread go
     on: its progress stops, and that fails the job (without the check, the job would never end)."""

@@ -1,11 +1,12 @@
 """Checkpoints of a distributed training run: written by every trainer, each one complete or absent.
 
     {train.checkpoints}/step-000000120/
-        state.json       epoch, step (batches done in that epoch), global_step, world, history
-        dense.pt         rank 0: dense weights (GNN layers, heads) and their Adam state
-        ids-rank{r}.pt   rank r: rows [r*n/w, (r+1)*n/w) of the user and the item ID tables
-        sparse-opt_{r}   rank r: the sparse optimizer's state of its rows (DGL's own format)
-        rng-rank{r}.pt   rank r: torch's random state (dropout)
+        state.json               epoch, step (batches done in that epoch), global_step, world, history
+        dense.pt                 rank 0: dense weights (GNN layers, heads) and their Adam state
+        ids-rank{r}-{type}.npy   rank r: rows [r*n/w, (r+1)*n/w) of the user or the item ID table, [rows, dim]
+        adam-rank{r}-{type}.npy  rank r: the sparse Adam's state of those rows, [rows, 1 + 2 dim]: step count,
+                                 first moment, second moment
+        rng-rank{r}.pt           rank r: torch's random state (dropout)
     {train.checkpoints}/latest   the name of the newest complete checkpoint
 
 `TrainState` is state.json; `TrainOutput` reads a `gnnrec train` output directory, whose model/ is one
@@ -13,7 +14,8 @@ of these checkpoints.
 
 Every rank writes into `step-N.tmp`; after a barrier rank 0 adds state.json, renames the directory and
 then points `latest` at it (temp file + rename), so a crash at any moment leaves the previous checkpoint
-as `latest`. No rank ever holds a whole ID table: each saves and restores its own range of rows.
+as `latest`. No rank ever holds a whole ID table, nor its own range of rows: each writes and reads its
+range `CHUNK_ROWS` rows at a time (at 100M edges a rank's rows and their Adam state are 5.3 GB).
 """
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gnnrec import NODE_TYPES, UserError
+
+CHUNK_ROWS = 1 << 18  # 64 MiB of a dim-64 table
 
 
 @dataclass
@@ -68,14 +73,58 @@ def latest(directory: Path) -> Path | None:
     return Path(directory) / pointer.read_text().strip() if pointer.exists() else None
 
 
-def _rows(n: int, rank: int, world: int) -> torch.Tensor:
-    return torch.arange(rank * n // world, (rank + 1) * n // world)
+def _rows(n: int, rank: int, world: int) -> tuple[int, int]:
+    return rank * n // world, (rank + 1) * n // world
+
+
+def _widths(tensors: list) -> list[int]:
+    return [t.shape[1] if len(t.shape) > 1 else 1 for t in tensors]  # a 1-d tensor is one column
+
+
+def _write(path: Path, rows: tuple[int, int], tensors: list) -> None:
+    """Rows [lo, hi) of (distributed) tensors side by side into one .npy."""
+    (lo, hi), width = rows, sum(_widths(tensors))
+    if hi == lo:
+        np.save(path, np.empty((0, width), np.float32))
+        return
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(hi - lo, width))
+    for start in range(lo, hi, CHUNK_ROWS):
+        ids = torch.arange(start, min(start + CHUNK_ROWS, hi))
+        out[start - lo:start - lo + len(ids)] = torch.column_stack([t[ids] for t in tensors]).numpy()
+    out.flush()
+    del out
+
+
+def _read(path: Path, rows: tuple[int, int], tensors: list) -> None:
+    """The inverse of `_write`: rows [lo, hi) of `tensors` from the .npy at `path`."""
+    (lo, hi), widths = rows, _widths(tensors)
+    array = _array(path)
+    if array.shape != (hi - lo, sum(widths)):
+        raise UserError(f"{path}: {list(array.shape)} values where the checkpoint needs {[hi - lo, sum(widths)]} (a "
+                        f"checkpoint of another graph or train.dim?)")
+    for start in range(lo, hi, CHUNK_ROWS):
+        ids = torch.arange(start, min(start + CHUNK_ROWS, hi))
+        block = torch.from_numpy(np.array(array[start - lo:start - lo + len(ids)]))
+        for t, values in zip(tensors, block.split(widths, dim=1)):
+            t[ids] = values.reshape(len(ids), *t.shape[1:])
+
+
+def _array(path: Path) -> np.ndarray:
+    """A checkpoint's .npy file, mapped; never pickled objects (np.load refuses them)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:  # a copy that left a file behind: a restart would meet it again
+        raise _missing(path) from None
+    except ValueError as e:
+        raise UserError(f"{path}: not a complete array file ({e})") from None
 
 
 def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: dict | None, rank: int, world: int,
          keep: int = 2, protect: str | None = None) -> Path:
     """Write one checkpoint from every rank (all ranks call this at the same step). The `keep` newest
     checkpoints and the one named `protect` (the best so far) are kept, older ones removed."""
+    from gnnrec import dgl_adapter
+
     directory = Path(directory)
     name = f"step-{state.global_step:09d}"
     tmp = directory / f"{name}.tmp"
@@ -83,13 +132,11 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    ids = {}
     for node_type, table in tables.items():
         rows = _rows(table.num_embeddings, rank, world)
-        ids[node_type] = (rows, table.weight[rows])
-    torch.save(ids, tmp / f"ids-rank{rank}.pt")
+        _write(tmp / f"ids-rank{rank}-{node_type}.npy", rows, [table.weight])
+        _write(tmp / f"adam-rank{rank}-{node_type}.npy", rows, list(dgl_adapter.sparse_adam_state(sparse_opt, table)))
     torch.save(torch.get_rng_state(), tmp / f"rng-rank{rank}.pt")
-    sparse_opt.save(str(tmp / "sparse-opt"))  # a collective: barriers inside, writes sparse-opt_{rank}
     if rank == 0:
         torch.save(dense, tmp / "dense.pt")
     _barrier()
@@ -110,24 +157,28 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
 
 def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tuple[TrainState, dict | None]:
     """Load a checkpoint into the distributed tables and the sparse optimizer (None: inference only; all
-    ranks call this); return
-    (state, dense) for the caller to load into its dense modules. Rank r restores the row files
-    r, r + world, ...: a checkpoint written by a different number of trainers loads too."""
+    ranks call this); return (state, dense) for the caller to load into its dense modules. Rank r restores
+    the row files r, r + world, ...: a checkpoint written by a different number of trainers loads too."""
+    from gnnrec import dgl_adapter
+
     path = Path(path)
     state = TrainState.read(path)
     for shard in range(rank, state.world, world):
-        saved = _load(path / f"ids-rank{shard}.pt")
         for node_type, table in tables.items():
-            rows, values = saved[node_type]
-            table.weight[rows] = values
+            rows = _rows(table.num_embeddings, shard, state.world)
+            _read(path / f"ids-rank{shard}-{node_type}.npy", rows, [table.weight])
+            if sparse_opt is not None:
+                _read(path / f"adam-rank{shard}-{node_type}.npy", rows,
+                      list(dgl_adapter.sparse_adam_state(sparse_opt, table)))
     own_rng = path / f"rng-rank{rank}.pt"
     if own_rng.exists():
         torch.set_rng_state(_load(own_rng))
-    if sparse_opt is not None:
-        for shard in range(rank, state.world, world):
-            sparse_opt.load_local_state_dict(_renamed(_load(path / f"sparse-opt_{shard}"), tables))
     _barrier()
     return state, _load(path / "dense.pt")
+
+
+def _missing(path: Path) -> UserError:
+    return UserError(f"{path}: missing (an incomplete copy of the checkpoint {path.parent}?)")
 
 
 def _load(path: Path):
@@ -136,23 +187,10 @@ def _load(path: Path):
     try:
         return torch.load(path, weights_only=True)
     except FileNotFoundError:  # a copy that left a file behind: a restart would meet it again
-        raise UserError(f"{path}: missing (an incomplete copy of the checkpoint {path.parent}?)") from None
+        raise _missing(path) from None
     except pickle.UnpicklingError:
         raise UserError(f"{path}: holds objects other than tensors and plain containers (not a gnnrec "
                         "checkpoint file, or an unsafe one): refusing to load it") from None
-
-
-def _renamed(saved: dict, tables: dict) -> dict:
-    """DGL's sparse-optimizer state (a `local_state_dict`) with its tensors renamed after this job's
-    tables: every job prefixes its tensor names with its own graph name, "<graph>_<node type>_id"."""
-    saved["params"].pop("world_size", None)
-    states = {}
-    for old, emb_state in saved["emb_states"].items():
-        table = next(t for n, t in tables.items() if old.endswith(f"_{n}_id"))
-        emb_state["states"] = {k.replace(old, table.name): v for k, v in emb_state["states"].items()}
-        states[table.name] = emb_state
-    saved["emb_states"] = states
-    return saved
 
 
 def load_tables(path: Path) -> dict[str, torch.Tensor]:
@@ -161,15 +199,10 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not (path / "state.json").exists():
         raise UserError(f"checkpoint {path}: incomplete or not a checkpoint (no state.json)")
-    parts = [_load(path / f"ids-rank{r}.pt") for r in range(TrainState.read(path).world)]
-    tables = {}
-    for node_type in NODE_TYPES:
-        rows = torch.cat([p[node_type][0] for p in parts])
-        values = torch.cat([p[node_type][1] for p in parts])
-        table = torch.empty(len(rows), values.shape[1])
-        table[rows] = values
-        tables[node_type] = table
-    return tables
+    world = TrainState.read(path).world
+    return {node_type: torch.from_numpy(np.concatenate([_array(path / f"ids-rank{r}-{node_type}.npy")
+                                                        for r in range(world)]))
+            for node_type in NODE_TYPES}
 
 
 def load_model(path: Path, t, name: str):

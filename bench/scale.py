@@ -11,7 +11,8 @@ edges with 4 negatives, 1 trainer, `--steps` steps: `train.max_steps_per_epoch`,
 `infer.users`) and `evaluate` (test split, the same size of user sample: `evaluate.users`). Each
 stage is its own `gnnrec` process; per stage: wall seconds, peak memory of its whole process tree
 (driver, embedded Ray, graph servers, trainers: the sum of proportional set sizes, so shared memory
-counts once, sampled every 0.2 s), bytes its output holds, and rows (log edges) per second.
+counts once, sampled every second: reading smaps_rollup of a 20 GB process tree takes a
+tenth of a core at that rate, half a core at 0.2 s), bytes its output holds, and rows (log edges) per second.
 
 Anchor, measured in the same run at every size: `pyarrow.parquet.read_table` of the synthetic log
 (what any job over it must at least do). `x_read` is a stage's seconds over the anchor's;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -64,7 +66,7 @@ def measured(command: list[str], log: Path) -> dict:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
         def sample():
-            while not done.wait(0.2):
+            while not done.wait(1.0):
                 peak[0] = max(peak[0], tree_pss_bytes(process.pid))
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -118,10 +120,19 @@ def run_size(edges: int, args) -> dict:
         result = measured([GNNREC, argv[0], f"workdir={work}", *argv[1:]], work / f"{name}.log")
         result["disk_gb"] = round(disk_bytes(*(work / p for p in outputs)) / 2**30, 3)
         result["edges_per_s"] = round(edges / result["seconds"])
+        if name.startswith("partition"):
+            stats = json.loads((work / outputs[0] / "partition_stats.json").read_text())
+            result.update({k: stats[k] for k in ("edge_cut", "halo_fraction")},
+                          max_part_edges=max(p["edges"] for p in stats["per_part"]),
+                          max_part_nodes=max(p["nodes"] for p in stats["per_part"]))
         if name == "train":
             metrics = json.loads((work / "train" / "metrics.jsonl").read_text().splitlines()[-1])
             result["train_loop_edges_per_s"] = round(metrics["edges_per_s"])
+            result["input_rows_per_step"] = round(metrics["input_rows_per_step"])  # the batch's frontier
+            result["phases"] = metrics["phases"]
             result["steps"] = args.steps
+            plan = re.search(r"est_memory_per_machine_gb=([0-9.]+)", (work / "train.log").read_text())
+            result["plan_est_gb"] = float(plan.group(1))  # the plan line's estimate, against peak_gb
         row["stages"][name] = result
         print(json.dumps({"edges": edges, "stage": name, **result}), file=sys.stderr, flush=True)
         if name == "synth":

@@ -15,16 +15,7 @@ import psutil
 import ray
 
 from gnnrec import JobFailed, UserError
-
-# Memory model, measured on Gowalla (batch 65,536 x 16 negatives, 3 full layers, dim 64): graph server
-# 0.85 GB, trainer peak 3.3 GB, Ray's own actors and agents ~2 GB.
-BYTES_PER_EDGE = 64  # partition graph in DistDGL's server (ids, CSC, edge data, shared-memory copy)
-BYTES_PER_NODE = 48  # node maps, masks, degrees
-BYTES_PER_ID_VALUE = 12  # ID-embedding rows in the servers, with SparseAdam's two moments (float32 each)
-RAY_BYTES = 2 * 2**30  # per machine: Ray Train's controller, the driver's fit task, Ray's agents
-TRAINER_BYTES = 0.7 * 2**30  # one Ray Train worker before its first batch: torch, dgl, the model
-BATCH_BYTES_PER_VALUE = 36  # per float of the batch's (user, positive, negatives) rows: the rows, the
-#                             model's outputs, their gradients and the prefetched blocks
+from gnnrec.launch.sizing import machine_bytes
 
 
 def start_ray(launch) -> bool:
@@ -103,11 +94,8 @@ def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows:
     if use_gpu and gpus < parts * trainers_per_partition:
         raise UserError(f"train.use_gpu: {parts * trainers_per_partition} trainers need as many GPUs; "
                         f"the cluster has {gpus}")
-    per_part = stats["per_part"]
-    server = max(p["edges"] * BYTES_PER_EDGE + p["nodes"] * (BYTES_PER_NODE + dim * BYTES_PER_ID_VALUE)
-                 for p in per_part)
-    trainer = TRAINER_BYTES + batch_rows * dim * BATCH_BYTES_PER_VALUE
-    need = RAY_BYTES + server + trainers_per_partition * trainer
+    need = max(machine_bytes(p["edges"], p["nodes"], dim, batch_rows, trainers_per_partition)
+               for p in stats["per_part"])
     have = min(n["Resources"].get("memory", 0) for n in nodes)
     summary = {"machines": len(nodes), "partitions": parts, "trainers": parts * trainers_per_partition,
                "trainers_per_machine": trainers_per_partition, "gpus": gpus if use_gpu else 0,

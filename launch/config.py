@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from gnnrec import UserError
 from gnnrec.launch.sections import (EvaluateConfig, InferConfig, IngestConfig, LaunchConfig, MineConfig,
-                                    PartitionConfig, RecommendConfig, RunConfig, Section, SplitConfig, SynthConfig,
-                                    TrainConfig)
+                                    PartitionConfig, PlanConfig, RecommendConfig, RunConfig, Section, SplitConfig,
+                                    SynthConfig, TrainConfig)
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -32,6 +32,7 @@ class Config(Section):
     mine: MineConfig = MineConfig()
     recommend: RecommendConfig = RecommendConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    plan: PlanConfig = PlanConfig()
     run: RunConfig = RunConfig()
 
     def path(self, template: str) -> Path | str:

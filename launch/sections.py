@@ -272,7 +272,8 @@ class InferConfig(Section):
     out: str = "{workdir}/infer"
     k: int = Field(20, ge=1, description="recommendations per user")
     batch_size: int = Field(4096, ge=1, description="nodes per layer-wise inference batch")
-    user_chunk: int = Field(4096, ge=1, description="users scored at once")
+    user_chunk: int = Field(4096, ge=1, description="users scored at once (fewer where their scores "
+                            "would exceed 2^27 values: ranking/topk.MAX_SCORES)")
     item_chunk: Optional[int] = Field(None, ge=1, description="score the catalog in shards of this many items")
     users: Optional[int] = Field(None, ge=1, description="top-K for a seeded sample of N users (null: all); "
                                  "embeddings are written for all")
@@ -315,6 +316,28 @@ class EvaluateConfig(Section):
         if not self.ks or min(self.ks) < 1:
             raise ValueError("ks must be positive cut-offs")
         return self
+
+
+class PlanConfig(Section):
+    """`gnnrec plan`: the machines, partitions, memory and hours of a job of a given size, before its data
+    exists: the memory model `gnnrec train` plans with, and the costs bench/scale.py measured (`curve`,
+    its scale.json; default bench/results/scale.json), scaled from the curve's largest size. The train
+    section gives the job's dim, batch, negatives and trainers per machine."""
+    edges: int = Field(1_000_000_000, ge=1, description="rows of the interaction log")
+    users: Optional[int] = Field(None, ge=1, description="default edges / 20, as bench/scale.py's logs")
+    items: Optional[int] = Field(None, ge=1, description="default edges / 50")
+    machine_memory_gb: float = Field(64.0, gt=0)
+    machines: Optional[int] = Field(None, ge=1, description="default: the fewest whose memory holds the job")
+    curve: Optional[str] = None
+
+    @field_validator("edges", "users", "items", mode="before")
+    @classmethod
+    def _whole(cls, value):  # 1e9 (YAML reads it as a string) and 1.0e9 are whole numbers too
+        try:
+            number = float(value) if isinstance(value, (str, float)) else None
+        except ValueError:
+            return value
+        return int(number) if number is not None and number.is_integer() else value
 
 
 class RunConfig(Section):

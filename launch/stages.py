@@ -32,6 +32,8 @@ STAGES = (
     Stage("infer", "gnnrec.trainer.infer:infer_stage", "embeddings and top-K recommendations over the full catalog",
           needs_ray=True),
     Stage("evaluate", "gnnrec.trainer.evaluate:evaluate_stage", "full-ranking metrics on held-out edges"),
+    Stage("plan", "gnnrec.launch.sizing:plan_stage",
+          "machines, memory and hours of a job of plan.edges rows, before its data exists", in_pipeline=False),
     Stage("recommend", "gnnrec.trainer.recommend:recommend_stage",
           "cold start: top-K for a new user from a few of their items", in_pipeline=False),
 )

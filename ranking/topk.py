@@ -15,6 +15,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+MAX_SCORES = 1 << 27  # scores held at once: 512 MiB of float32, 4,096 users of a 32k-item catalog, 64 of 2M
+
 
 def to_csr(sets, num_users: int):
     """(indptr [num_users + 1], indices) from a CSR pair or a [2, E] (user, item) edge index."""
@@ -40,17 +42,20 @@ def csr_rows(indptr: Tensor, indices: Tensor, rows: Tensor):
 
 @torch.no_grad()
 def top_k(U: Tensor, I: Tensor, k: int, exclude=None, users: Optional[Tensor] = None,
-          user_chunk: int = 4096, item_chunk: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+          user_chunk: int = 4096, item_chunk: Optional[int] = None,
+          max_scores: int = MAX_SCORES) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield, per chunk of `users` (default: every row of U), `(user_ids [n], item_ids [n, k] int64,
     scores [n, k] float32)`: the k items of highest U[u] · I[i] for each user, best first (ties in any
     order), never one of the user's `exclude` items (a [2, E] (user, item) edge index or a CSR
     (indptr, indices) pair over all rows of U, as `to_csr` takes). Where fewer than k items
     remain, the rest of the row is item -1 with score -inf. `item_chunk`: score the catalog in shards of
     that many items and merge the shards' top k (the same lists, a [user_chunk, item_chunk] score buffer).
+    Chunks hold fewer users where `user_chunk` x the shard's items would exceed `max_scores`.
     """
     device, num_items = U.device, I.shape[0]
     shard = max(1, num_items if not item_chunk or item_chunk >= num_items else int(item_chunk))
     kk = min(k, shard)  # per-shard candidates
+    user_chunk = max(1, min(user_chunk, max_scores // shard))
     excl = None if exclude is None else tuple(t.to(device) for t in to_csr(exclude, U.shape[0]))
     n_users = U.shape[0] if users is None else users.numel()
     users = None if users is None else users.to(device)

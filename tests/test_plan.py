@@ -85,3 +85,51 @@ def test_an_embedded_ray_that_does_not_start_is_one_line_and_leaves_no_process(m
                                         r"startup\..*\); .*launch.num_cpus\)$"):
         cluster.start_ray(load_config().launch)
     assert started[0].wait(timeout=10) != 0 and not psutil.pid_exists(started[0].pid)
+
+
+def _curve(tmp_path, train_loop_edges_per_s=1000):
+    """A bench/scale.py result of one size: 1M rows, 600k training edges, 70k nodes; K=4 parts of 35k nodes."""
+    row = {"edges": 1_000_000, "dataset": {"users": 50_000, "items": 20_000, "train_edges": 600_000},
+           "stages": {"ingest": {"seconds": 10.0, "peak_gb": 0.5},
+                      "partition_k4_random_walk": {"seconds": 20.0, "peak_gb": 1.0, "max_part_nodes": 35_000},
+                      "train": {"train_loop_edges_per_s": train_loop_edges_per_s},
+                      "infer": {"seconds": 70.0}}}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "scale.json").write_text(json.dumps([row]))
+    return tmp_path / "bench" / "scale.json"
+
+
+def _plan(curve, *overrides):
+    from gnnrec.launch.config import load_config
+    from gnnrec.launch.sizing import plan_stage
+    return plan_stage(load_config(None, [f"plan.curve={curve}", "train.batch_size=8192", "train.num_negatives=4",
+                                         "train.dim=64", *overrides]))
+
+
+def test_plan_of_the_curves_own_size_on_one_machine_agrees_with_the_train_plan_line(tmp_path, monkeypatch):
+    """`gnnrec plan` at the size the curve measured, on one machine: the estimate `gnnrec train` prints
+    for partitions of that size (600k training edges, both directions; 70k nodes)."""
+    plan = _plan(_curve(tmp_path), "plan.edges=1000000", "plan.users=50000", "plan.items=20000", "plan.machines=1")
+    (tmp_path / "gnnrec.json").write_text(json.dumps({"num_parts": 1}))
+    (tmp_path / "partition_stats.json").write_text(json.dumps({"per_part": [{"nodes": 70_000, "edges": 1_200_000}]}))
+    machine(monkeypatch, 64)
+    train = cluster.plan(Partitions(tmp_path), 1, 64, False, batch_rows=8192 * 6)
+    assert plan["train_est_memory_per_machine_gb"] == train["est_memory_per_machine_gb"]
+    assert plan["train_hours_per_epoch"] == round(600_000 / 1000 / 3600, 2)
+
+
+def test_plan_picks_the_fewest_machines_that_hold_the_job_and_scales_the_curve(tmp_path):
+    from gnnrec.launch import sizing
+    curve = _curve(tmp_path)
+    plan = _plan(curve, "plan.edges=1000000000", "plan.machine_memory_gb=64")
+    k = plan["machines"]
+    part_nodes = lambda m: min(70_000_000, -(-140_000_000 // m))  # noqa: E731 - halo 1: twice its 1/K share
+    fits = [sizing.machine_bytes(-(-2 * 600_000_000 // m), part_nodes(m), 64, 8192 * 6, 1) <= 64 * GB
+            for m in (k - 1, k)]
+    assert fits == [False, True] and plan["train_edges"] == 600_000_000
+    assert plan["train_hours_per_epoch"] == round(600_000_000 / (k * 1000) / 3600, 2)
+    assert plan["ingest_hours"] == round(10.0 * 1000 / 3600, 2) and plan["partition_memory_gb (one machine)"] == 1000
+    with pytest.raises(UserError, match="over plan.machine_memory_gb=64: fewer plan.machines"):
+        _plan(curve, "plan.edges=1000000000", "plan.machines=1")
+    with pytest.raises(UserError, match="plan.curve=.*missing.json: not a bench/scale.py result"):
+        _plan(tmp_path / "missing.json")

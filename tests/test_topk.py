@@ -81,6 +81,18 @@ def test_item_shards_equal_unsplit(device, item_chunk):
     torch.testing.assert_close(scores_s, scores, rtol=1e-6, atol=1e-6)
 
 
+def test_a_score_bound_shrinks_the_user_chunks_not_the_lists():
+    """max_scores=37 x 3: chunks of 3 users over the whole catalog (of 1 user for 100), the same lists."""
+    U, I, excl = data()
+    _, ids, scores = collect(top_k(U, I, 10, excl, user_chunk=16))
+    for bound in (37 * 3, 100, 1):
+        chunks = list(top_k(U, I, 10, excl, user_chunk=16, max_scores=bound))
+        assert max(len(users) for users, _, _ in chunks) == max(1, bound // 37)
+        _, ids_b, scores_b = collect(iter(chunks))
+        assert torch.equal(ids_b, ids)
+        torch.testing.assert_close(scores_b, scores, rtol=1e-6, atol=1e-6)
+
+
 def test_users_subset():
     U, I, excl = data()
     users = torch.tensor([41, 3, 17, 0, 49, 3])

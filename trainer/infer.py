@@ -74,8 +74,8 @@ def infer_loop(config: dict) -> None:
         I = final["item"][torch.arange(w.graph.num_nodes("item"))]
         parts = []
         chunks = top_k(U, I, i.k, known_items(w.graph, users), user_chunk=i.user_chunk, item_chunk=i.item_chunk)
-        for step, (rows, items, scores) in enumerate(chunks):
-            w.progress("top-k", min((step + 1) * i.user_chunk, len(users)), len(users))
+        for rows, items, scores in chunks:  # rows: positions in `users`, in order
+            w.progress("top-k", int(rows[-1]) + 1, len(users))
             parts.append(_topk_table(users[rows.numpy()], items.numpy(), scores.numpy(), raw))
         write(out / "topk" / f"part-{w.rank:05d}.parquet", pa.concat_tables(parts) if parts else _topk_table(
             np.zeros(0, np.int64), np.zeros((0, i.k), np.int64), np.zeros((0, i.k), np.float32), raw))

@@ -179,7 +179,7 @@ def train_loop(config: dict) -> None:
                             protect=state.best_checkpoint)
 
         while state.epoch < t.epochs and not state.stopped:
-            epoch, started, first = state.epoch, time.perf_counter(), state.step
+            epoch, started, first, rows = state.epoch, time.perf_counter(), state.step, 0
             order = np.random.default_rng([t.seed, epoch, rank]).permutation(len(my_edges))  # positions in my_edges
             chunks = np.array_split(order, steps_per_epoch)[:steps]
             rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
@@ -189,6 +189,7 @@ def train_loop(config: dict) -> None:
             for batch in phases.timed("wait for batch", batches.ahead(my_users, my_items, chunks[first:], rngs)):
                 with phases("row pull"), dgl_adapter.RPC:
                     h0 = lookup(tables, batch.input_nodes, num_users, w.device)
+                rows += len(batch.input_nodes)
                 with phases("forward"):
                     loss = model(batch.to(w.device), h0)
                 if dense_opt is not None:
@@ -216,6 +217,7 @@ def train_loop(config: dict) -> None:
             seconds = time.perf_counter() - started
             metrics = {"epoch": epoch, "step": state.global_step, "loss": total / max(count, 1),
                        "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds,
+                       "input_rows_per_step": rows / max(steps - first, 1),  # ID rows a batch pulls and updates
                        "phases": {**phases.per_step(steps - first), **batches.phases.per_step(steps - first, "sampler: ")}}
             if hard is not None:
                 metrics["hard_negatives"] = batches.negatives.num_hard

@@ -1,0 +1,85 @@
+"""What a job needs per machine: the memory model `gnnrec train` plans with (launch/cluster.plan), and
+`gnnrec plan`, which sizes a job before its data exists from the costs bench/scale.py measured.
+
+`gnnrec plan` scales each stage from the largest size of the curve (`plan.curve`, a scale.json):
+ingest and partition run on one machine, so their seconds and memory grow with the log's rows; training
+and inference run on every machine, so their memory is the model's for one machine's partition and
+their seconds divide by the trainers. Per trainer, a training step costs what it cost at the curve's
+largest size: its fanouts bound a batch's frontier, which the curve's graphs fill more as they grow
+(it is capped by the graph at small sizes), so a larger graph costs no more per edge.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from gnnrec import UserError
+
+# Memory, measured with bench/scale.py at 100M log rows (1 partition of 121.5M directed edges, 6.9M
+# nodes; LightGCN dim 64, batch 8192 x 6 rows) and on Gowalla (the batch term):
+BYTES_PER_EDGE = 64  # partition graph in DistDGL's server (ids, CSC, edge data, shared-memory copy)
+BYTES_PER_NODE = 48  # node maps, masks, degrees
+BYTES_PER_ID_VALUE = 12  # ID-embedding rows in the servers, with SparseAdam's two moments (float32 each)
+RAY_BYTES = 2 * 2**30  # per machine: Ray Train's controller, the driver's fit task, Ray's agents
+TRAINER_BYTES = 0.7 * 2**30  # one Ray Train worker before its first batch: torch, dgl, the model
+TRAINER_BYTES_PER_EDGE = 0  # its share of the training edges, the local in-edge lists of its partition
+BATCH_BYTES_PER_VALUE = 36  # per float of the batch's (user, positive, negatives) rows: the rows, the
+#                             model's outputs, their gradients and the prefetched blocks
+CURVE = Path(__file__).resolve().parent.parent / "bench" / "results" / "scale.json"
+
+
+def machine_bytes(part_edges: int, part_nodes: int, dim: int, batch_rows: int, trainers: int) -> int:
+    """Memory of one machine of a training job: its graph server (a partition of `part_edges` directed
+    edges and `part_nodes` nodes, their ID rows and Adam state), `trainers` trainers, Ray's own."""
+    server = part_edges * BYTES_PER_EDGE + part_nodes * (BYTES_PER_NODE + dim * BYTES_PER_ID_VALUE)
+    trainer = TRAINER_BYTES + part_edges // trainers * TRAINER_BYTES_PER_EDGE + batch_rows * dim * BATCH_BYTES_PER_VALUE
+    return int(RAY_BYTES + server + trainers * trainer)
+
+
+def _curve(path) -> dict:
+    """The largest size of a bench/scale.py result."""
+    try:
+        rows = json.loads(Path(path).read_text())
+        return max(rows, key=lambda r: r["edges"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"plan.curve={path}: not a bench/scale.py result ({e})") from None
+
+
+def plan_stage(cfg) -> dict:
+    """`gnnrec plan`: machines, partitions, memory per machine and hours per stage for `plan.edges` rows."""
+    p, t = cfg.plan, cfg.train
+    at = _curve(cfg.path(p.curve) if p.curve else CURVE)
+    stages, data, scale = at["stages"], at["dataset"], p.edges / at["edges"]
+    users, items = p.users or p.edges // 20, p.items or p.edges // 50
+    nodes, train_edges = users + items, round(data["train_edges"] * scale)  # the curve's share after dedup + split
+    k4 = stages["partition_k4_random_walk"]
+    halo = k4["max_part_nodes"] * 4 / (data["users"] + data["items"]) - 1  # a part's nodes beyond its 1/K share
+    trainers, batch_rows = t.trainers_per_partition, t.batch_size * (2 + t.num_negatives)
+    budget = p.machine_memory_gb * 2**30
+
+    def need(machines: int) -> int:
+        part_nodes = min(nodes, math.ceil(nodes / machines * (1 + halo))) if machines > 1 else nodes
+        return machine_bytes(math.ceil(2 * train_edges / machines), part_nodes, t.dim, batch_rows, trainers)
+
+    machines = p.machines or next((k for k in range(1, 100_001) if need(k) <= budget), None)
+    if machines is None or need(machines) > budget:
+        raise UserError(f"plan: {p.edges:,} rows need ~{need(machines or 100_000) / 2**30:.1f} GB per machine on "
+                        f"{machines or 100_000:,} machines, over plan.machine_memory_gb={p.machine_memory_gb:g}: "
+                        "fewer plan.machines, or more memory per machine")
+    per_trainer = stages["train"]["train_loop_edges_per_s"]
+    infer_node_s = stages["infer"]["seconds"] / (data["users"] + data["items"])
+    hours = lambda seconds: round(seconds / 3600, 2)  # noqa: E731
+    return {
+        "rows": p.edges, "users": users, "items": items, "train_edges": train_edges,
+        "machines": machines, "partitions": machines, "trainers": machines * trainers,
+        "memory_per_machine_gb": p.machine_memory_gb,
+        "train_est_memory_per_machine_gb": round(need(machines) / 2**30, 2),
+        "train_hours_per_epoch": hours(train_edges / (machines * trainers * per_trainer)),
+        "ingest_hours": hours(stages["ingest"]["seconds"] * scale),
+        "ingest_memory_gb (one machine)": round(stages["ingest"]["peak_gb"] * scale, 1),
+        "partition_hours": hours(k4["seconds"] * scale),
+        "partition_memory_gb (one machine)": round(k4["peak_gb"] * scale, 1),
+        "infer_hours": hours(infer_node_s * nodes / (machines * trainers)),
+        "curve": f"bench/scale.py at {at['edges']:,} rows: {per_trainer:,} training edges/s per trainer",
+    }

@@ -80,7 +80,10 @@ def measured(command: list[str], log: Path) -> dict:
 
 
 def disk_bytes(*paths: Path) -> int:
-    return sum(f.stat().st_size for p in paths if p.exists() for f in p.rglob("*") if f.is_file())
+    """Bytes of the files under `paths`, a hard-linked file once (train's model/ links its checkpoint)."""
+    files = {(s.st_dev, s.st_ino): s.st_size for p in paths if p.exists() for f in p.rglob("*") if f.is_file()
+             for s in [f.stat()]}
+    return sum(files.values())
 
 
 def read_anchor(log_dir: Path) -> float:

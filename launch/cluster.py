@@ -96,7 +96,9 @@ def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows:
                         f"the cluster has {gpus}")
     need = max(machine_bytes(p["edges"], p["nodes"], dim, batch_rows, trainers_per_partition)
                for p in stats["per_part"])
-    have = min(n["Resources"].get("memory", 0) for n in nodes)
+    # Ray's memory resource is a scheduling quota (~70% of the machine); its object store's share lies
+    # unused by these jobs, and Ray's monitor kills only at 95% of the machine
+    have = min(n["Resources"].get("memory", 0) + n["Resources"].get("object_store_memory", 0) for n in nodes)
     summary = {"machines": len(nodes), "partitions": parts, "trainers": parts * trainers_per_partition,
                "trainers_per_machine": trainers_per_partition, "gpus": gpus if use_gpu else 0,
                "backend": "nccl" if use_gpu else "gloo", "est_memory_per_machine_gb": round(need / 2**30, 2),

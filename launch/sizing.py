@@ -16,14 +16,17 @@ from pathlib import Path
 
 from gnnrec import UserError
 
-# Memory, measured with bench/scale.py at 100M log rows (1 partition of 121.5M directed edges, 6.9M
-# nodes; LightGCN dim 64, batch 8192 x 6 rows) and on Gowalla (the batch term):
+# Memory, measured on Gowalla (batch 65,536 x 16 negatives, 3 full layers, dim 64: graph server 0.85 GB,
+# trainer peak 3.3 GB, Ray's own ~2 GB), and the trainer's per-edge term with bench/scale.py at 10M and
+# 100M rows (peaks 5.34 and 19.13 GB, 1.33 and 3.84 GB over this model without it: 2.51 GB for 110M more
+# partition edges, 24 B each; the rest, ~1 GB, is the batch's two-hop frontier, left out here):
 BYTES_PER_EDGE = 64  # partition graph in DistDGL's server (ids, CSC, edge data, shared-memory copy)
 BYTES_PER_NODE = 48  # node maps, masks, degrees
 BYTES_PER_ID_VALUE = 12  # ID-embedding rows in the servers, with SparseAdam's two moments (float32 each)
 RAY_BYTES = 2 * 2**30  # per machine: Ray Train's controller, the driver's fit task, Ray's agents
 TRAINER_BYTES = 0.7 * 2**30  # one Ray Train worker before its first batch: torch, dgl, the model
-TRAINER_BYTES_PER_EDGE = 0  # its share of the training edges, the local in-edge lists of its partition
+TRAINER_BYTES_PER_EDGE = 24  # per directed edge of its partition (its share): the training edges and
+#                              their endpoints (12 B), the local in-edge lists (8 B), an epoch's order (4 B)
 BATCH_BYTES_PER_VALUE = 36  # per float of the batch's (user, positive, negatives) rows: the rows, the
 #                             model's outputs, their gradients and the prefetched blocks
 CURVE = Path(__file__).resolve().parent.parent / "bench" / "results" / "scale.json"
@@ -81,5 +84,8 @@ def plan_stage(cfg) -> dict:
         "partition_hours": hours(k4["seconds"] * scale),
         "partition_memory_gb (one machine)": round(k4["peak_gb"] * scale, 1),
         "infer_hours": hours(infer_node_s * nodes / (machines * trainers)),
+        "infer_memory_per_machine_gb": round(stages["infer"]["peak_gb"] * scale / machines, 1),
+        "evaluate_hours (one process)": hours(stages["evaluate"]["seconds"] * scale),
+        "evaluate_memory_gb (one process)": round(stages["evaluate"]["peak_gb"] * scale, 1),
         "curve": f"bench/scale.py at {at['edges']:,} rows: {per_trainer:,} training edges/s per trainer",
     }

@@ -184,6 +184,11 @@ class LocalFirstNeighborhoods:
         self.remote, self.own = remote, own
         self.local = CSRNeighborhoods({r: csr[r] for r in remote.relations if r in csr},
                                       own["user"][1], own["item"][1])
+        self.sampled = np.zeros(2, np.int64)  # nodes whose neighbours were sampled here, by the servers
+
+    def remote_share(self) -> float:
+        """The share of sampled nodes whose neighbours came from the servers (another partition's)."""
+        return float(self.sampled[1] / max(self.sampled.sum(), 1))
 
     def _mine(self, ids: np.ndarray, node_type: str) -> np.ndarray:
         first, count = self.own[node_type]
@@ -191,6 +196,8 @@ class LocalFirstNeighborhoods:
 
     def sample(self, users, items, fanout, rng):
         mine_u, mine_i = self._mine(users, "user"), self._mine(items, "item")
+        here = int(mine_u.sum() + mine_i.sum())
+        self.sampled += (here, len(users) + len(items) - here)
         at = {"user": (np.flatnonzero(mine_u), np.flatnonzero(~mine_u)),
               "item": (np.flatnonzero(mine_i), np.flatnonzero(~mine_i))}
         out = [(relation, src, at[RELATIONS[relation][1]][0][dst]) for relation, src, dst in self.local.sample(
@@ -212,6 +219,7 @@ class LocalFirstNeighborhoods:
     def sample_one(self, nodes, step, rng):
         node_type = step.split("->")[0]
         mine = self._mine(nodes, node_type)
+        self.sampled += (int(mine.sum()), int(len(nodes) - mine.sum()))
         out = np.empty(len(nodes), np.int64)
         out[mine] = self.local.sample_one(nodes[mine] - self.own[node_type][0], step, rng)
         if not mine.all():

@@ -24,15 +24,16 @@ def machine(monkeypatch, memory_gb):
 def test_estimate_counts_servers_trainers_and_the_batch(one_part, monkeypatch):
     machine(monkeypatch, 16)
     small = cluster.plan(one_part, 1, 64, False)["est_memory_per_machine_gb"]
-    # graph (1.6M edges x 64 B) + ID rows with Adam moments (70k x 64 x 12 B) + Ray + a trainer
-    want = (1_600_000 * 64 + 70_000 * (48 + 64 * 12)) / GB + 2 + 0.7
+    # graph (1.6M edges x 64 B) + ID rows with Adam moments (70k x 64 x 12 B) + Ray + a trainer (and
+    # its 24 B per edge)
+    want = (1_600_000 * (64 + 24) + 70_000 * (48 + 64 * 12)) / GB + 2 + 0.7
     assert small == pytest.approx(want, abs=0.01)
     # Gowalla's batch (65,536 edges x 18 rows): the trainer's peak measured 3.3 GB there
     batch = 65_536 * 18 * 64 * 36 / GB
     gowalla = cluster.plan(one_part, 1, 64, False, batch_rows=65_536 * 18)["est_memory_per_machine_gb"]
     assert gowalla - small == pytest.approx(batch, abs=0.01)
     two = cluster.plan(one_part, 2, 64, False, batch_rows=65_536 * 18)["est_memory_per_machine_gb"]
-    assert two - gowalla == pytest.approx(0.7 + batch, abs=0.01)  # one more trainer, the same servers
+    assert two - gowalla == pytest.approx(0.7 + batch, abs=0.01)  # one more trainer (half the edges each)
 
 
 def test_refuses_a_job_that_does_not_fit(one_part, monkeypatch):
@@ -93,7 +94,7 @@ def _curve(tmp_path, train_loop_edges_per_s=1000):
            "stages": {"ingest": {"seconds": 10.0, "peak_gb": 0.5},
                       "partition_k4_random_walk": {"seconds": 20.0, "peak_gb": 1.0, "max_part_nodes": 35_000},
                       "train": {"train_loop_edges_per_s": train_loop_edges_per_s},
-                      "infer": {"seconds": 70.0}}}
+                      "infer": {"seconds": 70.0, "peak_gb": 2.0}, "evaluate": {"seconds": 5.0, "peak_gb": 1.0}}}
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "scale.json").write_text(json.dumps([row]))
     return tmp_path / "bench" / "scale.json"

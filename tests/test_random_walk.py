@@ -148,16 +148,27 @@ def test_item_neighbourhoods_are_dgl_pinsage_walks_one_hop_shifted():
     assert np.abs(ours - expected).sum(1).mean() < 0.06
 
 
-def test_local_first_walks_like_the_whole_csr():
+def _local_first() -> LocalFirstNeighborhoods:
     """The trainer's own partition (users < 30, items < 20) from local CSR rows, the rest from a stand-in
-    for the servers: the same neighbourhoods as walking the whole graph."""
-    whole = CSRNeighborhoods.from_edges(USER, ITEM, NU, NI)
+    for the servers."""
     remote = CSRNeighborhoods.from_edges(USER, ITEM, NU, NI)
     remote.relations = list(remote.csr)
     own = {"user": (0, 30), "item": (0, 20)}
     csr = {"interacted_by": group_by(USER[USER < 30], ITEM[USER < 30], 30),
            "interacts": group_by(ITEM[ITEM < 20], USER[ITEM < 20], 20)}
-    first = LocalFirstNeighborhoods(remote, csr, own)
+    return LocalFirstNeighborhoods(remote, csr, own)
+
+
+def test_local_first_counts_the_nodes_whose_neighbours_the_servers_sample():
+    first = _local_first()
+    first.sample(np.arange(NU), np.arange(NI), 2, np.random.default_rng(0))
+    assert first.remote_share() == pytest.approx((NU - 30 + NI - 20) / (NU + NI))
+
+
+def test_local_first_walks_like_the_whole_csr():
+    """Own rows locally, the rest from the servers: the same neighbourhoods as walking the whole graph."""
+    whole = CSRNeighborhoods.from_edges(USER, ITEM, NU, NI)
+    first = _local_first()
     rng = np.random.default_rng(0)
     for step, start, end, n in (("user->item", USER, ITEM, NU), ("item->user", ITEM, USER, NI)):
         nodes = np.repeat(np.arange(n), 400)

@@ -219,6 +219,8 @@ def train_loop(config: dict) -> None:
                        "seconds": seconds, "edges_per_s": sum(len(c) for c in chunks[first:]) / seconds,
                        "input_rows_per_step": rows / max(steps - first, 1),  # ID rows a batch pulls and updates
                        "phases": {**phases.per_step(steps - first), **batches.phases.per_step(steps - first, "sampler: ")}}
+            if hasattr(batches.neighborhoods, "remote_share"):  # since the run started, this rank's
+                metrics["remote_sampling_share"] = batches.neighborhoods.remote_share()
             if hard is not None:
                 metrics["hard_negatives"] = batches.negatives.num_hard
             if validate is not None and ((epoch + 1) % t.validate_every == 0 or epoch + 1 == t.epochs):

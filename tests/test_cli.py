@@ -11,7 +11,7 @@ from gnnrec.data.formats import Dataset
 
 from conftest import REPO, leftovers, make_cfg, read_json
 
-STAGES = ["synth", "ingest", "partition", "train", "mine", "infer", "evaluate", "recommend", "run"]
+STAGES = ["synth", "ingest", "partition", "train", "mine", "infer", "evaluate", "plan", "recommend", "run"]
 
 
 def _one_error_line(err: str, stage: str) -> str:

@@ -153,7 +153,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name in rows[-1]["stages"]:
+    for name in dict.fromkeys(n for r in rows for n in r["stages"]):  # METIS stops at --metis-up-to
         have = [r for r in rows if name in r["stages"]]
         x = [r["edges"] for r in have]
         left.loglog(x, [r["stages"][name]["seconds"] for r in have], "o-", label=name)

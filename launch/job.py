@@ -138,17 +138,17 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
 def _out_of_memory(fit) -> str:
     """What to add to a silent worker's failure when Ray's memory monitor killed it: the monitor kills
     the job's newest tasks together, `fit` among them (or Ray Train says so in `fit`'s error)."""
-    if ray.wait([fit], timeout=2.0)[0]:
-        try:
-            error = ray.get(fit)
-        except ray.exceptions.OutOfMemoryError:
-            error = ("memory",)
-        except Exception:  # noqa: BLE001 - any other end of `fit` says nothing of memory
-            error = None
-        if isinstance(error, tuple) and "memory" in error[0].lower():
-            return ("; Ray's memory monitor killed the job's processes: the machine ran out of memory (see the "
-                    "plan line's memory per machine; more partitions or machines, or a smaller train.batch_size)")
-    return ""
+    if not ray.wait([fit], timeout=2.0)[0]:
+        return ""
+    try:
+        error = ray.get(fit)
+        memory = isinstance(error, tuple) and "memory" in error[0].lower()
+    except ray.exceptions.OutOfMemoryError:
+        memory = True
+    except Exception:  # noqa: BLE001 - any other end of `fit` says nothing of memory
+        memory = False
+    return ("; Ray's memory monitor killed the job's processes: the machine ran out of memory (see the plan "
+            "line's memory per machine; more partitions or machines, or a smaller train.batch_size)") if memory else ""
 
 
 def _fit(trainer, kind: str) -> tuple[str, bool] | UserError | None:

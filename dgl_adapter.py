@@ -244,9 +244,9 @@ def dist_find_edges(graph, eids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(user, item) endpoints of user→item edges. DGL builds and keeps the local partition's COO for it
     (16 bytes an edge, 1.9 GB at 100M rows): the partition as it was (shared CSC) replaces it after."""
     local = graph.local_partition
-    before = {"created": ["coo"]} if local is None else local.formats()
+    before = None if local is None else local.formats()
     u, i = graph.find_edges(torch.from_numpy(eids), etype=INTERACTS)
-    if "coo" not in before["created"]:  # the formats it may still build (CSR for out-edges), but COO
+    if before is not None and "coo" not in before["created"]:  # it may still build CSR (out-edges), not COO
         graph._g = local.formats(before["created"] + [f for f in before["not created"] if f != "coo"])
     return u.numpy(), i.numpy()
 

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scale  # noqa: E402
 from hosts import TwoHosts, unavailable  # noqa: E402
 
 GNNREC = str(Path(sys.executable).parent / "gnnrec")
@@ -58,16 +60,15 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=8192)
     args = p.parse_args()
+    args.metis_up_to, args.sample_users = 0, 0  # what scale.stages reads besides --batch and --steps
     why = unavailable()
     if why:
         raise SystemExit(f"two simulated hosts: {why}")
     work = Path(args.workdir)
-    if not (work / "partitions").exists():
-        gnnrec("synth", f"workdir={work}", "synth.edges=10000000", "synth.users=500000", "synth.items=200000",
-               "synth.social_edges=0", "synth.item_feature_dim=0", "synth.timestamps=false")
-        gnnrec("ingest", f"workdir={work}", "ingest.social=null", "ingest.item_features=null",
-               "ingest.interactions.timestamp_column=null")
-        gnnrec("partition", f"workdir={work}", "partition.parts=1", "partition.method=random")
+    if not (work / "partitions").exists():  # bench/scale.py's own stages at 10M rows
+        for name, argv, _ in scale.stages(10_000_000, args):
+            if name in ("synth", "ingest", "partition_k1"):
+                gnnrec(argv[0], f"workdir={work}", *argv[1:])
     partition_s = gnnrec("partition", f"workdir={work}", "partition.parts=2", "partition.method=random-walk",
                          "partition.out={workdir}/partitions_k2")
     k1 = train(work, "train_k1", "{workdir}/partitions", args)

@@ -357,38 +357,38 @@ def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_wal
 # ---------------------------------------------------------------- distributed tensors (trainer/)
 
 def normal_init(shape, dtype, seed: int = 0):
-    """DistEmbedding's initializer, N(0, 0.1^2), drawn from its own generator: a server's global one is
+    """The ID tables' initializer, N(0, 0.1^2), drawn from its own generator: a server's global one is
     not seeded. The servers unpickle it, so it lives at module level."""
     return torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed)) * 0.1
 
 
 def dist_embedding(graph, node_type: str, dim: int, name: str, seed: int = 0):
     """A learnable [num_nodes(node_type), dim] table sharded in the graph servers' key-value store,
-    rows next to their nodes; `emb(ids)` fetches rows and records them for the sparse optimizer. Names
-    of tensors are prefixed with the job's graph name (shared memory is named after them). Each
+    rows next to their nodes (read rows with `table[ids]`; trainer/row_adam.py updates them). Each
     partition's rows are drawn from (seed, table, partition): the same tables for the same seed."""
-    from dgl.distributed import DistEmbedding
     policy = graph.get_node_partition_policy(node_type)
     part_seed = int.from_bytes(hashlib.sha256(f"{seed}/{name}/{policy.part_id}".encode()).digest()[:8], "little") >> 1
-    return DistEmbedding(graph.num_nodes(node_type), dim, name=f"{graph.graph_name}_{name}",
-                         init_func=functools.partial(normal_init, seed=part_seed), part_policy=policy)
+    return dist_tensor(graph, node_type, dim, name, init=functools.partial(normal_init, seed=part_seed))
 
 
-def sparse_adam(embeddings: list, lr: float):
-    """DGL's distributed sparse Adam: updates only the rows a step fetched, where they live."""
-    return _dgl().distributed.optim.SparseAdam(embeddings, lr=lr)
-
-
-def sparse_adam_state(optimizer, embedding) -> tuple:
-    """The sparse Adam's state of an embedding's rows (DistTensors): steps [n], moments [n, dim] x 2."""
-    return optimizer._state[embedding.name]
-
-
-def dist_tensor(graph, node_type: str, dim: int, name: str):
-    """A [num_nodes(node_type), dim] float tensor in the servers' key-value store (zeros)."""
+def dist_tensor(graph, node_type: str, dim: int | None, name: str, init=None):
+    """A [num_nodes(node_type), dim] float tensor ([num_nodes] for dim None) in the servers' key-value
+    store, zeros unless `init`; named after the job's graph (shared memory is named after it)."""
     from dgl.distributed import DistTensor
-    return DistTensor((graph.num_nodes(node_type), dim), torch.float32, name=f"{graph.graph_name}_{name}",
+    shape = (graph.num_nodes(node_type),) + (() if dim is None else (dim,))
+    return DistTensor(shape, torch.float32, name=f"{graph.graph_name}_{name}", init_func=init,
                       part_policy=graph.get_node_partition_policy(node_type))
+
+
+def dist_partition_of(tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The partition (machine) holding each of the rows `ids` of a DistTensor."""
+    return tensor.part_policy.to_partid(ids)
+
+
+def dist_local_rows(tensors: list, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """This machine's shards of DistTensors of one partition policy (the shared memory of its graph server
+    and its clients: a write is seen by all, with no server round) and the positions in them of its rows `ids`."""
+    return [t.local_partition for t in tensors], tensors[0].part_policy.to_local(ids)
 
 
 def dist_node_split(graph, node_type: str, rank: int, world: int) -> np.ndarray:

@@ -281,7 +281,7 @@ class Progress:
 @dataclass
 class WorkerSession:
     """What a worker of any job kind has: its config, rank and world, device, the DistDGL client
-    (`graph`), the partitions and the distributed ID tables ({node type: DistEmbedding})."""
+    (`graph`), the partitions and the distributed ID tables ({node type: DistTensor [n, dim]})."""
     cfg: object
     rank: int
     world: int

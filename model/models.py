@@ -31,7 +31,7 @@ class NodeInput(nn.Module):
     """Input embeddings h0 of a set of nodes: a learnable ID embedding, projected features, or their sum.
 
     For a model trained in one process. The distributed trainer does not use it: it fetches h0 rows of
-    the DistEmbedding tables in the graph servers (trainer/batches.py); models never see a table, only
+    the ID tables in the graph servers (trainer/row_adam.py); models never see a table, only
     h0. `features` ([num_nodes, f], zero rows for nodes without features) can
     also be passed per call as `feats` (rows for `nodes`), e.g. fetched from a distributed tensor.
     """

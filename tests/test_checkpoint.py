@@ -14,13 +14,12 @@ from gnnrec.trainer.checkpoint import TrainState
 
 
 def _job(seed: int, sizes=(("user", 23), ("item", 11)), dim: int = 4):
-    """ID tables and a sparse Adam state as the trainers see them (what dgl_adapter.sparse_adam_state reads)."""
+    """ID tables and their sparse Adam state (RowAdam.state: step count, moments) as the trainers see them."""
     g = torch.Generator().manual_seed(seed)
-    tables = {n: SimpleNamespace(name=f"graph_{n}_id", num_embeddings=rows, weight=torch.randn(rows, dim, generator=g))
-              for n, rows in sizes}
-    state = {t.name: (torch.rand(t.num_embeddings, generator=g), torch.randn(t.num_embeddings, dim, generator=g),
-                      torch.rand(t.num_embeddings, dim, generator=g)) for t in tables.values()}
-    return tables, SimpleNamespace(_state=state)
+    tables = {n: torch.randn(rows, dim, generator=g) for n, rows in sizes}
+    state = {n: (torch.rand(len(t), generator=g), torch.randn(len(t), dim, generator=g),
+                 torch.rand(len(t), dim, generator=g)) for n, t in tables.items()}
+    return tables, SimpleNamespace(state=state)
 
 
 def _ranks(monkeypatch, world: int, call) -> list:
@@ -31,7 +30,7 @@ def _ranks(monkeypatch, world: int, call) -> list:
 
 
 def _values(tables, opt):
-    return [t.weight for t in tables.values()] + [s for states in opt._state.values() for s in states]
+    return list(tables.values()) + [s for states in opt.state.values() for s in states]
 
 
 @pytest.mark.parametrize("restored_by", [1, 3])
@@ -50,7 +49,7 @@ def test_rows_written_in_chunks_by_two_ranks_restore_exactly_on_any_number(tmp_p
     assert state.global_step == 7 and state.world == 2 and dense == {"model": {}}
     assert all(torch.equal(a, b) for a, b in zip(_values(fresh, fresh_opt), _values(tables, opt)))
     whole = checkpoint.load_tables(path)
-    assert all(torch.equal(whole[n], tables[n].weight) for n in tables)
+    assert all(torch.equal(whole[n], tables[n]) for n in tables)
 
 
 def test_a_row_file_of_another_shape_or_cut_short_is_one_clear_error(tmp_path):

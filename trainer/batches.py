@@ -1,7 +1,6 @@
-"""A trainer's batches: training pairs -> `Batch` (negatives, the blocks of `train.sampler`), and the
-batch's input rows from the distributed ID tables. Neighbourhoods, random walks and the users' positives
-come from the trainer's own machine's partition in local memory where it holds them
-(`LocalFirstNeighborhoods`)."""
+"""A trainer's batches: training pairs -> `Batch` (negatives, the blocks of `train.sampler`).
+Neighbourhoods, random walks and the users' positives come from the trainer's own machine's partition
+in local memory where it holds them (`LocalFirstNeighborhoods`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,15 +14,6 @@ from gnnrec.samplers.neighborhoods import served
 from gnnrec.samplers.prefetch import Prefetcher
 from gnnrec.samplers.random_walk import RandomWalkSampler
 from gnnrec.trainer.phases import Phases
-
-
-def lookup(tables: dict, nodes: torch.Tensor, num_users: int, device) -> torch.Tensor:
-    """h0 of homogeneous node ids from the distributed user and item tables (rows recorded for the
-    sparse optimizer)."""
-    users = nodes < num_users
-    at = torch.cat([torch.nonzero(users).squeeze(1), torch.nonzero(~users).squeeze(1)])
-    rows = torch.cat([tables["user"](nodes[users], device), tables["item"](nodes[~users] - num_users, device)])
-    return rows[torch.argsort(at)]
 
 
 def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = False, **options):

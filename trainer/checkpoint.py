@@ -123,8 +123,6 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
          keep: int = 2, protect: str | None = None) -> Path:
     """Write one checkpoint from every rank (all ranks call this at the same step). The `keep` newest
     checkpoints and the one named `protect` (the best so far) are kept, older ones removed."""
-    from gnnrec import dgl_adapter
-
     directory = Path(directory)
     name = f"step-{state.global_step:09d}"
     tmp = directory / f"{name}.tmp"
@@ -133,9 +131,9 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
         tmp.mkdir(parents=True)
     _barrier()
     for node_type, table in tables.items():
-        rows = _rows(table.num_embeddings, rank, world)
-        _write(tmp / f"ids-rank{rank}-{node_type}.npy", rows, [table.weight])
-        _write(tmp / f"adam-rank{rank}-{node_type}.npy", rows, list(dgl_adapter.sparse_adam_state(sparse_opt, table)))
+        rows = _rows(table.shape[0], rank, world)
+        _write(tmp / f"ids-rank{rank}-{node_type}.npy", rows, [table])
+        _write(tmp / f"adam-rank{rank}-{node_type}.npy", rows, list(sparse_opt.state[node_type]))
     torch.save(torch.get_rng_state(), tmp / f"rng-rank{rank}.pt")
     if rank == 0:
         torch.save(dense, tmp / "dense.pt")
@@ -159,17 +157,14 @@ def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tupl
     """Load a checkpoint into the distributed tables and the sparse optimizer (None: inference only; all
     ranks call this); return (state, dense) for the caller to load into its dense modules. Rank r restores
     the row files r, r + world, ...: a checkpoint written by a different number of trainers loads too."""
-    from gnnrec import dgl_adapter
-
     path = Path(path)
     state = TrainState.read(path)
     for shard in range(rank, state.world, world):
         for node_type, table in tables.items():
-            rows = _rows(table.num_embeddings, shard, state.world)
-            _read(path / f"ids-rank{shard}-{node_type}.npy", rows, [table.weight])
+            rows = _rows(table.shape[0], shard, state.world)
+            _read(path / f"ids-rank{shard}-{node_type}.npy", rows, [table])
             if sparse_opt is not None:
-                _read(path / f"adam-rank{shard}-{node_type}.npy", rows,
-                      list(dgl_adapter.sparse_adam_state(sparse_opt, table)))
+                _read(path / f"adam-rank{shard}-{node_type}.npy", rows, list(sparse_opt.state[node_type]))
     own_rng = path / f"rng-rank{rank}.pt"
     if own_rng.exists():
         torch.set_rng_state(_load(own_rng))

@@ -30,7 +30,7 @@ from gnnrec.trainer.batches import block_sampler
 class LayerwiseInference:
     """Final representations of all nodes in distributed tensors `self.final[node type]`.
 
-    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistEmbedding}; t: the
+    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistTensor}; t: the
     training config (the blocks it trained on: train.sampler); neighborhoods: the graph back-end
     (default: this machine's partition from local memory, the rest through the servers).
     `run(progress)` reports (desc, batch, batches) of each layer to `progress` (WorkerSession.progress).
@@ -44,11 +44,11 @@ class LayerwiseInference:
         self.sampler = block_sampler(t, neighborhoods or served(graph, uses_social(gnn)), self.num_users,
                                      self.num_items, inference=True)
         self.shares = {t: dgl_adapter.dist_node_split(graph, t, rank, world) for t in NODE_TYPES}
-        dim = tables["user"].embedding_dim
+        dim = tables["user"].shape[1]
         num_layers = len(gnn.convs)
         with torch.no_grad():
             out_dim = gnn.output([torch.zeros(1, dim)] * (num_layers + 1)).shape[1]
-        self.layers = [{t: tables[t].weight for t in NODE_TYPES}] + [
+        self.layers = [{t: tables[t] for t in NODE_TYPES}] + [
             {t: dgl_adapter.dist_tensor(graph, t, dim, f"layer{l}_{t}") for t in NODE_TYPES}
             for l in range(1, num_layers + 1)]
         self.final = {t: dgl_adapter.dist_tensor(graph, t, out_dim, f"final_{t}") for t in NODE_TYPES}

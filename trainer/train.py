@@ -4,10 +4,10 @@
              restarted from the last checkpoint when a server or trainer dies
     worker:  worker session (connect, ID tables) -> its share of training edges (local partition first) -> epochs of
              [sample batch (ahead of compute) -> fetch ID rows -> forward -> loss -> backward ->
-              Adam on dense weights (DDP) + sparse Adam on the fetched rows (in the servers)]
+              Adam on dense weights (DDP) + sparse Adam on the fetched rows (trainer/row_adam.py)]
              -> validation (layer-wise inference, ranking in user shards) -> checkpoint
 
-ID embeddings live in the graph servers (DistEmbedding), sharded with their nodes; no trainer holds a
+ID embeddings live in the graph servers (DistTensors), sharded with their nodes; no trainer holds a
 table. Every training edge is visited exactly once per epoch across trainers, in the same number of
 steps on every trainer (the sparse optimizer is a collective). Checkpoints (trainer/checkpoint.py) are
 written every `checkpoint_every` steps and at each epoch's end; when a trainer or server dies, the
@@ -139,7 +139,8 @@ def train_loop(config: dict) -> None:
     from gnnrec import dgl_adapter
     from gnnrec.launch.config import Config
     from gnnrec.launch.job import worker_session
-    from gnnrec.trainer.batches import BatchMaker, lookup
+    from gnnrec.trainer.batches import BatchMaker
+    from gnnrec.trainer.row_adam import RowAdam
 
     t = Config.model_validate(config["cfg"]).train
     with worker_session(config, t.dim, t.torch_threads, t.seed) as w:
@@ -150,7 +151,7 @@ def train_loop(config: dict) -> None:
         dense = list(module.parameters())
         model = prepare_model(module) if dense and world > 1 else module
         dense_opt = torch.optim.Adam(dense, lr=t.dense_lr or t.lr) if dense else None
-        sparse_opt = dgl_adapter.sparse_adam(list(tables.values()), t.lr)
+        sparse_opt = RowAdam(graph, tables, t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
         my_users, my_items = dgl_adapter.dist_find_edges(graph, my_edges)  # once, not a server round per step
         steps_per_epoch = _agreed_steps(len(my_edges), t.batch_size)
@@ -188,19 +189,18 @@ def train_loop(config: dict) -> None:
             w.progress(f"epoch {epoch + 1}", first, steps, epoch=epoch)
             for batch in phases.timed("wait for batch", batches.ahead(my_users, my_items, chunks[first:], rngs)):
                 with phases("row pull"), dgl_adapter.RPC:
-                    h0 = lookup(tables, batch.input_nodes, num_users, w.device)
+                    h0 = sparse_opt.rows(batch.input_nodes, num_users, w.device)
                 rows += len(batch.input_nodes)
                 with phases("forward"):
                     loss = model(batch.to(w.device), h0)
                 if dense_opt is not None:
                     dense_opt.zero_grad()
-                sparse_opt.zero_grad()  # else DGL keeps every past step's rows and re-applies their gradients
                 with phases("backward"):
                     loss.backward()
                 with phases("dense update"):
                     if dense_opt is not None:
                         dense_opt.step()
-                with phases("sparse update"), dgl_adapter.RPC:
+                with phases("sparse update"):
                     sparse_opt.step()
                 state.loss_sum += loss.item()
                 state.loss_count += 1

@@ -15,7 +15,8 @@ counts once, sampled every second: reading smaps_rollup of a 20 GB process tree 
 tenth of a core at that rate, half a core at 0.2 s), bytes its output holds, and rows (log edges) per second.
 
 Anchor, measured in the same run at every size: `pyarrow.parquet.read_table` of the synthetic log
-(what any job over it must at least do). `x_read` is a stage's seconds over the anchor's;
+(what any job over it must at least do). `--only train` re-measures one stage after a change, on the
+outputs an earlier run left in the workdir, the rows' other figures kept. `x_read` is a stage's seconds over the anchor's;
 `per_edge_vs_smallest` its seconds per edge over the same stage's at the smallest size (1 = linear
 scaling). Writes `bench/results/scale.json` and the log-log plot `bench/results/scale.png`.
 """
@@ -115,13 +116,16 @@ def stages(edges: int, args) -> list[tuple[str, list[str], list[str]]]:
     ]
 
 
-def run_size(edges: int, args) -> dict:
+def run_size(edges: int, args, previous: dict | None) -> dict:
     work = Path(args.workdir) / f"{edges:.0e}".replace("+", "")
     work.mkdir(parents=True, exist_ok=True)
-    row = {"edges": edges, "stages": {}}
+    row = previous if args.only else {"edges": edges, "stages": {}}
     for name, argv, outputs in stages(edges, args):
+        if args.only and name not in args.only:
+            continue
         result = measured([GNNREC, argv[0], f"workdir={work}", *argv[1:]], work / f"{name}.log")
         result["disk_gb"] = round(disk_bytes(*(work / p for p in outputs)) / 2**30, 3)
+        result["measured"] = time.strftime("%Y-%m-%d")  # with --only, a row mixes runs
         result["edges_per_s"] = round(edges / result["seconds"])
         if name.startswith("partition"):
             stats = json.loads((work / outputs[0] / "partition_stats.json").read_text())
@@ -176,16 +180,23 @@ def main():
     p.add_argument("--batch", type=int, default=8192, help="training edges per step")
     p.add_argument("--sample-users", type=int, default=10_000, help="users ranked by infer's top-K and evaluate")
     p.add_argument("--metis-up-to", type=float, default=1e7, help="largest size partitioned by METIS too")
+    p.add_argument("--only", nargs="+", help="re-measure these stages at --sizes on the workdir's outputs of an earlier "
+                   "run, every other figure kept from scale.json (e.g. --only train)")
     args = p.parse_args()
 
-    rows = []
+    earlier = {r["edges"]: r for r in json.loads((RESULTS / "scale.json").read_text())} if args.only else {}
+    by_size = dict(earlier)
     for size in args.sizes:
-        rows.append(run_size(int(size), args))
+        if args.only and int(size) not in earlier:
+            raise SystemExit(f"--only: bench/results/scale.json has no row of {int(size)} edges to complete")
+        by_size[int(size)] = run_size(int(size), args, earlier.get(int(size)))
+        rows = [by_size[e] for e in sorted(by_size)]
         smallest = rows[0]
-        for name, result in rows[-1]["stages"].items():
-            if name in smallest["stages"]:
-                base = smallest["stages"][name]["seconds"] / smallest["edges"]
-                result["per_edge_vs_smallest"] = round(result["seconds"] / rows[-1]["edges"] / base, 2)
+        for row in rows:
+            for name, result in row["stages"].items():
+                if name in smallest["stages"]:
+                    base = smallest["stages"][name]["seconds"] / smallest["edges"]
+                    result["per_edge_vs_smallest"] = round(result["seconds"] / row["edges"] / base, 2)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")  # kept as each size ends
         plot(rows, RESULTS / "scale.png")

@@ -270,11 +270,11 @@ class Recommender(nn.Module):
     def forward(self, batch: Batch, h0: Tensor) -> Tensor:
         c = self.contrast
         layers = self.gnn.propagate(h0, batch.blocks, noise=c.noise if c.weight else 0.0)
-        h = self.gnn.output(layers)
-        ego, neg = (gather(h0, batch.users), gather(h0, batch.pos_items)), None
+        h, own = self.gnn.output(layers), layers[0]  # own: h0 of the output nodes, all the ego terms read
+        ego, neg = (gather(own, batch.users), gather(own, batch.pos_items)), None
         if batch.neg_items is not None:
             index = batch.neg_items.view(len(batch.users), -1)  # [B, n_neg], n_neg >= 1
-            ego, neg = (*ego, Rows(h0, index)), Rows(h, index)
+            ego, neg = (*ego, Rows(own, index)), Rows(h, index)
             if self.negative_mixing:
                 neg = self.gnn.output(mixed_negatives(layers, batch.users, batch.pos_items, index))
         u, pos = gather(h, batch.users), gather(h, batch.pos_items)

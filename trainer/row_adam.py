@@ -17,8 +17,9 @@ with a step count t per row: a row's moments move only in the steps that use it,
 servers: t [n], m [n, dim], v [n, dim] (checkpoints store them as `adam-rank{r}-{type}.npy`).
 
 Why not DGL's SparseAdam: its update pulls and pushes each of t, m, v and w through the key-value
-store (8 sorts and copies of every row) after a `unique` of rows that are already unique here. On a
-10M-edge graph (309k rows a step) it took 1.41 s of a 2.5 s step; see the README's throughput section.
+store (a sort and a copy of every row each time) after a `unique` of rows that are already unique
+here. Measured on the 10M-row synthetic log (309k rows a step, 1 trainer, 20 steps each): DGL's
+update 1.70 s a step, this one 0.23 s; the same losses to 8 digits.
 """
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ class RowAdam:
                           dgl_adapter.dist_tensor(graph, n, table.shape[1], f"{n}_id_adam_m"),
                           dgl_adapter.dist_tensor(graph, n, table.shape[1], f"{n}_id_adam_v"))
                       for n, table in tables.items()}
+        self.partition = graph.get_partition_book().partid  # this machine's
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         if self.world > 1:  # exchanges on the process group's device: gloo CPU tensors, NCCL CUDA ones
             self.comm = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
-            self.trainers = _trainers_by_partition(graph.get_partition_book().partid, self.world, self.comm)
+            self.trainers = _trainers_by_partition(self.partition, self.world, self.comm)
         self._read: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rows(self, nodes: torch.Tensor, num_users: int, device) -> torch.Tensor:
@@ -53,10 +55,21 @@ class RowAdam:
         recorded for `step`."""
         users = nodes < num_users
         ids = {"user": nodes[users], "item": nodes[~users] - num_users}
-        self._read = {n: (i, self.tables[n][i].to(device).requires_grad_()) for n, i in ids.items()}
+        self._read = {n: (i, self._pull(n, i).to(device).requires_grad_()) for n, i in ids.items()}
         h0 = torch.empty(len(nodes), self.tables["user"].shape[1], device=device)
         h0 = h0.index_put((users.to(device),), self._read["user"][1])
         return h0.index_put((~users.to(device),), self._read["item"][1])
+
+    def _pull(self, node_type: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of a table: this machine's read from its shared memory, the others' from the servers."""
+        table = self.tables[node_type]
+        here = dgl_adapter.dist_partition_of(table, ids) == self.partition
+        (shard,), at = dgl_adapter.dist_local_rows([table], ids[here])
+        if here.all():  # one partition, or a batch of this machine's nodes only
+            return shard[at]
+        rows = torch.empty(len(ids), table.shape[1])
+        rows[here], rows[~here] = shard[at], table[ids[~here]]
+        return rows
 
     @torch.no_grad()
     def step(self) -> None:

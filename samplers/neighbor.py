@@ -131,8 +131,9 @@ class NeighborSampler:
     def _block(self, dst_nodes: np.ndarray, fanout: int, excluded) -> tuple[Block, np.ndarray]:
         """The block whose dst nodes are `dst_nodes` (global ids), and its src nodes."""
         src, dst, etype, weight = self._sample_layer(dst_nodes, fanout, excluded)
-        order = np.argsort(dst, kind="stable")  # edges by dst, sorted here rather than in the trainer's step
-        src, dst, etype, weight = src[order], dst[order], etype[order], None if weight is None else weight[order]
+        if not (dst[1:] >= dst[:-1]).all():  # edges by dst, sorted here rather than in the trainer's step
+            order = np.argsort(dst, kind="stable")  # (whole neighbourhoods come sorted: no copies)
+            src, dst, etype, weight = src[order], dst[order], etype[order], None if weight is None else weight[order]
         src_nodes, src_local = self.relabel(dst_nodes, src)
         block = Block(torch.from_numpy(src_local), torch.from_numpy(dst), len(src_nodes), len(dst_nodes),
                       weight=None if weight is None else torch.from_numpy(weight),

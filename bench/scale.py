@@ -16,9 +16,9 @@ tenth of a core at that rate, half a core at 0.2 s), bytes its output holds, and
 
 Anchor, measured in the same run at every size: `pyarrow.parquet.read_table` of the synthetic log
 (what any job over it must at least do). `--only train` re-measures one stage after a change, on the
-outputs an earlier run left in the workdir, the rows' other figures kept. `x_read` is a stage's seconds over the anchor's;
-`per_edge_vs_smallest` its seconds per edge over the same stage's at the smallest size (1 = linear
-scaling). Writes `bench/results/scale.json` and the log-log plot `bench/results/scale.png`.
+outputs an earlier run left in the workdir, the rows' other figures kept. `x_read` is a stage's
+seconds over the anchor's; `per_edge_vs_smallest` its seconds per edge over the same stage's at the
+smallest size (1 = linear scaling). Writes `bench/results/scale.json` and the log-log plot `bench/results/scale.png`.
 """
 from __future__ import annotations
 
@@ -180,8 +180,8 @@ def main():
     p.add_argument("--batch", type=int, default=8192, help="training edges per step")
     p.add_argument("--sample-users", type=int, default=10_000, help="users ranked by infer's top-K and evaluate")
     p.add_argument("--metis-up-to", type=float, default=1e7, help="largest size partitioned by METIS too")
-    p.add_argument("--only", nargs="+", help="re-measure these stages at --sizes on the workdir's outputs of an earlier "
-                   "run, every other figure kept from scale.json (e.g. --only train)")
+    p.add_argument("--only", nargs="+", help="re-measure these stages at --sizes on the workdir's outputs of an "
+                   "earlier run, every other figure kept from scale.json (e.g. --only train)")
     args = p.parse_args()
 
     earlier = {r["edges"]: r for r in json.loads((RESULTS / "scale.json").read_text())} if args.only else {}

@@ -81,7 +81,7 @@ def _csr(sorted_by: tuple, columns: Tensor, values: Tensor, shape: tuple) -> Ten
     """The sparse CSR matrix of the edges (row pointer and edge order from Block.by_dst/by_src)."""
     order, crow = sorted_by
     if order is not None:  # samplers emit edges sorted by dst: no gather for the forward's matrix
-        columns, values = columns[order], values[order]
+        columns, values = columns.index_select(0, order), values.index_select(0, order)
     return torch.sparse_csr_tensor(crow, columns, values, shape)
 
 

@@ -48,7 +48,7 @@ class _GatheredScores(torch.autograd.Function):
         order = torch.argsort(flat, stable=True)  # ties in a fixed order: the same sums with any thread count
         crow = torch.zeros(len(h) + 1, dtype=torch.long, device=u.device)
         crow[1:] = torch.cumsum(torch.bincount(flat, minlength=len(h)), 0)
-        s_t = torch.sparse_csr_tensor(crow, order // k, values[order], (len(h), b))
+        s_t = torch.sparse_csr_tensor(crow, order // k, values.index_select(0, order), (len(h), b))
         return s @ h if ctx.needs_input_grad[0] else None, s_t @ u if ctx.needs_input_grad[1] else None, None, None
 
 

@@ -63,10 +63,8 @@ class Block:
 
     def _sorted_by(self, key: str, index: Tensor, num: int) -> tuple[Optional[Tensor], Tensor]:
         if key not in self._sorted:
-            crow = torch.zeros(num + 1, dtype=torch.long, device=index.device)
-            crow[1:] = torch.cumsum(torch.bincount(index, minlength=num), 0)
             ordered = bool((index[1:] >= index[:-1]).all())
-            self._sorted[key] = None if ordered else torch.argsort(index, stable=True), crow
+            self._sorted[key] = None if ordered else torch.argsort(index, stable=True), _row_pointer(index, num)
         return self._sorted[key]
 
     def to(self, device, non_blocking: bool = False) -> "Block":
@@ -78,10 +76,18 @@ class Block:
         return moved
 
     def edge_subset(self, keep: Tensor) -> "Block":
-        """The same nodes with only the edges selected by `keep` (bool mask or index)."""
-        pick = lambda t: None if t is None else t[keep]  # noqa: E731
-        return dataclasses.replace(self, src=self.src[keep], dst=self.dst[keep], weight=pick(self.weight),
-                                   etype=pick(self.etype))
+        """The same nodes with only the edges selected by `keep` (bool mask or index). A mask keeps the
+        edges' sorted orders (by_dst, by_src) as far as they were computed: no sort again."""
+        rows = keep.nonzero().squeeze(1) if keep.dtype == torch.bool else keep
+        pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
+        out = dataclasses.replace(self, src=pick(self.src), dst=pick(self.dst), weight=pick(self.weight),
+                                  etype=pick(self.etype))
+        if keep.dtype == torch.bool:
+            position = torch.cumsum(keep, 0) - 1  # of a kept edge among the kept ones
+            for key, (order, _) in self._sorted.items():
+                index, num = (out.src, out.num_src) if key == "src" else (out.dst, out.num_dst)
+                out._sorted[key] = None if order is None else position[order[keep[order]]], _row_pointer(index, num)
+        return out
 
 
 @dataclass
@@ -106,6 +112,13 @@ class Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Batch(move(self.input_nodes), [b.to(device, non_blocking) for b in self.blocks],
                      move(self.users), move(self.pos_items), move(self.neg_items))
+
+
+def _row_pointer(index: Tensor, num: int) -> Tensor:
+    """CSR row pointer [num + 1] of entries in rows `index`."""
+    crow = torch.zeros(num + 1, dtype=torch.long, device=index.device)
+    crow[1:] = torch.cumsum(torch.bincount(index, minlength=num), 0)
+    return crow
 
 
 def in_degrees(block: Block) -> Tensor:

@@ -54,6 +54,12 @@ def test_block_conventions():
     assert torch.all(dst[order][1:] >= dst[order][:-1]) and crow[-1] == src.numel()
     assert torch.all(src[src_order][1:] >= src[src_order][:-1]) and torch.equal(src_crow.diff(), torch.bincount(src, minlength=N))
     assert drop_edges(b, 1.0).num_edges == 0 and drop_edges(b, 0.0) is b
+    keep = torch.rand(src.numel(), generator=torch.Generator().manual_seed(0)) < 0.6
+    kept = b.edge_subset(keep)
+    assert set(kept._sorted) == {"dst", "src"}  # carried over from b, not sorted again
+    for (order, crow), index in ((kept.by_dst(), dst[keep]), (kept.by_src(), src[keep])):
+        assert torch.equal(torch.arange(len(index)) if order is None else order, torch.argsort(index, stable=True))
+        assert torch.equal(crow.diff(), torch.bincount(index, minlength=N))
     assert time_decay(torch.tensor([0.0, 2.0]), 0.5).tolist() == pytest.approx([1.0, torch.e ** -1])
 
 

@@ -161,6 +161,33 @@ def test_full_fanout_blocks_reproduce_full_graph_lightgcn():
     assert batch.blocks[1].num_dst < batch.blocks[0].num_dst  # the seeds are a strict subset: a real check
 
 
+def test_whole_graph_batches_give_the_seeds_their_sampled_outputs_and_drop_the_batch_pairs(monkeypatch):
+    """Once a batch's whole neighbourhoods are most of the graph, later batches train on the whole graph
+    (samplers/neighbor.WholeGraph): the same seeds' outputs as their sampled blocks give, batch pairs dropped."""
+    torch.manual_seed(0)
+    h = torch.randn(NU + NI, 8, dtype=torch.float64)
+    model = LightGCN(8, num_layers=2).eval()
+    neg = np.array([[0], [7], [2], [5]])
+    users, items = batch_pairs()
+    whole = local_sampler([-1, -1], negatives=FixedNegatives(neg))
+    whole.sample(users, items)  # the toy graph's 2-hop neighbourhoods: (nearly) every node
+    assert whole.whole is not None
+    monkeypatch.setattr("gnnrec.samplers.neighbor.WHOLE_GRAPH_SHARE", 2.0)  # never
+    sampled = local_sampler([-1, -1], negatives=FixedNegatives(neg))
+    users, items = batch_pairs(seed=1)
+    a, b = whole.sample(users, items), sampled.sample(users, items)
+    assert torch.equal(a.input_nodes, torch.arange(NU + NI)) and sampled.whole is None
+    for role in ("users", "pos_items", "neg_items"):
+        assert torch.equal(a.input_nodes[getattr(a, role)], b.output_nodes[getattr(b, role)])
+    out_a, out_b = model(h[a.input_nodes], a.blocks), model(h[b.input_nodes], b.blocks)
+    assert torch.allclose(out_a[a.users], out_b[b.users], atol=1e-12)
+    assert torch.allclose(out_a[a.pos_items], out_b[b.pos_items], atol=1e-12)
+    pairs = {(u, i + NU) for u, i in zip(users.tolist(), items.tolist())}
+    edges = set(message_edges(a, 0)) | set(message_edges(a, 1))
+    assert not {(s, d) for s, d, _ in edges} & (pairs | {(i, u) for u, i in pairs})
+    assert len(message_edges(a, 0)) == len(full_edges()[0]) - 2 * len(pairs)  # only those
+
+
 def test_prefetcher_yields_in_order_and_reraises_sampler_errors():
     def batches(fail_at=None):
         for k in range(7):

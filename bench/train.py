@@ -39,15 +39,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "gowalla_lightgcn.yaml"
 
 
+def train_edges(dataset: Path) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(user, item) of a dataset's training edges (int64), and the numbers of users and items they span."""
+    t = pq.read_table(dataset / "edges" / "train.parquet", columns=["user", "item"])
+    user, item = t["user"].to_numpy().astype(np.int64), t["item"].to_numpy().astype(np.int64)
+    return user, item, int(user.max()) + 1, int(item.max()) + 1
+
+
 def anchor_edges_per_s(dataset: Path, batch_size: int, num_negatives: int, steps: int = 5) -> float:
     """Full-graph LightGCN training steps as a user would write them in plain PyTorch (1 thread), as
     PyG's LightGCN example does: the normalized adjacency D^-1/2 A D^-1/2 once, `torch.sparse.mm` per
     layer, the mean of the layers, BPR over the config's batches and negatives with L2 on the ego
     rows. No gnnrec code, so a change to the project's layers or losses cannot move the yardstick.
     Training edges per second."""
-    t = pq.read_table(dataset / "edges" / "train.parquet", columns=["user", "item"])
-    users, items = torch.from_numpy(t["user"].to_numpy()), torch.from_numpy(t["item"].to_numpy())
-    nu, ni = int(users.max()) + 1, int(items.max()) + 1
+    user, item, nu, ni = train_edges(dataset)
+    users, items = torch.from_numpy(user), torch.from_numpy(item)
     src, dst = torch.cat([users, items + nu]), torch.cat([items + nu, users])
     degree = torch.bincount(dst, minlength=nu + ni).float()
     values = (degree[src] * degree[dst]).rsqrt()
@@ -77,9 +83,7 @@ def anchor_edges_per_s(dataset: Path, batch_size: int, num_negatives: int, steps
 def sampler_only_edges_per_s(dataset: Path, fanouts: list[int], batch_size: int, num_negatives: int,
                              batches: int = 4) -> float:
     """Training edges per second of the trainer's sampler alone, over the training graph in memory."""
-    t = pq.read_table(dataset / "edges" / "train.parquet", columns=["user", "item"])
-    user, item = t["user"].to_numpy().astype(np.int64), t["item"].to_numpy().astype(np.int64)
-    nu, ni = int(user.max()) + 1, int(item.max()) + 1
+    user, item, nu, ni = train_edges(dataset)
     negatives = UniformNegatives(ni, Positives(user, item, ni))
     sampler = NeighborSampler(CSRNeighborhoods.from_edges(user, item, nu, ni), fanouts, nu, ni,
                               negatives=negatives, num_negatives=num_negatives)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .blocks import row_pointer
+
 
 class Rows(NamedTuple):
     """The rows h[index] ([B, n_neg, d] for an index [B, n_neg]) as a loss's `neg` or `ego` term, never
@@ -46,9 +48,7 @@ class _GatheredScores(torch.autograd.Function):
         rows = torch.arange(0, b * k + 1, k, device=u.device)
         s = torch.sparse_csr_tensor(rows, flat, values, (b, len(h)))
         order = torch.argsort(flat, stable=True)  # ties in a fixed order: the same sums with any thread count
-        crow = torch.zeros(len(h) + 1, dtype=torch.long, device=u.device)
-        crow[1:] = torch.cumsum(torch.bincount(flat, minlength=len(h)), 0)
-        s_t = torch.sparse_csr_tensor(crow, order // k, values.index_select(0, order), (len(h), b))
+        s_t = torch.sparse_csr_tensor(row_pointer(flat, len(h)), order // k, values.index_select(0, order), (len(h), b))
         return s @ h if ctx.needs_input_grad[0] else None, s_t @ u if ctx.needs_input_grad[1] else None, None, None
 
 

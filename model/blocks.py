@@ -41,6 +41,7 @@ class Block:
     deg: Optional[Tensor] = None
     _sorted: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _sym_norm: Optional[Tensor] = field(default=None, init=False, repr=False, compare=False)  # sym_norm's, once
+    _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # layers.propagate's
 
     def __post_init__(self):
         if self.num_dst > self.num_src:

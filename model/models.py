@@ -81,12 +81,14 @@ class GNN(nn.Module):
         if len(blocks) != len(self.convs):
             raise ValueError(f"{type(self).__name__} has {len(self.convs)} layers but got {len(blocks)} blocks")
         n_out = blocks[-1].num_dst if blocks else h0.shape[0]
-        h, layers = h0, [h0[:n_out]]
+        # h itself when the outputs are every row (a whole-graph block): a slice's backward would copy it
+        out = lambda h: h if len(h) == n_out else h[:n_out]  # noqa: E731
+        h, layers = h0, [out(h0)]
         for index, block in enumerate(blocks):
             h = self.layer(index, block, h)
             if noise:
                 h = h + torch.sign(h) * F.normalize(torch.rand_like(h), dim=-1) * noise
-            layers.append(h[:n_out])
+            layers.append(out(h))
         return layers
 
     def layer(self, index: int, block, h: Tensor) -> Tensor:

@@ -143,6 +143,10 @@ def test_aggregation_gradients():
     h = torch.randn(5, 2, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: propagate(block, t, coef), (h,))
     assert torch.allclose(propagate(block, h, coef), scatter_sum(h[src] * coef[:, None], dst, 3))
+    # the block keeps its matrices for the same coefficients only: others build their own
+    other = torch.rand(7, dtype=torch.double)
+    assert torch.allclose(propagate(block, h, other), scatter_sum(h[src] * other[:, None], dst, 3))
+    assert torch.autograd.gradcheck(lambda t: propagate(block, t, coef), (h,))
 
 
 def test_global_degrees_and_options():
@@ -246,7 +250,7 @@ def test_new_losses_by_hand():
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_rows_by_index_give_the_loss_and_gradients_of_the_gathered_rows(loss):
-    """Rows(h, index) (scores by chunked gathers and sparse-product gradients, L2 by row counts) is
+    """Rows(h, index) (scores by a sampled product, sparse-product gradients, L2 by row counts) is
     the materialized h[index], repeats and all."""
     g = torch.Generator().manual_seed(0)
     h, h0 = torch.randn(30, 8, generator=g, requires_grad=True), torch.randn(30, 8, generator=g, requires_grad=True)

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     return 0
 
 
-OUTPUT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
+OUTPUT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                 errno.EEXIST}  # a full disk, a quota or file-size limit, a read-only or forbidden place
 
 
 def _report(stage: str, e: Exception) -> int:

@@ -30,17 +30,22 @@ def start_ray(launch) -> bool:
             _answers(address, key)
             ray.init(address=address, log_to_driver=True)
         else:
-            _start_embedded(launch.num_cpus)
+            start_embedded(launch.num_cpus)
     except ConnectionError as e:
         raise UserError(f"{key}: cannot connect to Ray ({e})") from None
     return True
 
 
-def _start_embedded(num_cpus) -> None:
+def start_embedded(num_cpus) -> None:
     """A local Ray (workers' logs stay in its session directory; errors still reach the driver). If it
     fails to start (on a loaded machine: "The current node timed out during startup"), the processes
-    it had started are stopped and the failure is one line."""
+    it had started are stopped and the failure is one line. Its workers' gloo listens on the loopback
+    interface (GLOO_SOCKET_IFNAME, unless set: Ray's processes inherit the driver's environment):
+    by default gloo binds the address the host name resolves to, often a public one."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
+    pinned = "GLOO_SOCKET_IFNAME" not in os.environ
+    if pinned:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for its start-up failures
@@ -52,6 +57,15 @@ def _start_embedded(num_cpus) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise JobFailed(f"the embedded Ray did not start ({first}); on a loaded machine retry, or give it "
                         "fewer CPUs (launch.num_cpus)") from None
+    finally:
+        if pinned:
+            del os.environ["GLOO_SOCKET_IFNAME"]
+
+
+def loopback_interface() -> str:
+    """The name of the network interface that holds 127.0.0.1 ("lo" on Linux, "lo0" on macOS)."""
+    return next(name for name, addresses in psutil.net_if_addrs().items()
+                if any(a.address == "127.0.0.1" for a in addresses))
 
 
 def _answers(address: str, key: str, timeout_s: float = 10) -> None:

@@ -31,9 +31,11 @@ BARE = ["ingest.social=null", "ingest.item_features=null", "ingest.user_features
 def local_ray():
     """An embedded Ray for one test module (stopping one a previous module left running)."""
     import ray
+
+    from gnnrec.launch.cluster import start_embedded
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_embedded(4)  # as `gnnrec` starts one
     yield
     ray.shutdown()
 

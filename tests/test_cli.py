@@ -1,4 +1,6 @@
 """The `gnnrec` CLI: help, `run` end to end, errors as one line with exit 2."""
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +114,18 @@ def test_an_output_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "taken").write_text("")
     assert cli.main(["synth", f"workdir={tmp_path}", "synth.edges=100", "synth.out={workdir}/taken/synth"]) == 2
     assert "taken" in _one_error_line(capsys.readouterr().err, "synth")
+
+
+def test_a_disk_that_refuses_more_bytes_is_one_line_and_leaves_nothing(tmp_path):
+    """A write cut short mid-output (a file-size limit: the kernel refuses more bytes, as on a full disk):
+    exit 2, one line, no partial output."""
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    proc = subprocess.run([sys.executable, "-m", "gnnrec.launch.cli", "synth", f"workdir={tmp_path}",
+                           "synth.edges=200000"], preexec_fn=limit_files, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "File too large" in _one_error_line(proc.stderr, "synth")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_config_file_exits_2(tmp_path, capsys):

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from gnnrec import JobFailed, UserError
+from gnnrec.launch.cluster import loopback_interface
 from gnnrec.launch.config import load_config
 from gnnrec.launch.graph_servers import RUNS, GraphServerDied, reclaim
 from conftest import partitioned_dataset
@@ -197,14 +199,43 @@ def test_a_silent_worker_killed_for_memory_is_named_so(local_ray):
 
 def test_a_stuck_trainer_fails_the_job_within_the_health_timeout(local_ray, workdir, monkeypatch):
     """A trainer whose training thread blocks (a deadlock) while its process and heartbeat thread go
-    on: its progress stops, and that fails the job (without the check, the job would never end)."""
+    on: its progress stops, and that fails the job (without the check, the job would never end).
+    Meanwhile the job's sockets are listed: in embedded mode none of ours listens beyond loopback."""
     monkeypatch.setenv("GNNREC_FAIL_POINTS", "train.step=hang@3")
+    seen = {}
+    watcher = threading.Thread(target=_watch_listening, args=(workdir / "killed", seen), daemon=True)
+    watcher.start()
     started = time.time()
     with pytest.raises(JobFailed, match=r"trainer rank \d is stuck at epoch 1, step 3 of \d+ \(alive, but no progress "
                                         r"for 20 s\)"):
         train(_cfg(workdir, *KILLED, "launch.health_timeout_s=20"))
     assert time.time() - started < 120
     assert not (workdir / "killed").exists()
+    # DistDGL's servers and clients and gloo's pairs on 127.0.0.1; beyond it only the wildcard ports of
+    # Ray's own gRPC server in every process and torch's TCPStore in rank 0 (README: not ours to bind)
+    watcher.join(timeout=10)
+    assert sorted(seen) == [("graph_servers", 0), ("trainers", 0), ("trainers", 1)]
+    for (role, rank), (sockets, env) in seen.items():
+        assert any(ip == "127.0.0.1" for ip, _ in sockets) and env.get("GLOO_SOCKET_IFNAME") == loopback_interface()
+        beyond = [ip for ip, _ in sockets if ip != "127.0.0.1"]
+        assert set(beyond) <= {"::", "0.0.0.0"} and len(beyond) <= (2 if role == "trainers" and rank == 0 else 1), \
+            (role, rank, sockets)
+
+
+def _watch_listening(out, seen: dict) -> None:
+    """Until the job that writes `out` ends (its processes.json, beside `out`, gone): for each process it
+    reports, seen[(role, rank or partition)] = ({(ip, port) it was seen listening on}, its environment)."""
+    deadline = time.time() + 600
+    while time.time() < deadline and not (seen and not list(out.parent.glob(f".{out.name}.tmp-*/processes.json"))):
+        for report in out.parent.glob(f".{out.name}.tmp-*/processes.json"):
+            with contextlib.suppress(OSError, ValueError, psutil.Error):  # the job may end meanwhile
+                for role, processes in json.loads(report.read_text()).items():
+                    for p in processes:
+                        proc = psutil.Process(p["pid"])
+                        sockets, _ = seen.setdefault((role, p.get("rank", p.get("partition"))), (set(), proc.environ()))
+                        sockets.update((c.laddr.ip, c.laddr.port) for c in proc.net_connections("inet")
+                                       if c.status == psutil.CONN_LISTEN)
+        time.sleep(0.2)
 
 
 def test_an_exception_of_the_code_fails_the_job_without_a_restart(local_ray, workdir, monkeypatch, capsys):

@@ -201,7 +201,7 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     fanout = {c: int(c == canonical) for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {node_type: torch.from_numpy(nodes)}, fanout,
                                                       edge_dir="out", etype_sorted=False)
-    src, dst = (t.numpy() for t in _frontier_edges(frontier, canonical))
+    src, dst, _ = (t.numpy() for t in _frontier_edges(frontier, canonical))
     if not len(src):
         return out
     # the k-th walker at node v takes the k-th edge sampled from v
@@ -215,13 +215,12 @@ def dist_sample_one(graph, nodes: np.ndarray, node_type: str, etype: str) -> np.
     return out
 
 
-def _frontier_edges(frontier, canonical_etype: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(src, dst) of one edge type of a frontier from sample_etype_neighbors, which leaves out every
-    edge type it drew no edge of (unless it drew none at all)."""
+def _frontier_edges(frontier, canonical_etype: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(src, dst, per-type edge id) of one edge type of a frontier from sample_etype_neighbors, which
+    leaves out every edge type it drew no edge of (unless it drew none at all)."""
     if canonical_etype not in frontier.canonical_etypes:
-        empty = torch.zeros(0, dtype=torch.int64)
-        return empty, empty
-    return frontier.edges(etype=canonical_etype)
+        return (torch.zeros(0, dtype=torch.int64),) * 3
+    return (*frontier.edges(etype=canonical_etype), frontier.edges[canonical_etype].data[_dgl().EID])
 
 
 INTERACTS = ("user", "interacts", "item")
@@ -258,7 +257,7 @@ def dist_out_neighbors(graph, nodes: np.ndarray, canonical_etype=INTERACTS) -> t
     fanout = {c: -1 if c == canonical_etype else 0 for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(graph, {canonical_etype[0]: torch.from_numpy(nodes)},
                                                       fanout, edge_dir="out", etype_sorted=False)
-    src, dst = _frontier_edges(frontier, canonical_etype)
+    src, dst, _ = _frontier_edges(frontier, canonical_etype)
     return src.numpy(), dst.numpy()
 
 
@@ -272,8 +271,8 @@ def dist_edge_types(graph) -> list[str]:
 @_serialized
 def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str, int]) -> dict:
     """Up to fanouts[etype] in-edges (-1: all) of each of `nodes` ({node type: per-type ids}) per edge
-    type, drawn by the servers: {etype: (src, dst)} as numpy per-type ids. Edge types missing from
-    `fanouts` get 0 (sample_neighbors with an int fanout would draw across all types at once)."""
+    type, drawn by the servers: {etype: (src, dst, edge id)} as numpy per-type ids. Edge types missing
+    from `fanouts` get 0 (sample_neighbors with an int fanout would draw across all types at once)."""
     dgl = _dgl()
     fanout = {c: int(fanouts.get(c[1], 0)) for c in graph.canonical_etypes}
     frontier = dgl.distributed.sample_etype_neighbors(
@@ -282,16 +281,16 @@ def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str,
     out = {}
     for c in graph.canonical_etypes:
         if c[1] in fanouts and c[2] in nodes:
-            src, dst = _frontier_edges(frontier, c)
-            out[c[1]] = (src.numpy().astype(np.int64), dst.numpy().astype(np.int64))
+            out[c[1]] = tuple(t.numpy().astype(np.int64) for t in _frontier_edges(frontier, c))
     return out
 
 
 def local_in_csr(graph) -> tuple[dict, dict] | None:
     """The in-edges of the nodes this machine's partition owns, read from the shared memory its graph
     server shares with the clients of its machine (no server round): ({edge type: (indptr over the
-    partition's own dst nodes, src per-type ids)}, {node type: (first per-type id, count) of its own
-    nodes}: a partition's own nodes of a type have contiguous ids). None when no server runs here."""
+    partition's own dst nodes, src per-type ids, per-type edge ids)}, {node type: (first per-type id,
+    count) of its own nodes}: a partition's own nodes of a type have contiguous ids). None when no
+    server runs here."""
     dgl = _dgl()
     g = graph.local_partition
     if g is None:
@@ -307,12 +306,27 @@ def local_in_csr(graph) -> tuple[dict, dict] | None:
     indptr, src, eids = g.adj_tensors("csc")  # what the servers share: a COO would be this process's own
     dst = torch.repeat_interleave(torch.arange(len(indptr) - 1), indptr.diff())
     etypes, inner_edge = g.edata[dgl.ETYPE][eids], g.edata["inner_edge"][eids].bool()
+    _, type_eids = book.map_to_per_etype(g.edata[dgl.EID][eids])
     csr = {}
     for k, (_, etype, dst_type) in enumerate(book.canonical_etypes):
         keep = inner_edge & (etypes == k) & inner[dst]  # an edge is its dst's (DGL's rule)
         first, count = own[dst_type]
-        csr[etype] = group_by(ids[dst[keep]].numpy() - first, ids[src[keep]].numpy(), count)
+        indptr_k, src_eid = group_by(ids[dst[keep]].numpy() - first,
+                                     np.stack([ids[src[keep]].numpy(), type_eids[keep].numpy()], 1), count)
+        csr[etype] = indptr_k, src_eid[:, 0], src_eid[:, 1]
     return csr, own
+
+
+@_serialized
+def dist_edge_values(graph, relation: str, feat: str, eids: np.ndarray, local: bool = False) -> np.ndarray:
+    """Edge feature `feat` (as the partitioner wrote it, e.g. timestamp) of edges `eids` (per-type ids)
+    of an edge type: from the servers, or with `local` (all of them in this machine's partition) from
+    the shared memory of its graph server."""
+    tensor = dist_edge_feature(graph, next(c for c in graph.canonical_etypes if c[1] == relation), feat)
+    if local:
+        (shard,), rows = dist_local_rows([tensor], torch.from_numpy(eids))
+        return shard[rows].numpy()
+    return tensor[torch.from_numpy(eids)].numpy()
 
 
 @_serialized

@@ -58,6 +58,10 @@ class Dataset:
         table = pq.read_table(self.path / "edges" / f"{split}.parquet", columns=["user", "item"])
         return torch.from_numpy(np.stack([table["user"].to_numpy(), table["item"].to_numpy()]))
 
+    def timestamps(self, split: str) -> np.ndarray:
+        """The timestamp of each edge of a split (seconds), in the order of `edges`."""
+        return pq.read_table(self.path / "edges" / f"{split}.parquet", columns=["timestamp"])["timestamp"].to_numpy()
+
     def social(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(follower, followee) pairs, or None when the dataset has no social edges."""
         path = self.path / "edges" / "social.parquet"

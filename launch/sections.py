@@ -172,6 +172,14 @@ class RandomWalkConfig(Section):
     inference_walks: int = Field(100, ge=1, description="walks per node in layer-wise inference and evaluation")
 
 
+class TimeDecayConfig(Section):
+    """Recent interactions count more: every sampled interaction edge weighs exp(-rate * age) in the blocks
+    (Block.weight, multiplied into every model's coefficients), its age the time from its timestamp to the
+    newest training timestamp, in `unit`s. Needs timestamps (ingest.interactions.timestamp_column)."""
+    rate: float = Field(0.0, ge=0, description="lambda per unit of age; 0: off")
+    unit: Literal["second", "hour", "day", "week"] = "day"
+
+
 class TrainConfig(Section):
     """Mini-batch training: Ray Train workers are DistDGL clients and DDP ranks."""
     out: str = "{workdir}/train"
@@ -185,6 +193,7 @@ class TrainConfig(Section):
         "neighbor", description="blocks: uniform `fanouts` per layer, or random walks (`random_walk`); the "
         "default is random_walk for model=pinsage")
     random_walk: RandomWalkConfig = RandomWalkConfig()
+    time_decay: TimeDecayConfig = TimeDecayConfig()
     fanouts: list[int] = [10, 5]
     batch_size: int = Field(1024, ge=1)
     epochs: int = Field(1, ge=1)

@@ -95,6 +95,8 @@ def partition(cfg) -> dict:
         parts = write_partitions(g, user_part, item_part, p.parts, p.halo_hops, dataset, meta, tmp, p.method)
         write_seconds = time.perf_counter() - t2
         num_nodes, num_edges = g.num_users + g.num_items, g.num_edges + g.num_social
+        newest = {"newest_timestamp": int(np.load(csr_dir / "edge_timestamp.npy", mmap_mode="r").max())} \
+            if "timestamp" in g.edge_columns and g.num_edges else {}  # train.time_decay's reference
         del g
         shutil.rmtree(csr_dir)
         column = lambda key: np.array([[s[key]] for s in parts])
@@ -103,6 +105,7 @@ def partition(cfg) -> dict:
             "halo_hops": p.halo_hops, "nodes": num_nodes, "edges": num_edges,
             "edge_cut": round(cut, 4),
             "halo_fraction": round(sum(s["halo_users"] + s["halo_items"] for s in parts) / max(num_nodes, 1), 4),
+            **newest,
             **{f"imbalance_{k}": round(float(imbalance(column(key))[0]), 4) for k, key in (
                 ("users", "inner_users"), ("items", "inner_items"), ("edges", "inner_edges"),
                 ("train", "train_edges"), ("val", "val_edges"), ("test", "test_edges"))},

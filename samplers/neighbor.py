@@ -30,11 +30,13 @@ Step 3's draw is `_draw`; samplers/random_walk.py draws the layers by random wal
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 import torch
 
 from gnnrec.arrays import KeySet, ranges
-from gnnrec.model.blocks import INTERACTION, SOCIAL, Batch, Block
+from gnnrec.model.blocks import INTERACTION, SOCIAL, Batch, Block, time_decay
 from gnnrec.samplers.neighborhoods import RELATIONS, Neighborhoods
 
 # A batch whose whole neighbourhoods (fanouts all -1) hold this share of the graph's nodes makes every later
@@ -79,12 +81,14 @@ class NeighborSampler:
 
     fanouts[l] is block l's fanout (first layer first, as DGL's NeighborSampler). negatives: a sampler
     of samplers/negatives.py (None: in-batch negatives). One instance per thread (it keeps a scratch
-    array and a random generator); `Prefetcher` gives each batch to one thread anyway.
+    array and a random generator); `Prefetcher` gives each batch to one thread anyway. time_decay: weighs
+    each drawn edge that comes with a timestamp (a `graph` built with times) by its age (Block.weight).
     """
 
     def __init__(self, graph: Neighborhoods, fanouts: list[int], num_users: int, num_items: int,
-                 negatives=None, num_negatives: int = 1, exclude_batch_edges: bool = True, seed: int = 0):
-        self.graph, self.fanouts = graph, [int(f) for f in fanouts]
+                 negatives=None, num_negatives: int = 1, exclude_batch_edges: bool = True, seed: int = 0,
+                 time_decay: Optional["TimeDecay"] = None):
+        self.graph, self.fanouts, self.time_decay = graph, [int(f) for f in fanouts], time_decay
         self.num_users, self.num_items = num_users, num_items
         self.negatives, self.num_negatives = negatives, num_negatives
         self.exclude_batch_edges = exclude_batch_edges
@@ -163,13 +167,13 @@ class NeighborSampler:
         user_at, users, item_at, items = self._split(dst_nodes)
         at = {"user": (user_at, users), "item": (item_at, items)}
 
-        def unbatched(relation, src, dst_index):
-            """(src, dst_index) without the batch's positive pairs."""
+        def unbatched(relation, src, dst_index, *more):
+            """(src, dst_index, *more) without the batch's positive pairs."""
             src_type, dst_type = RELATIONS[relation]
             if excluded is None or src_type == dst_type:
-                return src, dst_index
+                return src, dst_index, *more
             keep = ~self._batch_edges(excluded, src_type, src, at[dst_type][1], dst_index)
-            return src[keep], dst_index[keep]
+            return tuple(a[keep] for a in (src, dst_index, *more))
 
         srcs, dsts, etypes, weights = [], [], [], []
         for relation, src, dst_index, weight in self._draw(users, items, fanout, unbatched):
@@ -187,9 +191,12 @@ class NeighborSampler:
     def _draw(self, users, items, fanout, unbatched):
         """In-edges of the (unique) users and items: (relation, src ids, position of the dst node in
         users or items, weight or None) per relation, through `unbatched` (the batch's pairs dropped).
-        Up to `fanout` uniform in-neighbours per relation (-1: all)."""
-        for relation, src, dst_index in self.graph.sample(users, items, fanout, self.rng):
-            yield relation, *unbatched(relation, src, dst_index), None
+        Up to `fanout` uniform in-neighbours per relation (-1: all), weighted by their age with a time decay."""
+        for relation, src, dst_index, time in self.graph.sample(users, items, fanout, self.rng):
+            if self.time_decay is None or time is None:
+                yield relation, *unbatched(relation, src, dst_index), None
+            else:
+                yield relation, *unbatched(relation, src, dst_index, self.time_decay(time))
 
     def _batch_edges(self, excluded, src_type, src, dst_ids, dst_index) -> np.ndarray:
         """Which interaction edges (src -> dst_ids[dst_index]) are positive pairs of the batch: only
@@ -210,6 +217,16 @@ class NeighborSampler:
         deg = np.empty(len(nodes), np.float32)
         deg[user_at], deg[item_at] = user_degree, item_degree
         return deg
+
+
+class TimeDecay(NamedTuple):
+    """Edge weight exp(-rate (newest - t)) of an edge with timestamp t (model.blocks.time_decay): rate per
+    timestamp unit, newest the newest training timestamp (no edge is younger; 1 for it)."""
+    rate: float
+    newest: int
+
+    def __call__(self, t: np.ndarray) -> np.ndarray:
+        return time_decay(torch.from_numpy(self.newest - np.asarray(t, np.int64)), self.rate).numpy()
 
 
 class WholeGraph:

@@ -24,6 +24,7 @@ RELATIONS = {
 }
 # a random walk's step (samplers/pinsage.py) -> the relation whose in-edges it follows backwards
 WALK_STEPS = {"user->item": "interacted_by", "item->user": "interacts"}
+TIMED = ("interacted_by", "interacts")  # the relations whose edges carry the interactions' timestamps
 
 
 class Neighborhoods(Protocol):
@@ -31,7 +32,8 @@ class Neighborhoods(Protocol):
 
     def sample(self, users: np.ndarray, items: np.ndarray, fanout: int, rng: np.random.Generator):
         """Up to `fanout` in-neighbours (-1: all) of each of the (unique) `users` and `items` per
-        relation: a list of (relation, src ids, position of the dst node in users or items)."""
+        relation: a list of (relation, src ids, position of the dst node in users or items, the edges'
+        timestamps or None: when the back-end was built with them, for the TIMED relations)."""
 
     def degree(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole-graph in-degrees of users and items over the relations `sample` draws from."""
@@ -57,6 +59,13 @@ def _distinct_offsets(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.n
 def sample_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, fanout: int,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Up to `fanout` distinct entries of each CSR row (-1: all): (entry, position of its row in rows)."""
+    positions, row_of = sample_positions(indptr, rows, fanout, rng)
+    return np.asarray(indices[positions], np.int64), row_of
+
+
+def sample_positions(indptr: np.ndarray, rows: np.ndarray, fanout: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """sample_rows' draw: (the entries' positions in the CSR, position of their row in rows)."""
     start = np.asarray(indptr[rows], np.int64)
     deg = np.asarray(indptr[rows + 1], np.int64) - start
     whole = np.flatnonzero(deg <= fanout) if fanout >= 0 else np.arange(len(rows))
@@ -65,15 +74,16 @@ def sample_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, fanou
         part = np.flatnonzero(deg > fanout)
         positions.append((start[part, None] + _distinct_offsets(deg[part], fanout, rng)).ravel())
         row_of.append(np.repeat(part, fanout))
-    return np.asarray(indices[np.concatenate(positions)], np.int64), np.concatenate(row_of)
+    return np.concatenate(positions), np.concatenate(row_of)
 
 
 class CSRNeighborhoods:
     """`Neighborhoods` over in-CSR arrays per relation, {relation: (indptr over dst, src ids)}; numpy or
-    memory-mapped."""
+    memory-mapped. times: {relation: the timestamp of each CSR entry} of the relations that have them."""
 
-    def __init__(self, csr: dict[str, tuple[np.ndarray, np.ndarray]], num_users: int, num_items: int):
-        self.csr = csr
+    def __init__(self, csr: dict[str, tuple[np.ndarray, np.ndarray]], num_users: int, num_items: int,
+                 times: dict[str, np.ndarray] | None = None):
+        self.csr, self.times = csr, times or {}
         counts = {"user": np.zeros(num_users, np.int64), "item": np.zeros(num_items, np.int64)}
         for relation, (indptr, _) in csr.items():
             counts[RELATIONS[relation][1]] += np.diff(np.asarray(indptr, np.int64))
@@ -81,19 +91,28 @@ class CSRNeighborhoods:
 
     @classmethod
     def from_edges(cls, user: np.ndarray, item: np.ndarray, num_users: int, num_items: int,
-                   social: tuple[np.ndarray, np.ndarray] | None = None) -> "CSRNeighborhoods":
-        """From interaction pairs and optional (follower, followee) pairs, ids 0-based per type."""
-        csr = {"interacted_by": group_by(user, item, num_users), "interacts": group_by(item, user, num_items)}
+                   social: tuple[np.ndarray, np.ndarray] | None = None,
+                   timestamp: np.ndarray | None = None) -> "CSRNeighborhoods":
+        """From interaction pairs (and their timestamps) and optional (follower, followee) pairs, ids
+        0-based per type."""
+        csr, times = {}, {}
+        for relation, dst, src, num in (("interacted_by", user, item, num_users), ("interacts", item, user, num_items)):
+            csr[relation] = group_by(dst, src, num)
+            if timestamp is not None:
+                times[relation] = group_by(dst, timestamp, num)[1]
         if social is not None and len(social[0]):
             follower, followee = social
             csr["follows"] = group_by(followee, follower, num_users)
             csr["followed_by"] = group_by(follower, followee, num_users)
-        return cls(csr, num_users, num_items)
+        return cls(csr, num_users, num_items, times)
 
     def sample(self, users, items, fanout, rng):
-        dst = {"user": users, "item": items}
-        return [(relation, *sample_rows(indptr, indices, dst[RELATIONS[relation][1]], fanout, rng))
-                for relation, (indptr, indices) in self.csr.items()]
+        dst, out = {"user": users, "item": items}, []
+        for relation, (indptr, indices) in self.csr.items():
+            positions, row_of = sample_positions(indptr, dst[RELATIONS[relation][1]], fanout, rng)
+            time = self.times[relation][positions] if relation in self.times else None
+            out.append((relation, np.asarray(indices[positions], np.int64), row_of, time))
+        return out
 
     def degree(self, users, items):
         return self.user_degree[users], self.item_degree[items]
@@ -123,21 +142,22 @@ class DistNeighborhoods:
     are left out of a graph that has them, counted once for every node (a pass over the graph, cached).
     """
 
-    def __init__(self, graph, social: bool = True):
+    def __init__(self, graph, social: bool = True, times: bool = False):
         from gnnrec.dgl_adapter import dist_edge_types
-        self.graph = graph
+        self.graph, self.times = graph, times
         present = [r for r in RELATIONS if r in dist_edge_types(graph)]
         self.relations = [r for r in present if social or RELATIONS[r][0] != RELATIONS[r][1]]
         self.counted = None if self.relations == present else {}
 
     def sample(self, users, items, fanout, rng):  # the servers draw; rng is unused
-        from gnnrec.dgl_adapter import dist_sample_in_edges
+        from gnnrec.dgl_adapter import dist_edge_values, dist_sample_in_edges
         dst_ids = {"user": users, "item": items}
         edges = dist_sample_in_edges(self.graph, {t: ids for t, ids in dst_ids.items() if len(ids)},
                                      {r: fanout for r in self.relations})
         out = []
-        for relation, (src, dst) in edges.items():
-            out.append((relation, src, _positions(dst_ids[RELATIONS[relation][1]], dst)))
+        for relation, (src, dst, eid) in edges.items():
+            time = dist_edge_values(self.graph, relation, "timestamp", eid) if self.times and relation in TIMED else None
+            out.append((relation, src, _positions(dst_ids[RELATIONS[relation][1]], dst), time))
         return out
 
     def sample_one(self, nodes, step, rng):  # the servers draw; rng is unused
@@ -163,7 +183,7 @@ class DistNeighborhoods:
         degree = np.zeros(n, np.int64)
         for start in range(0, n, batch):
             nodes = np.arange(start, min(start + batch, n))
-            for _, dst in dist_sample_in_edges(self.graph, {node_type: nodes}, {r: -1 for r in self.relations}).values():
+            for _, dst, _ in dist_sample_in_edges(self.graph, {node_type: nodes}, {r: -1 for r in self.relations}).values():
                 degree += np.bincount(dst, minlength=n)
         return degree
 
@@ -177,13 +197,17 @@ class LocalFirstNeighborhoods:
     servers (`remote`). A partition holds every in-edge of its own nodes, so both give the same
     distribution; with one partition nothing goes to the servers.
 
-    csr: {relation: (indptr over the own dst nodes, src per-type ids)}; own: {node type: (first id,
-    count)} (dgl_adapter.local_in_csr)."""
+    csr: {relation: (indptr over the own dst nodes, src per-type ids, per-type edge ids)}; own: {node
+    type: (first id, count)} (dgl_adapter.local_in_csr). The local edges' timestamps, when `remote` has
+    them, are read once from this machine's shared memory."""
 
     def __init__(self, remote: DistNeighborhoods, csr: dict, own: dict[str, tuple[int, int]]):
+        from gnnrec.dgl_adapter import dist_edge_values
         self.remote, self.own = remote, own
-        self.local = CSRNeighborhoods({r: csr[r] for r in remote.relations if r in csr},
-                                      own["user"][1], own["item"][1])
+        relations = [r for r in remote.relations if r in csr]
+        times = {r: dist_edge_values(remote.graph, r, "timestamp", csr[r][2], local=True)
+                 for r in relations if remote.times and r in TIMED}
+        self.local = CSRNeighborhoods({r: csr[r][:2] for r in relations}, own["user"][1], own["item"][1], times)
         self.sampled = np.zeros(2, np.int64)  # nodes whose neighbours were sampled here, by the servers
 
     def remote_share(self) -> float:
@@ -200,10 +224,10 @@ class LocalFirstNeighborhoods:
         self.sampled += (here, len(users) + len(items) - here)
         at = {"user": (np.flatnonzero(mine_u), np.flatnonzero(~mine_u)),
               "item": (np.flatnonzero(mine_i), np.flatnonzero(~mine_i))}
-        out = [(relation, src, at[RELATIONS[relation][1]][0][dst]) for relation, src, dst in self.local.sample(
-            users[mine_u] - self.own["user"][0], items[mine_i] - self.own["item"][0], fanout, rng)]
+        out = [(relation, src, at[RELATIONS[relation][1]][0][dst], time) for relation, src, dst, time in
+               self.local.sample(users[mine_u] - self.own["user"][0], items[mine_i] - self.own["item"][0], fanout, rng)]
         if not (mine_u.all() and mine_i.all()):
-            out += [(relation, src, at[RELATIONS[relation][1]][1][dst]) for relation, src, dst in
+            out += [(relation, src, at[RELATIONS[relation][1]][1][dst], time) for relation, src, dst, time in
                     self.remote.sample(users[~mine_u], items[~mine_i], fanout, rng)]
         return out
 
@@ -237,9 +261,10 @@ class LocalFirstNeighborhoods:
         return np.concatenate([local[0], remote[0]]), np.concatenate([local[1], remote[1]])
 
 
-def served(graph, social: bool = True):
+def served(graph, social: bool = True, times: bool = False):
     """The back-end of a worker connected to the graph servers: `LocalFirstNeighborhoods` when a server
-    of this machine shares its partition, else `DistNeighborhoods`."""
+    of this machine shares its partition, else `DistNeighborhoods`; with `times`, sampled interaction
+    edges come with their timestamps."""
     from gnnrec.dgl_adapter import local_in_csr
-    remote, local = DistNeighborhoods(graph, social), local_in_csr(graph)
+    remote, local = DistNeighborhoods(graph, social, times), local_in_csr(graph)
     return remote if local is None else LocalFirstNeighborhoods(remote, *local)

@@ -53,8 +53,11 @@ def test_no_stage_or_unknown_stage_is_a_usage_error(capsys):
 
 def test_run_end_to_end(tmp_path, capsys):
     # every stage of the quickstart pipeline, one training round (rounds: tests/test_infer.py)
-    assert cli.main(["run", f"workdir={tmp_path}", "synth.edges=5000", "synth.social_edges=500", "run.rounds=1"]) == 0
+    # with time decay: the blocks of training, validation, mining and inference weighted by their edges' age
+    args = ["synth.edges=5000", "synth.social_edges=500", "run.rounds=1", "train.time_decay.rate=0.01"]
+    assert cli.main(["run", f"workdir={tmp_path}", *args]) == 0
     out, err = capsys.readouterr()
+    assert read_json(tmp_path / "partitions" / "partition_stats.json")["newest_timestamp"] > 0
     assert "synth summary" in out and "ingest summary" in out
     assert out.index("synth summary") < out.index("ingest summary") < out.index("plan:")  # each as its stage ends
     meta = Dataset(tmp_path / "dataset").meta
@@ -65,7 +68,7 @@ def test_run_end_to_end(tmp_path, capsys):
     assert sum(meta["edges"].values()) + stats["interactions_duplicates_collapsed"] == 5000
     assert meta["social_edges"] > 0 and meta["feature_dims"] == {"item": 8}
     # the resolved config is written beside every output
-    cfg = make_cfg(tmp_path, "synth.edges=5000", "synth.social_edges=500", "run.rounds=1")
+    cfg = make_cfg(tmp_path, *args)
     assert load_config(tmp_path / "synth" / "config.yaml") == cfg
     assert load_config(tmp_path / "dataset" / "config.yaml") == cfg
     assert leftovers(tmp_path) == []

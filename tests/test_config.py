@@ -164,3 +164,19 @@ def test_saved_config_round_trips(tmp_path):
     # and a default config too
     Config().save(tmp_path)
     assert load_config(tmp_path / "config.yaml") == Config()
+
+
+def test_time_decay_is_per_timestamp_second_from_the_newest_and_needs_timestamps_and_neighbour_samples():
+    from types import SimpleNamespace
+    from gnnrec.samplers.neighbor import TimeDecay
+    from gnnrec.trainer.batches import time_decay
+
+    t = load_config(None, ["train.time_decay.rate=0.5"]).train
+    assert time_decay(t, SimpleNamespace(stats={"newest_timestamp": 864_000}, path="p")) == TimeDecay(0.5 / 86400, 864_000)
+    assert TimeDecay(0.5 / 86400, 864_000)([864_000, 864_000 - 2 * 86400]).tolist() == pytest.approx([1, 0.3678794])
+    with pytest.raises(UserError, match=r"train.time_decay.rate=0.5: the training edges of p have no timestamps"):
+        time_decay(t, SimpleNamespace(stats={}, path="p"))
+    walks = load_config(None, ["train.time_decay.rate=0.5", "train.sampler=random_walk"]).train
+    with pytest.raises(UserError, match="weighs neighbour samples, not train.sampler=random_walk"):
+        time_decay(walks, SimpleNamespace(stats={"newest_timestamp": 1}, path="p"))
+    assert time_decay(load_config(None, []).train, SimpleNamespace(stats={}, path="p")) is None  # off

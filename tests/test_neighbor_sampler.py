@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnnrec.samplers.neighbor import NeighborSampler, Relabeler
+from gnnrec.samplers.neighbor import NeighborSampler, Relabeler, TimeDecay
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods, sample_rows
 from gnnrec.samplers.prefetch import Prefetcher
 from gnnrec.samplers.random_walk import RandomWalkSampler
@@ -28,6 +28,21 @@ def _toy_graph():
 
 
 USER, ITEM, FOLLOWER, FOLLOWEE = _toy_graph()
+TIME = 1_000 + 97 * USER + 13 * ITEM  # a timestamp per interaction (seconds)
+DECAY = TimeDecay(0.002, newest=int(TIME.max()))
+
+
+def _check_decayed(batch):
+    """Every interaction message of every block weighs exp(-rate (newest - t)) of its pair's timestamp,
+    every social one 1."""
+    when = {(u, NU + i): t for u, i, t in zip(USER.tolist(), ITEM.tolist(), TIME.tolist())}
+    checked = 0
+    for layer in range(len(batch.blocks)):
+        for (s, d, etype), w in zip(message_edges(batch, layer), batch.blocks[layer].weight.tolist()):
+            expected = 1.0 if etype == SOCIAL else np.exp(-DECAY.rate * (DECAY.newest - when[min(s, d), max(s, d)]))
+            assert w == pytest.approx(expected, rel=1e-6), (s, d, etype)
+            checked += etype != SOCIAL
+    assert checked and any(w < 0.9 for b in batch.blocks for w in b.weight.tolist())  # old edges weigh less
 
 
 def full_edges():
@@ -84,7 +99,7 @@ def test_csr_rows_sample_distinct_existing_neighbours_up_to_fanout_uniformly():
                   "follows": lambda d: set(FOLLOWER[FOLLOWEE == d]), "followed_by": lambda d: set(FOLLOWEE[FOLLOWER == d])}
     users, items = np.arange(NU), np.arange(NI)
     for fanout in (0, 1, 2, 3, -1):
-        for relation, src, at in graph.sample(users, items, fanout, rng):
+        for relation, src, at, _ in graph.sample(users, items, fanout, rng):
             dst = users if relation != "interacts" else items
             for pos in range(len(dst)):
                 got = src[at == pos].tolist()
@@ -145,6 +160,14 @@ def test_full_fanout_gives_all_neighbours_minus_batch_edges():
         expected = Counter((s, d, t) for s, d, t in zip(src.tolist(), dst.tolist(), etype.tolist())
                            if d in out and (s, d) not in banned)
         assert Counter(message_edges(batch, 0)) == expected
+
+
+def test_time_decay_weighs_each_sampled_interaction_by_its_age():
+    graph = CSRNeighborhoods.from_edges(USER, ITEM, NU, NI, social=(FOLLOWER, FOLLOWEE), timestamp=TIME)
+    users, items = batch_pairs(4)
+    for fanouts in ([2, 1], [-1, -1]):
+        _check_decayed(NeighborSampler(graph, fanouts, NU, NI, time_decay=DECAY).sample(users, items))
+    assert NeighborSampler(graph, [2, 1], NU, NI).sample(users, items).blocks[0].weight is None  # off: unweighted
 
 
 def test_full_fanout_blocks_reproduce_full_graph_lightgcn():
@@ -234,6 +257,8 @@ def served_toy(tmp_path_factory):
     u, i, a, b = (torch.from_numpy(x) for x in (USER, ITEM, FOLLOWER, FOLLOWEE))
     g = dgl.heterograph({("user", "interacts", "item"): (u, i), ("item", "interacted_by", "user"): (i, u),
                          ("user", "follows", "user"): (a, b)}, num_nodes_dict={"user": NU, "item": NI})
+    for etype in ("interacts", "interacted_by"):
+        g.edges[etype].data["timestamp"] = torch.from_numpy(TIME)
     out = tmp_path_factory.mktemp("nbr-parts")
     dgl.distributed.partition_graph(g, "nbr", 1, str(out), part_method="random")
     return out / "nbr.json"
@@ -260,12 +285,17 @@ def test_distgraph_backend_samples_what_the_local_csr_samples(local_ray, served_
         them = np.unique(users)
         pairs = {name: sorted(zip(*(a.tolist() for a in backend.items_of(them)))) for name, backend in
                  (("servers", remote), ("local first", first))}
+        timed = DistNeighborhoods(graph, times=True)
+        decayed = [NeighborSampler(backend, [-1, -1], NU, NI, time_decay=DECAY).sample(users, items)
+                   for backend in (timed, LocalFirstNeighborhoods(timed, *local_in_csr(graph)))]
         disconnect()
-        return out, pairs, walks
+        return out, pairs, walks, decayed
 
     users, items = batch_pairs(6, seed=2)
     with GraphServers(served_toy, num_clients=1) as servers:
-        backends, pairs, walks = ray.get(client.remote(servers.client_info, users, items), timeout=120)
+        backends, pairs, walks, decayed = ray.get(client.remote(servers.client_info, users, items), timeout=120)
+    for batch in decayed:  # the servers' and this machine's shared memory's timestamps
+        _check_decayed(batch)
     local = _walk_weights(RandomWalkSampler(CSRNeighborhoods.from_edges(USER, ITEM, NU, NI), 1, NU, NI, walks=3000))
     for got in walks.values():
         assert max(abs(got.get(k, 0) - local.get(k, 0)) for k in set(got) | set(local)) < 0.06

@@ -6,21 +6,37 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gnnrec import dgl_adapter
+from gnnrec import UserError, dgl_adapter
 from gnnrec.model.blocks import Batch
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
-from gnnrec.samplers.neighbor import NeighborSampler
+from gnnrec.samplers.neighbor import NeighborSampler, TimeDecay
 from gnnrec.samplers.neighborhoods import served
 from gnnrec.samplers.prefetch import Prefetcher
 from gnnrec.samplers.random_walk import RandomWalkSampler
 from gnnrec.trainer.phases import Phases
 
 
+SECONDS = {"second": 1, "hour": 3600, "day": 86400, "week": 7 * 86400}
+
+
+def time_decay(t, partitions) -> TimeDecay | None:
+    """`train.time_decay` per timestamp second (timestamps are seconds), from the partitions' newest
+    training timestamp; None when off. A UserError when the training edges have no timestamps."""
+    if not t.time_decay.rate:
+        return None
+    if t.sampler != "neighbor":
+        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs neighbour samples, not train.sampler={t.sampler}")
+    if "newest_timestamp" not in partitions.stats:
+        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: the training edges of {partitions.path} have "
+                        "no timestamps (ingest.interactions.timestamp_column, then partition again)")
+    return TimeDecay(t.time_decay.rate / SECONDS[t.time_decay.unit], partitions.stats["newest_timestamp"])
+
+
 def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = False, **options):
     """The block sampler `train.sampler` names, over a `Neighborhoods` graph: `train.fanouts` uniform
     neighbours per layer, or random-walk blocks (`train.random_walk`; with `inference`, the sampler of
     layer-wise inference and evaluation: `inference_walks` walks per node). options: the sampler's
-    negatives, num_negatives, exclude_batch_edges."""
+    negatives, num_negatives, exclude_batch_edges, time_decay (neighbour samples)."""
     if t.sampler == "random_walk":
         w = t.random_walk
         walks = w.inference_walks if inference else w.walks
@@ -48,11 +64,13 @@ class BatchMaker:
                                                                     id_maps=id_maps))
         self.sampler = self.neighborhoods = None
         blocks = t.sampler != "none" and t.layers
+        self.time_decay = time_decay(t, partitions) if blocks else None
         if blocks or t.exclude_positives:
-            self.neighborhoods = served(graph, social)
+            self.neighborhoods = served(graph, social, times=self.time_decay is not None)
         if blocks:
             self.sampler = block_sampler(t, self.neighborhoods, self.num_users, self.num_items,
-                                         negatives=self.negatives, num_negatives=t.num_negatives)
+                                         time_decay=self.time_decay, negatives=self.negatives,
+                                         num_negatives=t.num_negatives)
 
     def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
         """The batch of positive pairs (users[j], items[j])."""

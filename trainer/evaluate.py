@@ -21,7 +21,7 @@ from gnnrec.model.blocks import full_graph_blocks, graph_edges
 from gnnrec.model.models import Popularity, Recommender, uses_social
 from gnnrec.ranking.metrics import evaluate, evaluate_topk, sample_truth
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods
-from gnnrec.trainer.batches import block_sampler
+from gnnrec.trainer.batches import block_sampler, time_decay
 from gnnrec.trainer.checkpoint import TrainOutput
 
 
@@ -40,16 +40,17 @@ def social_edges(dataset: Dataset, model: Recommender):
 
 
 def propagate_all(model: Recommender, h0: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_users: int,
-                  num_layers: int, social=None, t=None) -> torch.Tensor:
+                  num_layers: int, social=None, t=None, timestamp=None, time_decay=None) -> torch.Tensor:
     """Final representations of all nodes: the model's GNN over the whole graph of (user, item) pairs
     and, given, (follower, followee) pairs, every pair both ways; for a model trained on random-walk
-    blocks (`t`, the training config: train.sampler), over random-walk blocks of that graph."""
+    blocks (`t`, the training config: train.sampler), over random-walk blocks of that graph, and with
+    `time_decay` (trainer/batches.time_decay), the pairs weighted by the age of their `timestamp`."""
     num_nodes = h0.shape[0]
-    if t is not None and t.sampler == "random_walk" and num_layers:
+    if t is not None and (t.sampler == "random_walk" or time_decay is not None) and num_layers:
         num_items = num_nodes - num_users
         graph = CSRNeighborhoods.from_edges(users.numpy(), items.numpy(), num_users, num_items,
-                                            None if social is None else tuple(x.numpy() for x in social))
-        sampler = block_sampler(t, graph, num_users, num_items, inference=True)
+                                            None if social is None else tuple(x.numpy() for x in social), timestamp)
+        sampler = block_sampler(t, graph, num_users, num_items, inference=True, time_decay=time_decay)
         blocks = [sampler.graph_block(num_nodes) for _ in range(num_layers)]
     else:
         src, dst, etype = graph_edges(users, items, num_users, *(social or ()))
@@ -72,12 +73,15 @@ class TrainedModel:
         self.h0 = input_embeddings(output.tables(), *(partitions.orig_nids(n) for n in NODE_TYPES))
         self.train = self.dataset.edges("train")
         self.social = social_edges(self.dataset, self.model)
+        self.time_decay = time_decay(self.config.train, partitions)  # the edge weights it trained with
+        self.timestamp = self.dataset.timestamps("train") if self.time_decay else None
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, I) in dataset ids: h0 propagated over the training graph."""
         nu = self.dataset.num_users
         t = self.config.train
-        h = propagate_all(self.model, self.h0, self.train[0], self.train[1], nu, t.layers, self.social, t)
+        h = propagate_all(self.model, self.h0, self.train[0], self.train[1], nu, t.layers, self.social, t,
+                          self.timestamp, self.time_decay)
         return h[:nu], h[nu:]
 
 

@@ -32,17 +32,19 @@ class LayerwiseInference:
 
     graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistTensor}; t: the
     training config (the blocks it trained on: train.sampler); neighborhoods: the graph back-end
-    (default: this machine's partition from local memory, the rest through the servers).
+    (default: this machine's partition from local memory, the rest through the servers); time_decay:
+    the edge weights it trained with (trainer/batches.time_decay).
     `run(progress)` reports (desc, batch, batches) of each layer to `progress` (WorkerSession.progress).
     The distributed tensors are created once (collectively, by every trainer) and reused per call.
     """
 
     def __init__(self, graph, gnn, tables: dict, t, rank: int, world: int, batch_size: int = 4096,
-                 neighborhoods=None):
+                 neighborhoods=None, time_decay=None):
         self.graph, self.gnn, self.batch_size = graph, gnn, batch_size
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
-        self.sampler = block_sampler(t, neighborhoods or served(graph, uses_social(gnn)), self.num_users,
-                                     self.num_items, inference=True)
+        neighborhoods = neighborhoods or served(graph, uses_social(gnn), times=time_decay is not None)
+        self.sampler = block_sampler(t, neighborhoods, self.num_users, self.num_items, inference=True,
+                                     time_decay=time_decay)
         self.shares = {t: dgl_adapter.dist_node_split(graph, t, rank, world) for t in NODE_TYPES}
         dim = tables["user"].shape[1]
         num_layers = len(gnn.convs)

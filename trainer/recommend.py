@@ -26,6 +26,7 @@ class ColdStart:
     def __init__(self, train_dir):
         trained = TrainedModel(train_dir, "recommend.checkpoint")
         self.model, self.h0, self.train, self.social = trained.model, trained.h0, trained.train, trained.social
+        self.time_decay, self.timestamp = trained.time_decay, trained.timestamp
         self.t = trained.config.train
         self.num_layers = self.t.layers
         self.num_users, self.num_items = trained.dataset.num_users, trained.dataset.num_items
@@ -54,8 +55,10 @@ class ColdStart:
         # node order: known users, new users, items
         h0 = torch.cat([self.h0[:nu], torch.stack([self.h0[nu + torch.from_numpy(s)].mean(0) for s in item_lists]),
                         self.h0[nu:]])
+        timestamp = None if self.time_decay is None else np.concatenate(  # the new users' items: now
+            [self.timestamp, np.full(len(new_items), self.time_decay.newest)])
         h = propagate_all(self.model, h0, torch.cat([self.train[0], new_users]), torch.cat([self.train[1], new_items]),
-                          nu + n, self.num_layers, self.social, self.t)
+                          nu + n, self.num_layers, self.social, self.t, timestamp, self.time_decay)
         given = torch.stack([new_users - nu, new_items])
         (_, items, scores), = top_k(h[nu:nu + n], h[nu + n:], k, given, user_chunk=max(n, 1))
         return items.numpy(), scores.numpy()

@@ -33,6 +33,7 @@ from gnnrec.faults import fail_point
 from gnnrec.data.formats import Partitions
 from gnnrec.model.models import MODELS, Recommender, uses_social
 from gnnrec.trainer import checkpoint
+from gnnrec.trainer.batches import time_decay
 from gnnrec.trainer.checkpoint import TrainState
 from gnnrec.trainer.phases import Phases
 
@@ -125,6 +126,7 @@ def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
         raise UserError(f"train.resume=true: no checkpoint in train.checkpoints={checkpoints}")
     if t.resume:  # refused here: a worker failing on it would be restarted for nothing
         checkpoint.load_model(checkpoint.latest(checkpoints), t, f"train.resume=true: {checkpoint.latest(checkpoints)}")
+    time_decay(t, partitions)  # refused here, not in every worker
     if t.validate_split != "none" and not partitions.split_edges(t.validate_split):
         raise UserError(f"train.validate_split={t.validate_split}: the partitions have no "
                         f"{t.validate_split} edges (choose another split, or none)")
@@ -167,7 +169,7 @@ def train_loop(config: dict) -> None:
             else:  # the checkpoint's epochs only: a restart drops those the killed attempt logged after it
                 (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state.history))
         batches = BatchMaker(graph, t, w.partitions, hard, uses_social(module.gnn))
-        validate = None if t.validate_split == "none" else _validator(w, module.gnn, t, batches.neighborhoods)
+        validate = None if t.validate_split == "none" else _validator(w, module.gnn, t, batches)
         if hard is not None and state.hard_negatives != str(hard):  # a new round starts here
             state.hard_negatives, state.round_start_epoch = str(hard), state.epoch
         steps_run, phases = 0, Phases()
@@ -280,13 +282,14 @@ def _early_stopping(state: TrainState, metrics: dict, t) -> None:
         state.stopped = bool(t.patience) and state.bad_epochs >= t.patience
 
 
-def _validator(w, gnn, t, neighborhoods=None):
+def _validator(w, gnn, t, batches):
     """A function computing this epoch's validation metrics (the same numbers on every trainer), over
-    the trainer's graph back-end `neighborhoods` (BatchMaker's) when it has one."""
+    the graph back-end of the trainer's BatchMaker when it has one, with its edge weights."""
     from gnnrec.ranking.metrics import sample_truth
     from gnnrec.trainer.layerwise import LayerwiseInference, sharded_metrics
 
-    inference = LayerwiseInference(w.graph, gnn, w.tables, t, w.rank, w.world, neighborhoods=neighborhoods)
+    inference = LayerwiseInference(w.graph, gnn, w.tables, t, w.rank, w.world, neighborhoods=batches.neighborhoods,
+                                   time_decay=batches.time_decay)
     held_out = sample_truth(*w.partitions.held_out(t.validate_split), t.validate_users, t.seed)  # same on every rank
     k = t.validate_k
 

@@ -1,0 +1,84 @@
+"""Every model of the registry on one dataset config, at the config's budget, as JSON.
+
+    python bench/models.py --config configs/lastfm_social.yaml [--workdir /tmp/models-lastfm] [--only gat gcn]
+
+Ingests and partitions the config's data once, then trains and evaluates each model with the config's
+settings (epochs, early stopping on its validation split, the test split evaluated once) and the
+model's own overrides below: LightGCN, NGCF, GraphSAGE (mean and pool), PinSage (random walks and
+neighbour samples), GAT, GCN, MF, and SocialGCN (with and without the social pre-filter, where the
+config has social edges). Per model: test Recall@K and NDCG@K (the config's `evaluate.ks`), the best
+epoch, epochs trained, training seconds, and Recall@20 over popularity's. Writes
+`bench/results/models-<dataset>.json` (merged with earlier runs' rows, so `--only` adds to it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from gnnrec.launch.config import load_config
+from gnnrec.launch.stages import run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+MODELS = {  # row: overrides of the config
+    "lightgcn": [],
+    "ngcf": ["train.model=ngcf"],
+    "graphsage mean": ["train.model=graphsage"],
+    "graphsage pool": ["train.model=graphsage", "train.model_options.aggr=pool"],
+    "pinsage, random walks": ["train.model=pinsage", "train.sampler=random_walk"],
+    "pinsage, neighbour samples": ["train.model=pinsage", "train.sampler=neighbor"],
+    "gat": ["train.model=gat"],
+    "gcn": ["train.model=gcn"],
+    "mf": ["train.model=mf", "train.layers=0", "train.sampler=none", "train.fanouts=[]"],
+}
+SOCIAL = {
+    "socialgcn": ["train.model=socialgcn"],
+    "socialgcn, ties of Jaccard >= 0.02": ["train.model=socialgcn", "ingest.social.min_overlap=0.02",
+                                           "ingest.out={workdir}/dataset-overlap",
+                                           "partition.dataset={workdir}/dataset-overlap",
+                                           "partition.out={workdir}/partitions-overlap",
+                                           "train.partitions={workdir}/partitions-overlap"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--only", nargs="*", help="these rows only")
+    args = parser.parse_args()
+    base = load_config(args.config, [f"workdir={args.workdir}"] if args.workdir else [])
+    rows = {**MODELS, **(SOCIAL if base.ingest.social is not None else {})}
+    common = [f"workdir={base.workdir}"]
+    run(load_config(args.config, common + ["run.stages=[ingest, partition]"]))
+    name = Path(args.config).stem.split("_")[0]
+    out = RESULTS / f"models-{name}.json"
+    table = json.loads(out.read_text()) if out.exists() else {}
+    for row, overrides in rows.items():
+        if args.only and row not in args.only:
+            continue
+        slug = row.replace(",", "").replace(">=", "ge").replace(" ", "-")
+        stages = "[ingest, partition, train, evaluate]" if any(o.startswith("ingest.") for o in overrides) \
+            else "[train, evaluate]"
+        cfg = load_config(args.config, common + overrides + [
+            f"run.stages={stages}", f"train.out={{workdir}}/train-{slug}", f"evaluate.checkpoint={{workdir}}/train-{slug}",
+            f"evaluate.out={{workdir}}/evaluate-{slug}", f"train.checkpoints={{workdir}}/checkpoints-{slug}"])
+        started = time.time()
+        summary = run(cfg)
+        metrics = [json.loads(line) for line in (Path(cfg.train.out) / "metrics.jsonl").read_text().splitlines()]
+        test = summary["evaluate"]
+        table[row] = {"overrides": overrides,
+                      **{k: round(v, 4) for k, v in test.items() if k.startswith(("recall@", "ndcg@"))},
+                      "over_popularity": round(test["recall@20"] / test["popularity_recall@20"], 2),
+                      "best_epoch": summary["train"].get("best_epoch"), "epochs": len(metrics),
+                      "train_seconds": round(sum(m["seconds"] for m in metrics), 1),
+                      "job_seconds": round(time.time() - started, 1)}
+        print(json.dumps({row: table[row]}), flush=True)
+        RESULTS.mkdir(exist_ok=True)
+        out.write_text(json.dumps(table, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -141,7 +141,6 @@ def _shorten_the_servers_wait_for_clients() -> None:
     ready", before it connects back to them; every client waits those 3 s in `initialize`. A client
     listens right after sending its registration (and a connect that came too early is retried 5 s
     later): 0.1 s is enough. Measured: a client's initialize takes 0.11-0.12 s instead of 3.0 s."""
-
     from dgl.distributed import rpc_server
     rpc_server.time = types.SimpleNamespace(sleep=lambda seconds: time.sleep(0.1 if seconds == 3 else seconds))
 
@@ -149,10 +148,9 @@ def _shorten_the_servers_wait_for_clients() -> None:
 def job_features(part_config: str, part: int, directory: str) -> str:
     """The part config to serve partition `part` with: its feature files copied into `directory` with
     every name made the job's own (`<type>/<feat>` -> `<type>/<graph name>_<feat>`, the graph name being
-    the job's; read them with `dist_edge_feature`); `part_config` itself when the part has none.
+    the job's; read them with `dist_edge_values`); `part_config` itself when the part has none.
     DistDGL names a feature's shared memory after the feature alone, so two jobs serving features of the
     same name on one machine would write into each other's."""
-
     from dgl.data.utils import load_tensors, save_tensors
     meta = json.loads(open(part_config).read())
     files, graph, copied = meta[f"part-{part}"], meta["graph_name"], False
@@ -169,11 +167,6 @@ def job_features(part_config: str, part: int, directory: str) -> str:
     with open(path, "w") as f:
         json.dump(meta, f)
     return path
-
-
-def dist_edge_feature(graph, canonical_etype: tuple, feat: str):
-    """The DistTensor of an edge feature written by the partitioner (see `job_features`)."""
-    return graph.edges[canonical_etype].data[f"{graph.graph_name}_{feat}"]
 
 
 def connect(env: dict[str, str], graph_name: str):
@@ -278,11 +271,8 @@ def dist_sample_in_edges(graph, nodes: dict[str, np.ndarray], fanouts: dict[str,
     frontier = dgl.distributed.sample_etype_neighbors(
         graph, {t: torch.from_numpy(np.asarray(ids, np.int64)) for t, ids in nodes.items()}, fanout,
         edge_dir="in", etype_sorted=True)  # the writer numbers edges by type: in-edge rows are sorted
-    out = {}
-    for c in graph.canonical_etypes:
-        if c[1] in fanouts and c[2] in nodes:
-            out[c[1]] = tuple(t.numpy().astype(np.int64) for t in _frontier_edges(frontier, c))
-    return out
+    return {c[1]: tuple(t.numpy().astype(np.int64) for t in _frontier_edges(frontier, c))
+            for c in graph.canonical_etypes if c[1] in fanouts and c[2] in nodes}
 
 
 def local_in_csr(graph) -> tuple[dict, dict] | None:
@@ -318,15 +308,11 @@ def local_in_csr(graph) -> tuple[dict, dict] | None:
 
 
 @_serialized
-def dist_edge_values(graph, relation: str, feat: str, eids: np.ndarray, local: bool = False) -> np.ndarray:
-    """Edge feature `feat` (as the partitioner wrote it, e.g. timestamp) of edges `eids` (per-type ids)
-    of an edge type: from the servers, or with `local` (all of them in this machine's partition) from
-    the shared memory of its graph server."""
-    tensor = dist_edge_feature(graph, next(c for c in graph.canonical_etypes if c[1] == relation), feat)
-    if local:
-        (shard,), rows = dist_local_rows([tensor], torch.from_numpy(eids))
-        return shard[rows].numpy()
-    return tensor[torch.from_numpy(eids)].numpy()
+def dist_edge_values(graph, etype: str, feat: str, eids: np.ndarray) -> np.ndarray:
+    """Edge feature `feat` (as the partitioner wrote it: count, weight, timestamp; see `job_features`) of
+    edges `eids` (per-type ids) of an edge type; this machine's partition's own are read from its shared
+    memory (DGL's fast pull), the others from the servers."""
+    return graph.edges[EDGE_TYPES[etype]].data[f"{graph.graph_name}_{feat}"][torch.from_numpy(eids)].numpy()
 
 
 @_serialized

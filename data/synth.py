@@ -7,7 +7,8 @@ The model of the log:
 - User u belongs to community u mod C; item j (in rank space) to community j mod C.
 - Each interaction picks a user by activity; with probability `in_community` the item is drawn by
   popularity among the items of the user's community, otherwise by global popularity. A model that finds
-  the communities beats popularity by a wide margin on held-out edges.
+  the communities beats popularity by a wide margin on held-out edges. With `drift` d > 0, tastes move:
+  in the last d of the year (timestamps span one) a user's community is the next one, (u + 1) mod C.
 - Social edges (optional) pick a source by activity and, with probability `homophily`, a friend of the
   same community, else any user. Item features (optional) are the community's centroid plus noise.
 
@@ -76,12 +77,15 @@ def interaction_chunk(cfg, index: int, size: int) -> dict[str, np.ndarray]:
     C = min(cfg.communities, cfg.items)
     users = scramble(zipf_ranks(rng, cfg.users, cfg.user_exponent, size), cfg.users)
     community = users % C
+    when = rng.integers(0, YEAR, size) if cfg.drift else None  # drawn here only with drift: same logs without
+    if cfg.drift:
+        community = (community + (when >= (1 - cfg.drift) * YEAR)) % C
     item_rank = zipf_ranks(rng, cfg.items, cfg.item_exponent, size)
     inside = rng.random(size) < cfg.in_community
     item_rank[inside] = _community_members(rng, community[inside], cfg.items, C, cfg.item_exponent)
     cols = {"user_id": users, "item_id": scramble(item_rank, cfg.items)}
     if cfg.timestamps:
-        cols["timestamp"] = START_TIME + rng.integers(0, YEAR, size)
+        cols["timestamp"] = START_TIME + (rng.integers(0, YEAR, size) if when is None else when)
     if cfg.weights:
         cols["weight"] = rng.geometric(0.3, size).astype(np.float32)
     return cols

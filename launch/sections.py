@@ -24,6 +24,8 @@ class SynthConfig(Section):
     user_exponent: float = Field(0.9, ge=0, description="Zipf exponent of user activity")
     item_exponent: float = Field(0.9, ge=0, description="Zipf exponent of item popularity")
     timestamps: bool = True
+    drift: float = Field(0.0, ge=0, lt=1, description="tastes move: in this last share of the year a user's "
+                         "community is the next one (needs timestamps)")
     weights: bool = False
     social_edges: int = Field(0, ge=0)
     homophily: float = Field(0.8, ge=0, le=1, description="share of social edges inside a community")
@@ -32,6 +34,12 @@ class SynthConfig(Section):
     chunk_edges: int = Field(1_000_000, ge=1, description="edges generated per chunk (bounds memory)")
     file_edges: int = Field(10_000_000, ge=1, description="edges per Parquet file")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.drift and not self.timestamps:
+            raise ValueError("drift needs timestamps")
+        return self
 
 
 class EdgeInput(Section):

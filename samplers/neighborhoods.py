@@ -205,7 +205,7 @@ class LocalFirstNeighborhoods:
         from gnnrec.dgl_adapter import dist_edge_values
         self.remote, self.own = remote, own
         relations = [r for r in remote.relations if r in csr]
-        times = {r: dist_edge_values(remote.graph, r, "timestamp", csr[r][2], local=True)
+        times = {r: dist_edge_values(remote.graph, r, "timestamp", csr[r][2])
                  for r in relations if remote.times and r in TIMED}
         self.local = CSRNeighborhoods({r: csr[r][:2] for r in relations}, own["user"][1], own["item"][1], times)
         self.sampled = np.zeros(2, np.int64)  # nodes whose neighbours were sampled here, by the servers

@@ -73,8 +73,8 @@ def test_clients_sample_through_the_server(local_ray, partitions):
         assert np.all(got[users == 60] == -1)
         assert all((u, i) in edges for u, i in zip(users[users != 60].tolist(), got[users != 60].tolist()))
         assert len(set(got[users == 0].tolist())) > 1  # independent draws, not one per node
-    assert [len(a) for a in in_edges["interacted_by"]] == [0, 0]  # user 60 has no edge
-    assert set(zip(*(a.tolist() for a in in_edges["interacts"]))) == edges
+    assert [len(a) for a in in_edges["interacted_by"]] == [0, 0, 0]  # user 60 has no edge (src, dst, edge id)
+    assert set(zip(*(a.tolist() for a in in_edges["interacts"][:2]))) == edges
 
 
 def test_dead_server_is_reported_by_partition(local_ray, partitions):
@@ -158,9 +158,9 @@ def test_two_jobs_on_one_machine_serve_their_own_features(local_ray, tmp_path_fa
     @ray.remote(num_cpus=0, max_calls=1)  # a fresh process per client
     def read_counts(info):
         from gnnrec.launch.graph_servers import connect_client
-        from gnnrec.dgl_adapter import disconnect, dist_edge_feature
+        from gnnrec.dgl_adapter import disconnect, dist_edge_values
         graph = connect_client(info)
-        values = dist_edge_feature(graph, ("user", "interacts", "item"), "count")[0:40]
+        values = dist_edge_values(graph, "interacts", "count", np.arange(40))
         disconnect()
         return sorted(values.tolist())
 

@@ -127,6 +127,17 @@ def test_planted_communities_follow_in_community(tmp_path):
     assert abs(same - (0.3 + 0.7 / 5)) < 0.04, same
 
 
+def test_drift_moves_tastes_to_the_next_community_late_in_the_year(tmp_path):
+    from gnnrec.data.synth import START_TIME, YEAR
+    cfg, out = _synth(tmp_path, *TINY, "synth.edges=20000", "synth.in_community=1.0", "synth.drift=0.25")
+    s = cfg.synth
+    t = _read(out / "interactions")
+    home, taste = user_community(t.column("user_id").to_numpy(), s), item_community(t.column("item_id").to_numpy(), s)
+    late = t.column("timestamp").to_numpy() >= START_TIME + 0.75 * YEAR
+    assert 0.2 < late.mean() < 0.3
+    assert np.all(taste[~late] == home[~late]) and np.all(taste[late] == (home[late] + 1) % s.communities)
+
+
 def test_social_homophily(small_synth):
     s = small_synth["cfg"].synth
     t = _read(small_synth["synth_dir"] / "social")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blocks import row_pointer
+from .blocks import row_pointer, stable_order
 from .layers import spmm
 
 
@@ -47,7 +47,7 @@ class _GatheredScores(torch.autograd.Function):
         (b, k), flat, values = index.shape, index.reshape(-1), grad.reshape(-1).contiguous()
         rows = torch.arange(0, b * k + 1, k, device=u.device)
         s = torch.sparse_csr_tensor(rows, flat, values, (b, len(h)))
-        order = torch.argsort(flat, stable=True)  # ties in a fixed order: the same sums with any thread count
+        order = stable_order(flat, len(h))  # ties in a fixed order: the same sums with any thread count
         s_t = torch.sparse_csr_tensor(row_pointer(flat, len(h)), order // k, values.index_select(0, order), (len(h), b))
         return (spmm(s, h) if ctx.needs_input_grad[0] else None,
                 spmm(s_t, u) if ctx.needs_input_grad[1] else None, None)

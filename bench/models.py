@@ -67,7 +67,7 @@ def main() -> None:
             f"evaluate.out={{workdir}}/evaluate-{slug}", f"train.checkpoints={{workdir}}/checkpoints-{slug}"])
         started = time.time()
         summary = run(cfg)
-        metrics = [json.loads(line) for line in (Path(cfg.train.out) / "metrics.jsonl").read_text().splitlines()]
+        metrics = [json.loads(line) for line in (cfg.path(cfg.train.out) / "metrics.jsonl").read_text().splitlines()]
         test = summary["evaluate"]
         table[row] = {"overrides": overrides,
                       **{k: round(v, 4) for k, v in test.items() if k.startswith(("recall@", "ndcg@"))},

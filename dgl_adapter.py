@@ -4,6 +4,7 @@ Node types are `user` and `item`; edge types are named by EDGE_TYPES.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -130,10 +131,8 @@ def serve(env: dict[str, str]) -> None:
     os.environ.update(env)
     dgl = _dgl()
     _shorten_the_servers_wait_for_clients()
-    try:
+    with contextlib.suppress(SystemExit):
         dgl.distributed.initialize(env["DGL_IP_CONFIG"])
-    except SystemExit:
-        pass
 
 
 def _shorten_the_servers_wait_for_clients() -> None:
@@ -148,7 +147,7 @@ def _shorten_the_servers_wait_for_clients() -> None:
 def job_features(part_config: str, part: int, directory: str) -> str:
     """The part config to serve partition `part` with: its feature files copied into `directory` with
     every name made the job's own (`<type>/<feat>` -> `<type>/<graph name>_<feat>`, the graph name being
-    the job's; read them with `dist_edge_values`); `part_config` itself when the part has none.
+    the job's; read them with `dist_values`); `part_config` itself when the part has none.
     DistDGL names a feature's shared memory after the feature alone, so two jobs serving features of the
     same name on one machine would write into each other's."""
     from dgl.data.utils import load_tensors, save_tensors
@@ -308,11 +307,12 @@ def local_in_csr(graph) -> tuple[dict, dict] | None:
 
 
 @_serialized
-def dist_edge_values(graph, etype: str, feat: str, eids: np.ndarray) -> np.ndarray:
-    """Edge feature `feat` (as the partitioner wrote it: count, weight, timestamp; see `job_features`) of
-    edges `eids` (per-type ids) of an edge type; this machine's partition's own are read from its shared
-    memory (DGL's fast pull), the others from the servers."""
-    return graph.edges[EDGE_TYPES[etype]].data[f"{graph.graph_name}_{feat}"][torch.from_numpy(eids)].numpy()
+def dist_values(graph, kind: str, feat: str, ids: np.ndarray) -> np.ndarray:
+    """Feature `feat` as the partitioner wrote it (see `job_features`) of nodes of a node type (`kind` user or
+    item: feat) or edges of an edge type (interacts, ...: count, weight, timestamp), by per-type ids; this
+    machine's partition's own read from its shared memory (DGL's fast pull), the others from the servers."""
+    data = graph.nodes[kind].data if kind in ("user", "item") else graph.edges[EDGE_TYPES[kind]].data
+    return data[f"{graph.graph_name}_{feat}"][torch.from_numpy(ids)].numpy()
 
 
 @_serialized

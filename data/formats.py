@@ -62,6 +62,10 @@ class Dataset:
         """The timestamp of each edge of a split (seconds), in the order of `edges`."""
         return pq.read_table(self.path / "edges" / f"{split}.parquet", columns=["timestamp"])["timestamp"].to_numpy()
 
+    def features(self, node_type: str) -> np.ndarray:
+        """[n, f] features of every node of a type, in dataset ids (ingest.*_features)."""
+        return np.load(self.path / "features" / f"{node_type}.npy")
+
     def social(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(follower, followee) pairs, or None when the dataset has no social edges."""
         path = self.path / "edges" / "social.parquet"

@@ -55,6 +55,27 @@ class NodeInput(nn.Module):
         return h
 
 
+class FeatureInputs(nn.Module):
+    r"""Input embeddings of the node types that have features (`train.inputs`):
+
+    .. math:: h^{(0)}_v = e_v + W_t x_v + b_t \;\; (\text{id+features}) \quad\text{or}\quad
+              h^{(0)}_v = W_t x_v + b_t \;\; (\text{features: inductive, no ID row})
+
+    for a node v of type t with features x_v; a type without features keeps its ID row e_v.
+    """
+
+    def __init__(self, feature_dims: dict[str, int], dim: int, use_id: bool):
+        super().__init__()
+        self.proj = nn.ModuleDict({t: nn.Linear(f, dim) for t, f in sorted(feature_dims.items())})
+        self.use_id = use_id
+
+    def forward(self, node_type: str, id_rows: Tensor, features: Optional[Tensor]) -> Tensor:
+        if node_type not in self.proj:
+            return id_rows
+        projected = self.proj[node_type](features.to(id_rows.dtype))
+        return id_rows + projected if self.use_id else projected
+
+
 class GNN(nn.Module):
     """A stack of convolutions: h^{l+1} = conv_l(block_l, h^l), then a combination of all layers' outputs.
 
@@ -260,11 +281,16 @@ class Recommender(nn.Module):
     """A GNN from the registry and the loss, as one module for DDP; the ID embeddings h0 of the batch's
     input nodes come from outside (rows of the distributed tables, or of a table in memory).
 
-    t: the training config section (model, dim, layers, model_options, loss, loss_options, l2, contrast,
-    negative_mixing)."""
+    t: the training config section (model, dim, layers, model_options, inputs, loss, loss_options, l2,
+    contrast, negative_mixing); feature_dims: {node type: feature width} of the data (for train.inputs).
+    `inputs` (FeatureInputs, None for ID rows only) turns a type's ID rows and features into its h0."""
 
-    def __init__(self, t):
+    def __init__(self, t, feature_dims: Optional[dict] = None):
         super().__init__()
+        if t.inputs != "id" and not feature_dims:
+            raise ValueError(f"train.inputs={t.inputs}: the data has no node features (ingest.item_features, "
+                             "ingest.user_features)")
+        self.inputs = None if t.inputs == "id" else FeatureInputs(feature_dims, t.dim, use_id=t.inputs == "id+features")
         self.gnn = build_model(t.model, t.dim, t.layers, t.model_options)
         self.loss, self.loss_options, self.l2 = LOSSES[t.loss], t.loss_options, t.l2
         self.contrast, self.negative_mixing = t.contrast, t.negative_mixing

@@ -105,7 +105,7 @@ def partition(cfg) -> dict:
             "halo_hops": p.halo_hops, "nodes": num_nodes, "edges": num_edges,
             "edge_cut": round(cut, 4),
             "halo_fraction": round(sum(s["halo_users"] + s["halo_items"] for s in parts) / max(num_nodes, 1), 4),
-            **newest,
+            **newest, "feature_dims": meta.get("feature_dims", {}),  # the models' feature inputs
             **{f"imbalance_{k}": round(float(imbalance(column(key))[0]), 4) for k, key in (
                 ("users", "inner_users"), ("items", "inner_items"), ("edges", "inner_edges"),
                 ("train", "train_edges"), ("val", "val_edges"), ("test", "test_edges"))},

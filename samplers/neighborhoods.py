@@ -150,13 +150,13 @@ class DistNeighborhoods:
         self.counted = None if self.relations == present else {}
 
     def sample(self, users, items, fanout, rng):  # the servers draw; rng is unused
-        from gnnrec.dgl_adapter import dist_edge_values, dist_sample_in_edges
+        from gnnrec.dgl_adapter import dist_values, dist_sample_in_edges
         dst_ids = {"user": users, "item": items}
         edges = dist_sample_in_edges(self.graph, {t: ids for t, ids in dst_ids.items() if len(ids)},
                                      {r: fanout for r in self.relations})
         out = []
         for relation, (src, dst, eid) in edges.items():
-            time = dist_edge_values(self.graph, relation, "timestamp", eid) if self.times and relation in TIMED else None
+            time = dist_values(self.graph, relation, "timestamp", eid) if self.times and relation in TIMED else None
             out.append((relation, src, _positions(dst_ids[RELATIONS[relation][1]], dst), time))
         return out
 
@@ -202,10 +202,10 @@ class LocalFirstNeighborhoods:
     them, are read once from this machine's shared memory."""
 
     def __init__(self, remote: DistNeighborhoods, csr: dict, own: dict[str, tuple[int, int]]):
-        from gnnrec.dgl_adapter import dist_edge_values
+        from gnnrec.dgl_adapter import dist_values
         self.remote, self.own = remote, own
         relations = [r for r in remote.relations if r in csr]
-        times = {r: dist_edge_values(remote.graph, r, "timestamp", csr[r][2])
+        times = {r: dist_values(remote.graph, r, "timestamp", csr[r][2])
                  for r in relations if remote.times and r in TIMED}
         self.local = CSRNeighborhoods({r: csr[r][:2] for r in relations}, own["user"][1], own["item"][1], times)
         self.sampled = np.zeros(2, np.int64)  # nodes whose neighbours were sampled here, by the servers

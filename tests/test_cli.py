@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gnnrec.launch import cli, stages
 from gnnrec.launch.config import load_config
@@ -53,11 +54,16 @@ def test_no_stage_or_unknown_stage_is_a_usage_error(capsys):
 
 def test_run_end_to_end(tmp_path, capsys):
     # every stage of the quickstart pipeline, one training round (rounds: tests/test_infer.py)
-    # with time decay: the blocks of training, validation, mining and inference weighted by their edges' age
-    args = ["synth.edges=5000", "synth.social_edges=500", "run.rounds=1", "train.time_decay.rate=0.01"]
+    # with time decay (the blocks of training, validation, mining and inference weighted by their edges'
+    # age) and items known by their features alone (h0 = W x + b: training, layer-wise inference, evaluate)
+    args = ["synth.edges=5000", "synth.social_edges=500", "run.rounds=1", "train.time_decay.rate=0.01",
+            "train.inputs=features"]
     assert cli.main(["run", f"workdir={tmp_path}", *args]) == 0
     out, err = capsys.readouterr()
     assert read_json(tmp_path / "partitions" / "partition_stats.json")["newest_timestamp"] > 0
+    dense = torch.load(tmp_path / "train" / "model" / "dense.pt", weights_only=True)["model"]
+    assert dense["inputs.proj.item.weight"].shape == (32, 8) and "inputs.proj.user.weight" not in dense
+    assert read_json(tmp_path / "evaluate" / "metrics.json")["results"]["lightgcn"]["recall@20"] > 0
     assert "synth summary" in out and "ingest summary" in out
     assert out.index("synth summary") < out.index("ingest summary") < out.index("plan:")  # each as its stage ends
     meta = Dataset(tmp_path / "dataset").meta

@@ -158,9 +158,9 @@ def test_two_jobs_on_one_machine_serve_their_own_features(local_ray, tmp_path_fa
     @ray.remote(num_cpus=0, max_calls=1)  # a fresh process per client
     def read_counts(info):
         from gnnrec.launch.graph_servers import connect_client
-        from gnnrec.dgl_adapter import disconnect, dist_edge_values
+        from gnnrec.dgl_adapter import disconnect, dist_values
         graph = connect_client(info)
-        values = dist_edge_values(graph, "interacts", "count", np.arange(40))
+        values = dist_values(graph, "interacts", "count", np.arange(40))
         disconnect()
         return sorted(values.tolist())
 

@@ -30,7 +30,7 @@ from gnnrec.ranking.topk import top_k
 users, items = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1])
 src, dst, etype = graph_edges(users, items, 3)
 blocks = full_graph_blocks(src, dst, 5, 2, etype=etype)
-model = Recommender(SimpleNamespace(model="lightgcn", dim=4, layers=2, model_options=dict(), loss="bpr", loss_options=dict(),
+model = Recommender(SimpleNamespace(model="lightgcn", dim=4, layers=2, model_options=dict(), inputs="id", loss="bpr", loss_options=dict(),
                                     l2=1e-4, contrast=SimpleNamespace(weight=0.0), negative_mixing=False))
 h0 = torch.randn(5, 4, requires_grad=True)
 loss = model(Batch(torch.arange(5), blocks, users, items + 3, torch.tensor([4, 3, 3])), h0)

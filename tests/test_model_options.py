@@ -143,3 +143,16 @@ def test_a_step_is_bitwise_reproducible_with_two_threads(model):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for g in grads[1:] for a, b in zip(g, grads[0]))
+
+
+def test_feature_inputs_add_to_or_replace_the_id_rows_of_the_types_with_features():
+    t = load_config(None, ["train.inputs=id+features"]).train
+    rows, x = torch.randn(4, t.dim), torch.randn(4, 3)
+    both = Recommender(t, {"item": 3})
+    assert torch.allclose(both.inputs("item", rows, x), rows + both.inputs.proj["item"](x))
+    assert both.inputs("user", rows, None) is rows  # no user features: the ID rows
+    alone = Recommender(t.model_copy(update={"inputs": "features"}), {"item": 3})
+    assert torch.allclose(alone.inputs("item", rows, x), alone.inputs.proj["item"](x))
+    assert Recommender(t.model_copy(update={"inputs": "id"}), {"item": 3}).inputs is None
+    with pytest.raises(ValueError, match="train.inputs=features: the data has no node features"):
+        Recommender(t.model_copy(update={"inputs": "features"}), {})

@@ -19,6 +19,20 @@ from gnnrec.trainer.phases import Phases
 SECONDS = {"second": 1, "hour": 3600, "day": 86400, "week": 7 * 86400}
 
 
+def node_inputs(model, graph):
+    """`model.inputs` over the servers' node features: (node type, per-type ids, their ID rows) -> their
+    h0 (RowAdam.rows, LayerwiseInference); None when the model reads ID rows only (train.inputs=id)."""
+    if model.inputs is None:
+        return None
+
+    def inputs(node_type: str, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        features = None
+        if node_type in model.inputs.proj:
+            features = torch.from_numpy(dgl_adapter.dist_values(graph, node_type, "feat", ids.cpu().numpy()))
+        return model.inputs(node_type, rows, None if features is None else features.to(rows.device))
+    return inputs
+
+
 def time_decay(t, partitions) -> TimeDecay | None:
     """`train.time_decay` per timestamp second (timestamps are seconds), from the partitions' newest
     training timestamp; None when off. A UserError when the training edges have no timestamps."""

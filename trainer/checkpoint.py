@@ -200,12 +200,12 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
             for node_type in NODE_TYPES}
 
 
-def load_model(path: Path, t, name: str):
-    """The Recommender of train config `t` with checkpoint `path`'s dense weights; UserError naming
-    `name` when the checkpoint does not fit `t` (another model, layers or dim)."""
+def load_model(path: Path, t, name: str, feature_dims: dict | None = None):
+    """The Recommender of train config `t` (over features of `feature_dims`) with checkpoint `path`'s dense
+    weights; UserError naming `name` when the checkpoint does not fit `t` (another model, layers or dim)."""
     from gnnrec.model.models import Recommender
 
-    model = Recommender(t)
+    model = Recommender(t, feature_dims)
     try:
         model.load_state_dict(_load(Path(path) / "dense.pt")["model"])
         fits = TrainState.read(path).dim in (None, t.dim)  # None: written before checkpoints said
@@ -242,7 +242,7 @@ class TrainOutput:
 
     def model(self):
         """The Recommender its config describes, with the dense weights; UserError if they do not fit."""
-        return load_model(self.model_dir, self.config.train, f"{self.path}")
+        return load_model(self.model_dir, self.config.train, f"{self.path}", self.partitions.stats.get("feature_dims"))
 
     def tables(self) -> dict[str, torch.Tensor]:
         """The whole ID tables in partition ids, in this process; UserError if their dim is not the config's."""

@@ -71,6 +71,13 @@ class TrainedModel:
         if tuple(len(partitions.orig_nids(n)) for n in NODE_TYPES) != (self.dataset.num_users, self.dataset.num_items):
             raise UserError(f"{key}={train_dir}: trained on another dataset than {self.dataset.path}")
         self.h0 = input_embeddings(output.tables(), *(partitions.orig_nids(n) for n in NODE_TYPES))
+        if self.model.inputs is not None:  # h0 from ID rows and features (train.inputs), in dataset ids
+            with torch.no_grad():
+                nu = self.dataset.num_users
+                for node_type, rows in (("user", slice(0, nu)), ("item", slice(nu, None))):
+                    features = torch.from_numpy(self.dataset.features(node_type)) \
+                        if node_type in self.model.inputs.proj else None
+                    self.h0[rows] = self.model.inputs(node_type, self.h0[rows], features)
         self.train = self.dataset.edges("train")
         self.social = social_edges(self.dataset, self.model)
         self.time_decay = time_decay(self.config.train, partitions)  # the edge weights it trained with

@@ -33,14 +33,15 @@ class LayerwiseInference:
     graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistTensor}; t: the
     training config (the blocks it trained on: train.sampler); neighborhoods: the graph back-end
     (default: this machine's partition from local memory, the rest through the servers); time_decay:
-    the edge weights it trained with (trainer/batches.time_decay).
+    the edge weights it trained with (trainer/batches.time_decay); inputs: the model's h0 from ID rows and
+    features (trainer/batches.node_inputs; None: layer 0 is the ID tables themselves).
     `run(progress)` reports (desc, batch, batches) of each layer to `progress` (WorkerSession.progress).
     The distributed tensors are created once (collectively, by every trainer) and reused per call.
     """
 
     def __init__(self, graph, gnn, tables: dict, t, rank: int, world: int, batch_size: int = 4096,
-                 neighborhoods=None, time_decay=None):
-        self.graph, self.gnn, self.batch_size = graph, gnn, batch_size
+                 neighborhoods=None, time_decay=None, inputs=None):
+        self.graph, self.gnn, self.batch_size, self.tables, self.inputs = graph, gnn, batch_size, tables, inputs
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
         neighborhoods = neighborhoods or served(graph, uses_social(gnn), times=time_decay is not None)
         self.sampler = block_sampler(t, neighborhoods, self.num_users, self.num_items, inference=True,
@@ -50,7 +51,8 @@ class LayerwiseInference:
         num_layers = len(gnn.convs)
         with torch.no_grad():
             out_dim = gnn.output([torch.zeros(1, dim)] * (num_layers + 1)).shape[1]
-        self.layers = [{t: tables[t] for t in NODE_TYPES}] + [
+        self.layers = [{t: tables[t] if inputs is None else dgl_adapter.dist_tensor(graph, t, dim, f"layer0_{t}")
+                        for t in NODE_TYPES}] + [
             {t: dgl_adapter.dist_tensor(graph, t, dim, f"layer{l}_{t}") for t in NODE_TYPES}
             for l in range(1, num_layers + 1)]
         self.final = {t: dgl_adapter.dist_tensor(graph, t, out_dim, f"final_{t}") for t in NODE_TYPES}
@@ -80,6 +82,11 @@ class LayerwiseInference:
         self.layer_seconds = []
         num_layers = len(self.gnn.convs)
         batches = sum(-(-len(share) // self.batch_size) for share in self.shares.values())
+        if self.inputs is not None:  # layer 0: every node's h0 from its ID row and features
+            for node_type, ids, _ in self._batches():
+                index = torch.from_numpy(ids)
+                self.layers[0][node_type][index] = self.inputs(node_type, index, self.tables[node_type][index])
+            _barrier()
         for index in range(num_layers):
             started = time.perf_counter()
             for step, (node_type, ids, nodes) in enumerate(self._batches()):

@@ -39,7 +39,7 @@ def model_session(config: dict):
     into the servers, and a LayerwiseInference of its GNN (in eval mode)."""
     from gnnrec.launch.job import worker_session
     from gnnrec.trainer import checkpoint
-    from gnnrec.trainer.batches import time_decay
+    from gnnrec.trainer.batches import node_inputs, time_decay
     from gnnrec.trainer.layerwise import LayerwiseInference
 
     trained = TrainOutput(config["trained"])
@@ -48,4 +48,4 @@ def model_session(config: dict):
         checkpoint.restore(trained.model_dir, w.tables, None, w.rank, w.world)
         model = trained.model().eval()
         yield w, LayerwiseInference(w.graph, model.gnn, w.tables, t, w.rank, w.world, w.cfg.infer.batch_size,
-                                    time_decay=time_decay(t, w.partitions))
+                                    time_decay=time_decay(t, w.partitions), inputs=node_inputs(model, w.graph))

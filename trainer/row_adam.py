@@ -50,15 +50,15 @@ class RowAdam:
             self.trainers = _trainers_by_partition(self.partition, self.world, self.comm)
         self._read: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def rows(self, nodes: torch.Tensor, num_users: int, device) -> torch.Tensor:
-        """h0 [len(nodes), dim] of distinct homogeneous node ids (users, then items from `num_users`),
-        recorded for `step`."""
+    def rows(self, nodes: torch.Tensor, num_users: int, device, inputs=None) -> torch.Tensor:
+        """h0 [len(nodes), dim] of distinct homogeneous node ids (users, then items from `num_users`): their
+        rows, recorded for `step`, or `inputs(node type, ids, rows)` of them (trainer/batches.node_inputs)."""
         users = nodes < num_users
         ids = {"user": nodes[users], "item": nodes[~users] - num_users}
         self._read = {n: (i, self._pull(n, i).to(device).requires_grad_()) for n, i in ids.items()}
+        h = {n: rows if inputs is None else inputs(n, i, rows) for n, (i, rows) in self._read.items()}
         h0 = torch.empty(len(nodes), self.tables["user"].shape[1], device=device)
-        h0 = h0.index_put((users.to(device),), self._read["user"][1])
-        return h0.index_put((~users.to(device),), self._read["item"][1])
+        return h0.index_put((users.to(device),), h["user"]).index_put((~users.to(device),), h["item"])
 
     def _pull(self, node_type: str, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` of a table: this machine's read from its shared memory, the others' from the servers."""

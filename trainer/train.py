@@ -125,8 +125,12 @@ def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
     if t.resume and checkpoint.latest(checkpoints) is None:
         raise UserError(f"train.resume=true: no checkpoint in train.checkpoints={checkpoints}")
     if t.resume:  # refused here: a worker failing on it would be restarted for nothing
-        checkpoint.load_model(checkpoint.latest(checkpoints), t, f"train.resume=true: {checkpoint.latest(checkpoints)}")
+        checkpoint.load_model(checkpoint.latest(checkpoints), t, f"train.resume=true: {checkpoint.latest(checkpoints)}",
+                              partitions.stats.get("feature_dims"))
     time_decay(t, partitions)  # refused here, not in every worker
+    if t.inputs != "id" and not partitions.stats.get("feature_dims"):
+        raise UserError(f"train.inputs={t.inputs}: the partitions {partitions.path} have no node features "
+                        "(ingest.item_features or ingest.user_features, then partition again)")
     if t.validate_split != "none" and not partitions.split_edges(t.validate_split):
         raise UserError(f"train.validate_split={t.validate_split}: the partitions have no "
                         f"{t.validate_split} edges (choose another split, or none)")
@@ -141,7 +145,7 @@ def train_loop(config: dict) -> None:
     from gnnrec import dgl_adapter
     from gnnrec.launch.config import Config
     from gnnrec.launch.job import worker_session
-    from gnnrec.trainer.batches import BatchMaker
+    from gnnrec.trainer.batches import BatchMaker, node_inputs
     from gnnrec.trainer.row_adam import RowAdam
 
     t = Config.model_validate(config["cfg"]).train
@@ -149,7 +153,8 @@ def train_loop(config: dict) -> None:
         rank, world, graph, tables = w.rank, w.world, w.graph, w.tables
         out, checkpoints, hard = Path(config["out"]), Path(config["checkpoints"]), config["hard_negatives"]
         num_users = graph.num_nodes("user")
-        module = Recommender(t).to(w.device)
+        module = Recommender(t, w.partitions.stats.get("feature_dims")).to(w.device)
+        inputs = node_inputs(module, graph)
         dense = list(module.parameters())
         model = prepare_model(module) if dense and world > 1 else module
         dense_opt = torch.optim.Adam(dense, lr=t.dense_lr or t.lr) if dense else None
@@ -169,7 +174,7 @@ def train_loop(config: dict) -> None:
             else:  # the checkpoint's epochs only: a restart drops those the killed attempt logged after it
                 (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in state.history))
         batches = BatchMaker(graph, t, w.partitions, hard, uses_social(module.gnn))
-        validate = None if t.validate_split == "none" else _validator(w, module.gnn, t, batches)
+        validate = None if t.validate_split == "none" else _validator(w, module.gnn, t, batches, inputs)
         if hard is not None and state.hard_negatives != str(hard):  # a new round starts here
             state.hard_negatives, state.round_start_epoch = str(hard), state.epoch
         steps_run, phases = 0, Phases()
@@ -191,7 +196,7 @@ def train_loop(config: dict) -> None:
             w.progress(f"epoch {epoch + 1}", first, steps, epoch=epoch)
             for batch in phases.timed("wait for batch", batches.ahead(my_users, my_items, chunks[first:], rngs)):
                 with phases("row pull"), dgl_adapter.RPC:
-                    h0 = sparse_opt.rows(batch.input_nodes, num_users, w.device)
+                    h0 = sparse_opt.rows(batch.input_nodes, num_users, w.device, inputs)
                 rows += len(batch.input_nodes)
                 with phases("forward"):
                     loss = model(batch.to(w.device), h0)
@@ -282,14 +287,15 @@ def _early_stopping(state: TrainState, metrics: dict, t) -> None:
         state.stopped = bool(t.patience) and state.bad_epochs >= t.patience
 
 
-def _validator(w, gnn, t, batches):
+def _validator(w, gnn, t, batches, inputs):
     """A function computing this epoch's validation metrics (the same numbers on every trainer), over
-    the graph back-end of the trainer's BatchMaker when it has one, with its edge weights."""
+    the graph back-end of the trainer's BatchMaker when it has one, with its edge weights and the model's
+    `inputs` (trainer/batches.node_inputs)."""
     from gnnrec.ranking.metrics import sample_truth
     from gnnrec.trainer.layerwise import LayerwiseInference, sharded_metrics
 
     inference = LayerwiseInference(w.graph, gnn, w.tables, t, w.rank, w.world, neighborhoods=batches.neighborhoods,
-                                   time_decay=batches.time_decay)
+                                   time_decay=batches.time_decay, inputs=inputs)
     held_out = sample_truth(*w.partitions.held_out(t.validate_split), t.validate_users, t.seed)  # same on every rank
     k = t.validate_k
 

@@ -72,7 +72,7 @@ def main() -> None:
         table[row] = {"overrides": overrides,
                       **{k: round(v, 4) for k, v in test.items() if k.startswith(("recall@", "ndcg@"))},
                       "over_popularity": round(test["recall@20"] / test["popularity_recall@20"], 2),
-                      "best_epoch": summary["train"].get("best_epoch"), "epochs": len(metrics),
+                      "best_epoch": summary["train"]["model_epoch"], "epochs": len(metrics),
                       "train_seconds": round(sum(m["seconds"] for m in metrics), 1),
                       "job_seconds": round(time.time() - started, 1)}
         print(json.dumps({row: table[row]}), flush=True)

@@ -3,6 +3,7 @@
 Plain tensors stand in for DGL's distributed ones: a table in shared memory, halves of it as the two
 machines' shards (the adapter's three calls replaced). Two trainers are two processes joined by gloo.
 """
+import os
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -79,18 +80,19 @@ def test_one_trainer_is_adam_per_row(monkeypatch):
     assert opt.state["item"][0][never - USERS] == 0  # a row never read has no step
 
 
-def _trainer(rank: int, port: int, tables: dict, steps: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+def _trainer(rank: int, store: str, tables: dict, steps: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,  # no port to collide
                             timeout=timedelta(seconds=60))  # a hang fails, it does not wait forever
     with pytest.MonkeyPatch.context() as monkeypatch:
         _train(RowAdam(_with_shards(monkeypatch, tables, 2, rank), tables, LR), rank, steps)
-    dist.destroy_process_group()
+    # no destroy_process_group: with torch 2.2's gloo it hung one trainer in about 1 run of 5 on a loaded
+    # machine once its peer had exited (seen with both the TCP and the file store); the process ends here
+    os._exit(0)
 
 
-def test_two_trainers_update_each_row_once_with_the_mean_gradient_on_its_machine():
+def test_two_trainers_update_each_row_once_with_the_mean_gradient_on_its_machine(tmp_path):
     """Trainer r is machine r's: each row's update is done by the trainer whose shard holds it."""
     tables = {n: t.share_memory_() for n, t in _tables().items()}
     expected = _expected(tables, 2, steps=4)
-    port = 29_500 + torch.randint(0, 2000, ()).item()
-    mp.start_processes(_trainer, args=(port, tables, 4), nprocs=2, start_method="spawn", join=True)
+    mp.start_processes(_trainer, args=(str(tmp_path / "store"), tables, 4), nprocs=2, start_method="spawn", join=True)
     assert torch.allclose(torch.cat([tables["user"], tables["item"]]), expected, atol=1e-6)

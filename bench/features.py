@@ -14,6 +14,7 @@ import json
 
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
+from models import own_outputs
 
 
 def main() -> None:
@@ -28,9 +29,7 @@ def main() -> None:
     for inputs in ("id", "id+features", "features"):
         name = inputs.replace("+", "-")
         summary = run(load_config(None, base + [
-            f"train.inputs={inputs}", "run.stages=[train, evaluate]", f"train.out={{workdir}}/train-{name}",
-            f"train.checkpoints={{workdir}}/checkpoints-{name}", f"evaluate.checkpoint={{workdir}}/train-{name}",
-            f"evaluate.out={{workdir}}/evaluate-{name}"]))
+            f"train.inputs={inputs}", "run.stages=[train, evaluate]", *own_outputs(name)]))
         train, test = summary["train"], summary["evaluate"]
         out["inputs"][inputs] = {"val_recall@20": train["recall@20"], "epoch": train["model_epoch"],
                                  "test_recall@20": test["recall@20"], "test_ndcg@20": test["ndcg@20"],

@@ -22,6 +22,13 @@ from gnnrec.launch.stages import run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+
+def own_outputs(name: str) -> list[str]:
+    """Overrides giving a variant of a config its own train output, checkpoints and evaluation (also
+    bench/time_decay.py's and bench/features.py's)."""
+    return [f"train.out={{workdir}}/train-{name}", f"train.checkpoints={{workdir}}/checkpoints-{name}",
+            f"evaluate.checkpoint={{workdir}}/train-{name}", f"evaluate.out={{workdir}}/evaluate-{name}"]
+
 MODELS = {  # row: overrides of the config
     "lightgcn": [],
     "ngcf": ["train.model=ngcf"],
@@ -63,8 +70,7 @@ def main() -> None:
         stages = "[ingest, partition, train, evaluate]" if any(o.startswith("ingest.") for o in overrides) \
             else "[train, evaluate]"
         cfg = load_config(args.config, common + overrides + [
-            f"run.stages={stages}", f"train.out={{workdir}}/train-{slug}", f"evaluate.checkpoint={{workdir}}/train-{slug}",
-            f"evaluate.out={{workdir}}/evaluate-{slug}", f"train.checkpoints={{workdir}}/checkpoints-{slug}"])
+            f"run.stages={stages}", *own_outputs(slug)])
         started = time.time()
         summary = run(cfg)
         metrics = [json.loads(line) for line in (cfg.path(cfg.train.out) / "metrics.jsonl").read_text().splitlines()]

@@ -16,6 +16,7 @@ import json
 
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
+from models import own_outputs
 
 
 def main() -> None:
@@ -32,9 +33,7 @@ def main() -> None:
     for rate in args.rates:
         name = f"rate-{rate:g}"
         summary = run(load_config(None, base + [
-            f"train.time_decay.rate={rate}", "run.stages=[train, evaluate]", f"train.out={{workdir}}/train-{name}",
-            f"train.checkpoints={{workdir}}/checkpoints-{name}", f"evaluate.checkpoint={{workdir}}/train-{name}",
-            f"evaluate.out={{workdir}}/evaluate-{name}"]))
+            f"train.time_decay.rate={rate}", "run.stages=[train, evaluate]", *own_outputs(name)]))
         train, test = summary["train"], summary["evaluate"]
         out["rates_per_day"][f"{rate:g}"] = {
             "val_recall@20": train["recall@20"], "val_ndcg@20": train["ndcg@20"], "epoch": train["model_epoch"],

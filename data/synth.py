@@ -10,7 +10,8 @@ The model of the log:
   the communities beats popularity by a wide margin on held-out edges. With `drift` d > 0, tastes move:
   in the last d of the year (timestamps span one) a user's community is the next one, (u + 1) mod C.
 - Social edges (optional) pick a source by activity and, with probability `homophily`, a friend of the
-  same community, else any user. Item features (optional) are the community's centroid plus noise.
+  same community, else any user. Item and user features (optional) are the node's community's centroid
+  (one set of centroids per node type) plus noise.
 
 Memory is bounded by `chunk_edges`, whatever the number of edges; output is deterministic for a seed.
 """
@@ -101,14 +102,13 @@ def social_chunk(cfg, index: int, size: int) -> dict[str, np.ndarray]:
     return {"user_id": src, "friend_id": dst}
 
 
-def item_feature_chunk(cfg, start: int, stop: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([cfg.seed, 3, start])
-    centroids = np.random.default_rng([cfg.seed, 4]).normal(size=(cfg.communities, cfg.item_feature_dim))
-    items = np.arange(start, stop)
-    feats = centroids[item_community(items, cfg)] + 0.5 * rng.normal(size=(len(items), cfg.item_feature_dim))
-    cols = {"item_id": items}
-    cols.update({f"f{k}": feats[:, k].astype(np.float32) for k in range(cfg.item_feature_dim)})
-    return cols
+def feature_chunk(cfg, node_type: str, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Features of nodes [start, stop) of a type: their community's centroid plus noise."""
+    dim, salt = (cfg.item_feature_dim, 3) if node_type == "item" else (cfg.user_feature_dim, 5)
+    community = (item_community if node_type == "item" else user_community)(np.arange(start, stop), cfg)
+    centroids = np.random.default_rng([cfg.seed, salt + 1]).normal(size=(cfg.communities, dim))
+    feats = centroids[community] + 0.5 * np.random.default_rng([cfg.seed, salt, start]).normal(size=(stop - start, dim))
+    return {f"{node_type}_id": np.arange(start, stop), **{f"f{k}": feats[:, k].astype(np.float32) for k in range(dim)}}
 
 
 def _table(cols: dict[str, np.ndarray], cfg) -> pa.Table:
@@ -137,6 +137,16 @@ def _write_chunks(out_dir, total: int, chunk: int, per_file: int, make, cfg, des
         writer.close()
 
 
+def _write_features(path, cfg, node_type: str, n: int) -> None:
+    chunks = (_table(feature_chunk(cfg, node_type, start, min(start + cfg.chunk_edges, n)), cfg)
+              for start in range(0, n, cfg.chunk_edges))
+    first = next(chunks)
+    with pq.ParquetWriter(path, first.schema) as writer:
+        writer.write_table(first)
+        for table in chunks:
+            writer.write_table(table)
+
+
 def synth(cfg) -> dict:
     """Generate the synthetic log of `cfg.synth` into its `out` directory; return its manifest."""
     s = cfg.synth
@@ -148,13 +158,12 @@ def synth(cfg) -> dict:
         if s.social_edges:
             _write_chunks(tmp / "social", s.social_edges, s.chunk_edges, s.file_edges,
                           lambda i, n: social_chunk(s, i, n), s, "synth social")
-        if s.item_feature_dim:
-            with pq.ParquetWriter(tmp / "item_features.parquet",
-                                  _table(item_feature_chunk(s, 0, 1), s).schema) as writer:
-                for start in range(0, s.items, s.chunk_edges):
-                    writer.write_table(_table(item_feature_chunk(s, start, min(start + s.chunk_edges, s.items)), s))
+        for node_type, n in (("user", s.users), ("item", s.items)):
+            if getattr(s, f"{node_type}_feature_dim"):
+                _write_features(tmp / f"{node_type}_features.parquet", s, node_type, n)
         manifest = {"users": s.users, "items": s.items, "edges": s.edges, "social_edges": s.social_edges,
-                    "item_feature_dim": s.item_feature_dim, "seconds": round(time.perf_counter() - t0, 2)}
+                    "item_feature_dim": s.item_feature_dim,
+                    "user_feature_dim": s.user_feature_dim, "seconds": round(time.perf_counter() - t0, 2)}
         (tmp / "synth.json").write_text(json.dumps(manifest, indent=2))
         cfg.save(tmp)
     return {"out": str(out), **manifest}

@@ -29,7 +29,9 @@ class SynthConfig(Section):
     weights: bool = False
     social_edges: int = Field(0, ge=0)
     homophily: float = Field(0.8, ge=0, le=1, description="share of social edges inside a community")
-    item_feature_dim: int = Field(0, ge=0)
+    item_feature_dim: int = Field(0, ge=0, description="item features: the item's community centroid plus noise")
+    user_feature_dim: int = Field(0, ge=0, description="user features (a profile): the user's community centroid "
+                                  "plus noise")
     string_ids: bool = False
     chunk_edges: int = Field(1_000_000, ge=1, description="edges generated per chunk (bounds memory)")
     file_edges: int = Field(10_000_000, ge=1, description="edges per Parquet file")
@@ -316,9 +318,13 @@ class MineConfig(Section):
 
 
 class RecommendConfig(Section):
-    """Cold start: top-K for a new user from a few of their items (raw IDs)."""
+    """Cold start: top-K for a new user from a few of their items (raw IDs), their profile features, or both."""
     checkpoint: str = "{workdir}/train"
     items: list[str] = []
+    features: list[float] = Field([], description="the new user's features, in the order of the dataset's "
+                                  "user feature columns (ingest.user_features)")
+    similar_users: int = Field(20, ge=1, description="a model without a user feature projection: the new user "
+                               "starts as the mean of this many training users with the nearest features")
     k: int = Field(20, ge=1)
 
 

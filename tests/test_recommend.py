@@ -1,4 +1,5 @@
-"""Cold start: users held out of training entirely get recommendations from a few of their items."""
+"""Cold start: users held out of training entirely get recommendations from a few of their items, or from
+their profile features alone."""
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -15,15 +16,19 @@ HELD_OUT = 60
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, local_ray):
-    """LightGCN trained on a synthetic log without HELD_OUT random users; their edges returned."""
+    """LightGCN trained on a synthetic log without HELD_OUT random users; their edges returned. The log's
+    users have profile features (their community's centroid plus noise), unused by this model."""
     work = tmp_path_factory.mktemp("recommend")
-    base = [f"workdir={work}", "synth.users=800", "synth.items=1000", "synth.edges=30000", "synth.social_edges=0"]
+    base = [f"workdir={work}", "synth.users=800", "synth.items=1000", "synth.edges=30000", "synth.social_edges=0",
+            "synth.user_feature_dim=4"]
     run(load_config(None, base + ["run.stages=[synth]"]))
     log = pq.read_table(work / "synth" / "interactions").to_pandas()
     held = set(np.random.default_rng(1).choice(np.unique(log["user_id"]), HELD_OUT, replace=False).tolist())
     write_parquet(work / "kept.parquet", log[~log["user_id"].isin(held)][["user_id", "item_id"]].reset_index(drop=True)
                   .to_dict("list"))
     run(load_config(None, base + BARE + ["ingest.interactions.path={workdir}/kept.parquet", "train.epochs=4",
+                                         "ingest.user_features.path={workdir}/synth/user_features.parquet",
+                                         "ingest.user_features.id_column=user_id",
                                          "train.validate_split=none", "train.lr=0.02",
                                          "run.stages=[ingest, partition, train]"]))
     return work, log[log["user_id"].isin(held)].groupby("user_id")["item_id"].apply(list)
@@ -53,6 +58,48 @@ def test_cli_recommends_in_raw_ids_and_rejects_unknown_items(model, capsys):
     assert "not in the model's catalog" in capsys.readouterr().err
     with pytest.raises(UserError, match="recommend.k"):
         load_config(None, ["recommend.k=0"])
+
+
+def held_out_features(work, held) -> np.ndarray:
+    t = pq.read_table(work / "synth" / "user_features.parquet").to_pandas().set_index("user_id")
+    return t.loc[held.index].to_numpy(np.float32)
+
+
+def test_a_user_known_by_features_alone_beats_popularity(model):
+    """The feature path (a model trained with train.inputs=features: users are W x, no ID rows) and the
+    fallback of an ID model (the mean of the most similar training users) recommend for held-out users
+    from their features only; given items too, the feature path still uses them."""
+    work, held = model
+    run(load_config(None, [f"workdir={work}", "train.inputs=features", "train.epochs=4", "train.lr=0.02",
+                           "train.validate_split=none", "train.out={workdir}/train-features",
+                           "train.checkpoints={workdir}/checkpoints-features", "run.stages=[train]"]))
+    features = held_out_features(work, held)
+    inductive, by_ids = ColdStart(work / "train-features"), ColdStart(work / "train", similar_users=10)
+    assert "user" in inductive.model.inputs.proj and by_ids.model.inputs is None
+    for cold in (inductive, by_ids):
+        figures = held_out_recall(cold, held.tolist(), k=20, features=features, given=(0, 0))
+        assert figures["users"] >= HELD_OUT - 5
+        assert figures["recall"] >= 1.5 * figures["popularity_recall"], figures
+    with_items = held_out_recall(inductive, held.tolist(), k=20, features=features)
+    assert with_items["recall"] >= 1.5 * with_items["popularity_recall"], with_items
+    empty = [np.empty(0, np.int64)] * 2
+    a, _ = inductive.recommend(empty, 5, features[:2])
+    b, _ = inductive.recommend(empty, 5, features[:2] + 0.5 * np.abs(features[:2]).max())
+    assert a.shape == (2, 5) and (a >= 0).all() and not np.array_equal(a, b)  # the features decide
+    with pytest.raises(UserError, match="recommend.features: 3 values, the dataset's user features have 4"):
+        inductive.recommend(empty[:1], 5, np.zeros((1, 3)))
+    with pytest.raises(UserError, match="give each new user's items"):
+        by_ids.recommend(empty[:1], 5)
+
+
+def test_cli_recommends_from_features(model, capsys):
+    work, held = model
+    values = ", ".join(f"{v:.3f}" for v in held_out_features(work, held)[0])
+    assert cli.main(["recommend", f"workdir={work}", f"recommend.features=[{values}]", "--k", "3"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()
+            if line[:4].strip().isdigit()] == ["1", "2", "3"]
+    assert cli.main(["recommend", f"workdir={work}", "recommend.features=[1.0]"]) == 2
+    assert "recommend.features: 1 values" in capsys.readouterr().err
 
 
 class _Payload:

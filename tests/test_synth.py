@@ -171,6 +171,22 @@ def test_item_features(small_synth):
     assert all(np.array_equal(feats[k], by_raw[r]) for k, r in enumerate(raw.tolist()))
 
 
+def test_user_features_carry_the_users_community(tmp_path):
+    cfg, out = _synth(tmp_path / "a", *TINY, "synth.user_feature_dim=4")
+    s = cfg.synth
+    t = pq.read_table(out / "user_features.parquet")
+    assert t.column_names == ["user_id"] + [f"f{k}" for k in range(4)] and t.num_rows == s.users
+    ids = t.column("user_id").to_numpy()
+    x = np.column_stack([t.column(f"f{k}").to_numpy() for k in range(4)])
+    comm = user_community(ids, s)
+    centroids = np.stack([x[comm == c].mean(0) for c in range(s.communities)])
+    assert np.mean(np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1) == comm) > 0.8
+    assert read_json(out / "synth.json")["user_feature_dim"] == 4
+    _, without = _synth(tmp_path / "b", *TINY)  # the item features do not depend on the user ones
+    assert pq.read_table(out / "item_features.parquet").equals(pq.read_table(without / "item_features.parquet"))
+    assert not (without / "user_features.parquet").exists()
+
+
 def test_string_ids(tmp_path):
     _, out = _synth(tmp_path, *TINY, "synth.string_ids=true")
     t = _read(out / "interactions")

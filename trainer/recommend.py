@@ -1,19 +1,31 @@
-"""Cold start: top-K items for users the model has never seen, from a handful of their items each.
+"""Cold start: top-K items for users the model has never seen, from a handful of their items, their
+profile features, or both.
 
-Each new user joins the training graph as a node linked to their items, with an ID embedding equal to
-the mean of those items' ID embeddings (the only thing known about them), and the model's own layers
+Each new user joins the training graph as a node linked to their items, and the model's own layers
 aggregate over the enlarged graph: LightGCN/NGCF fold the user in from the items' layer representations
 (e_u^(l+1) = sum over the user's items of e_i^(l) / sqrt(d_u d_i)), GraphSAGE/PinSage apply their
-inductive aggregators; MF falls back to the item mean. The given items are never recommended back.
+inductive aggregators. The new user's input h0, from what is known about them:
+
+- a model with a user feature projection (`train.inputs` features or id+features, `ingest.user_features`)
+  and the user's features x: h0 = W_user x, plus (id+features) the mean of the items' h0 as the ID row;
+- else, given items: the mean of those items' h0 (MF: that mean is the user's representation);
+- else, given features only: the mean h0 of the `similar_users` training users whose features are
+  nearest by cosine (the fallback for a model trained on IDs).
+
+The given items are never recommended back.
 
     gnnrec recommend --checkpoint runs/quickstart/train --items 12,845,97 --k 10
+    gnnrec recommend --checkpoint runs/quickstart/train "recommend.features=[0.3, -1.2, 0.8]"
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import torch.nn.functional as F
 
 from gnnrec import UserError
 from gnnrec.trainer.evaluate import TrainedModel, propagate_all
@@ -23,9 +35,12 @@ from gnnrec.ranking.topk import top_k
 class ColdStart:
     """A trained model ready to recommend for new users (one full-graph pass per call, in this process)."""
 
-    def __init__(self, train_dir):
+    def __init__(self, train_dir, similar_users: int = 20):
         trained = TrainedModel(train_dir, "recommend.checkpoint")
         self.model, self.h0, self.train, self.social = trained.model, trained.h0, trained.train, trained.social
+        dims = trained.dataset.meta["feature_dims"]
+        self.user_features = trained.dataset.features("user") if "user" in dims else None
+        self.similar_users = similar_users
         self.time_decay, self.timestamp = trained.time_decay, trained.timestamp
         self.t = trained.config.train
         self.num_layers = self.t.layers
@@ -44,17 +59,41 @@ class ColdStart:
             raise UserError(f"recommend.items: item {missing!r} is not in the model's catalog")
         return found.to_numpy().astype(np.int64)
 
-    def recommend(self, item_lists: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def new_user_inputs(self, item_lists: list[np.ndarray], features: Optional[np.ndarray]) -> torch.Tensor:
+        """h0 [n, dim] of new users from their items (dataset ids) and/or features [n, f] (module docstring)."""
+        n = len(item_lists)
+        if features is not None:
+            features = torch.as_tensor(np.asarray(features, np.float32).reshape(n, -1))
+            if self.user_features is None:
+                raise UserError("recommend.features: the model's dataset has no user features (ingest.user_features)")
+            if features.shape[1] != self.user_features.shape[1]:
+                raise UserError(f"recommend.features: {features.shape[1]} values, the dataset's user features "
+                                f"have {self.user_features.shape[1]}")
+        items = [self.h0[self.num_users + torch.from_numpy(s)] for s in item_lists]
+        item_mean = torch.stack([h.mean(0) if len(h) else torch.zeros(self.h0.shape[1]) for h in items])
+        inputs = self.model.inputs
+        if features is not None and inputs is not None and "user" in inputs.proj:
+            with torch.no_grad():
+                return inputs("user", item_mean, features)
+        if features is None and not all(len(s) for s in item_lists):
+            raise UserError("recommend: give each new user's items (recommend.items) or features (recommend.features)")
+        if features is None:
+            return item_mean
+        known = F.normalize(torch.from_numpy(self.user_features), dim=1)
+        nearest = (F.normalize(features, dim=1) @ known.T).topk(min(self.similar_users, len(known)), dim=1).indices
+        similar_mean = self.h0[:self.num_users][nearest].mean(1)
+        return torch.where(torch.tensor([len(s) > 0 for s in item_lists])[:, None], item_mean, similar_mean)
+
+    def recommend(self, item_lists: list[np.ndarray], k: int, features: Optional[np.ndarray] = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """(items [n, k] dataset ids, -1 where fewer remain; scores [n, k]) for n new users given as lists
-        of dataset item ids."""
+        of dataset item ids (empty where only features are known) and, optionally, features [n, f]."""
         if k < 1:
             raise UserError(f"recommend.k={k}: must be at least 1")
         n, nu = len(item_lists), self.num_users
         new_users = torch.repeat_interleave(torch.arange(nu, nu + n), torch.tensor([len(s) for s in item_lists]))
-        new_items = torch.from_numpy(np.concatenate(item_lists)).long()
-        # node order: known users, new users, items
-        h0 = torch.cat([self.h0[:nu], torch.stack([self.h0[nu + torch.from_numpy(s)].mean(0) for s in item_lists]),
-                        self.h0[nu:]])
+        new_items = torch.from_numpy(np.concatenate(item_lists).astype(np.int64))
+        h0 = torch.cat([self.h0[:nu], self.new_user_inputs(item_lists, features), self.h0[nu:]])  # known, new, items
         timestamp = None if self.time_decay is None else np.concatenate(  # the new users' items: now
             [self.timestamp, np.full(len(new_items), self.time_decay.newest)])
         h = propagate_all(self.model, h0, torch.cat([self.train[0], new_users]), torch.cat([self.train[1], new_items]),
@@ -64,38 +103,43 @@ class ColdStart:
         return items.numpy(), scores.numpy()
 
 
-def held_out_recall(cold: ColdStart, histories, k: int = 20, seed: int = 0) -> dict:
+def held_out_recall(cold: ColdStart, histories, k: int = 20, seed: int = 0, features: Optional[np.ndarray] = None,
+                    given: tuple[int, int] = (1, 5)) -> dict:
     """Recall@k of cold-start recommendations, and of the most popular items, for users held out of
-    training: of each history (raw item IDs), 1-5 random items are given and the rest are to be found.
-    Histories with nothing left to find are skipped."""
+    training: of each history (raw item IDs), `given` (at least, at most) random items are given, with the
+    user's row of `features` when given, and the rest are to be found. Histories with nothing left to
+    find are skipped."""
     rng = np.random.default_rng(seed)
     catalog = cold.raw_items.to_numpy()
-    given, rest = [], []
-    for history in histories:
+    shown, rest, kept = [], [], []
+    for row, history in enumerate(histories):
         items = rng.permutation(np.unique(history))
         items = items[np.isin(items, catalog)]
-        n = int(rng.integers(1, 6))
+        n = int(rng.integers(given[0], given[1] + 1))
         if len(items) > n:
-            given.append(cold.item_ids(items[:n].tolist()))
+            shown.append(cold.item_ids(items[:n].tolist()))
             rest.append(set(cold.item_ids(items[n:].tolist()).tolist()))
-    top, _ = cold.recommend(given, k)
-    popular = np.argsort(-np.bincount(cold.train[1].numpy(), minlength=cold.num_items))[:k + 5]
-    by_popularity = [[i for i in popular if i not in set(g.tolist())][:k] for g in given]
+            kept.append(row)
+    top, _ = cold.recommend(shown, k, None if features is None else features[kept])
+    popular = np.argsort(-np.bincount(cold.train[1].numpy(), minlength=cold.num_items))[:k + given[1]]
+    by_popularity = [[i for i in popular if i not in set(g.tolist())][:k] for g in shown]
 
     def recall(lists) -> float:
         return float(np.mean([len(set(found) & r) / len(r) for found, r in zip(lists, rest)]))
 
-    return {"users": len(given), "k": k, "recall": recall(top.tolist()), "popularity_recall": recall(by_popularity)}
+    return {"users": len(shown), "k": k, "recall": recall(top.tolist()), "popularity_recall": recall(by_popularity)}
 
 
 def recommend_stage(cfg) -> dict:
     r = cfg.recommend
-    if not r.items:
-        raise UserError("recommend.items: give the new user's items (--items a,b,c)")
-    cold = ColdStart(cfg.path(r.checkpoint))
-    items, scores = cold.recommend([cold.item_ids(r.items)], r.k)
+    if not r.items and not r.features:
+        raise UserError("recommend.items: give the new user's items (--items a,b,c) or features (recommend.features)")
+    cold = ColdStart(cfg.path(r.checkpoint), r.similar_users)
+    items, scores = cold.recommend([cold.item_ids(r.items) if r.items else np.empty(0, np.int64)], r.k,
+                                   [r.features] if r.features else None)
     keep = items[0] >= 0
     raw = cold.raw_items.take(items[0][keep]).to_pylist()
     for rank, (item, score) in enumerate(zip(raw, scores[0][keep]), 1):
         print(f"{rank:>4}  {item}  {score:.4f}")
-    return {"checkpoint": str(cfg.path(r.checkpoint)), "given": len(r.items), "k": r.k, "recommended": len(raw)}
+    return {"checkpoint": str(cfg.path(r.checkpoint)), "given": len(r.items), "features": bool(r.features),
+            "k": r.k, "recommended": len(raw)}

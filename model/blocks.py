@@ -42,6 +42,7 @@ class Block:
     _sorted: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _sym_norm: Optional[Tensor] = field(default=None, init=False, repr=False, compare=False)  # sym_norm's, once
     _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # layers.propagate's
+    _self_looped: Optional["Block"] = field(default=None, init=False, repr=False, compare=False)  # add_self_loops'
 
     def __post_init__(self):
         if self.num_dst > self.num_src:
@@ -156,13 +157,16 @@ def sym_norm(block: Block) -> Tensor:
 
 
 def add_self_loops(block: Block) -> Block:
-    """The block with an edge i -> i for every dst node (weight 1, type INTERACTION, deg + 1)."""
-    loops = torch.arange(block.num_dst, device=block.src.device)
-    cat = lambda t, fill: None if t is None else torch.cat([t, torch.full_like(loops, fill, dtype=t.dtype)])  # noqa: E731
-    return dataclasses.replace(
-        block, src=torch.cat([block.src, loops]), dst=torch.cat([block.dst, loops]),
-        weight=cat(block.weight, 1), etype=cat(block.etype, INTERACTION),
-        deg=None if block.deg is None else block.deg + 1)
+    """The block with an edge i -> i for every dst node (weight 1, type INTERACTION, deg + 1); made once
+    per block (a block every layer shares is looped, sorted and normalized once)."""
+    if block._self_looped is None:
+        loops = torch.arange(block.num_dst, device=block.src.device)
+        cat = lambda t, fill: None if t is None else torch.cat([t, torch.full_like(loops, fill, dtype=t.dtype)])  # noqa: E731
+        block._self_looped = dataclasses.replace(
+            block, src=torch.cat([block.src, loops]), dst=torch.cat([block.dst, loops]),
+            weight=cat(block.weight, 1), etype=cat(block.etype, INTERACTION),
+            deg=None if block.deg is None else block.deg + 1)
+    return block._self_looped
 
 
 def drop_edges(block: Block, p: float) -> Block:

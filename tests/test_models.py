@@ -8,7 +8,7 @@ import torch
 
 from gnnrec.model.blocks import (Batch, Block, drop_edges, full_graph_blocks, graph_edges, sym_norm,
                                    time_decay)
-from gnnrec.model.layers import GATConv, propagate, scatter_max, scatter_sum, segment_softmax
+from gnnrec.model.layers import GATConv, attend, propagate, scatter_max, scatter_sum, segment_softmax
 from gnnrec.model.losses import LOSSES, Rows, bpr_loss, max_margin_loss, view_contrast_loss
 from gnnrec.ranking.metrics import evaluate
 from gnnrec.model.models import MODELS, GCN, LightGCN, NodeInput, Popularity, score
@@ -147,6 +147,25 @@ def test_aggregation_gradients():
     other = torch.rand(7, dtype=torch.double)
     assert torch.allclose(propagate(block, h, other), scatter_sum(h[src] * other[:, None], dst, 3))
     assert torch.autograd.gradcheck(lambda t: propagate(block, t, coef), (h,))
+
+
+@pytest.mark.parametrize("by_dst", [False, True])
+def test_attention_products_match_the_messages_they_replace(by_dst):
+    """attend (per head a sparse product, the attention's gradient a sampled product) against gather +
+    multiply + scatter, forward and both gradients; and propagate with coefficients that need a gradient
+    (SocialGCN's gates) is its one-head case."""
+    src, dst = torch.tensor([0, 3, 1, 3, 4, 2, 0, 4]), torch.tensor([0, 0, 1, 2, 2, 2, 1, 0])
+    if by_dst:  # as samplers emit them
+        order = torch.argsort(dst, stable=True)
+        src, dst = src[order], dst[order]
+    block = Block(src, dst, 5, 3)
+    alpha = torch.rand(8, 2, dtype=torch.double, requires_grad=True)
+    z = torch.randn(5, 2, 3, dtype=torch.double, requires_grad=True)
+    assert torch.allclose(attend(block, alpha, z), scatter_sum(z[src] * alpha[..., None], dst, 3))
+    assert torch.autograd.gradcheck(lambda a, t: attend(block, a, t), (alpha, z))
+    coef, h = alpha[:, 0], z[:, 0]
+    assert torch.allclose(propagate(block, h, coef), scatter_sum(h[src] * coef[:, None], dst, 3))
+    assert torch.autograd.gradcheck(lambda c, t: propagate(block, t, c), (coef, h))
 
 
 def test_global_degrees_and_options():

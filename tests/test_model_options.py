@@ -16,7 +16,7 @@ OPTIONS = [
     ("graphsage", "aggr", "pool"), ("graphsage", "normalize", True),
     ("gat", "heads", 2), ("gat", "attn_dropout", 0.5), ("gat", "self_loops", False),
     ("socialgcn", "attention", False), ("ngcf", "dropout", 0.5), ("pinsage", "hidden", 4),
-    ("gcn", "residual", True),
+    ("gcn", "residual", True), ("graphsage", "combine", "mean"), ("pinsage", "combine", "mean"),
 ]
 
 
@@ -34,6 +34,18 @@ def train_mode_output(name, options):
 def test_each_option_changes_the_model(name, key, value):
     assert key in model_options(name)
     assert not torch.allclose(train_mode_output(name, {key: value}), train_mode_output(name, {}))
+
+
+def test_layer_mean_is_the_mean_of_every_layer():
+    src, dst, etype = graph_edges(UI[0], UI[1], N_USERS)
+    blocks = sampled_blocks(src, dst, etype)
+    gnn = build_model("graphsage", 8, 2, {"combine": "mean"}).eval()
+    h0 = torch.randn(N, 8)
+    layers = gnn.propagate(h0, blocks)
+    assert torch.allclose(gnn(h0, blocks), (layers[0] + layers[1] + layers[2]) / 3)
+    assert torch.equal(build_model("graphsage", 8, 2, {}).eval().output(layers), layers[-1])
+    with pytest.raises(ValueError, match="combine must be 'own' or 'mean'"):
+        build_model("gcn", 8, 2, {"combine": "max"})
 
 
 def test_options_travel_from_the_config_to_the_model_and_loss():

@@ -1,12 +1,14 @@
 """Every model of the registry on one dataset config, at the config's budget, as JSON.
 
     python bench/models.py --config configs/lastfm_social.yaml [--workdir /tmp/models-lastfm] [--only gat gcn]
+    python bench/models.py --config configs/gowalla_lightgcn.yaml --workdir /tmp/models-gowalla train.epochs=20 \
+        train.dense_lr=0.005
 
 Ingests and partitions the config's data once, then trains and evaluates each model with the config's
-settings (epochs, early stopping on its validation split, the test split evaluated once) and the
-model's own overrides below: LightGCN, NGCF, GraphSAGE (mean and pool), PinSage (random walks and
-neighbour samples), GAT, GCN, MF, and SocialGCN (with and without the social pre-filter, where the
-config has social edges). Per model: test Recall@K and NDCG@K (the config's `evaluate.ks`), the best
+settings (epochs, early stopping on its validation split, the test split evaluated once; key=value
+arguments change them for every row) and the model's own overrides below: LightGCN, NGCF, GraphSAGE
+(mean and pool), PinSage (random walks and neighbour samples), GAT, GCN, MF, and SocialGCN (with and
+without the social pre-filter, where the config has social edges). Per model: test Recall@K and NDCG@K (the config's `evaluate.ks`), the best
 epoch, epochs trained, training seconds, and Recall@20 over popularity's. Writes
 `bench/results/models-<dataset>.json` (merged with earlier runs' rows, so `--only` adds to it).
 """
@@ -55,10 +57,10 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--only", nargs="*", help="these rows only")
-    args = parser.parse_args()
-    base = load_config(args.config, [f"workdir={args.workdir}"] if args.workdir else [])
+    args, budget = parser.parse_known_args()
+    base = load_config(args.config, ([f"workdir={args.workdir}"] if args.workdir else []) + budget)
     rows = {**MODELS, **(SOCIAL if base.ingest.social is not None else {})}
-    common = [f"workdir={base.workdir}"]
+    common = [f"workdir={base.workdir}", *budget]
     run(load_config(args.config, common + ["run.stages=[ingest, partition]"]))
     name = Path(args.config).stem.split("_")[0]
     out = RESULTS / f"models-{name}.json"
@@ -75,7 +77,7 @@ def main() -> None:
         summary = run(cfg)
         metrics = [json.loads(line) for line in (cfg.path(cfg.train.out) / "metrics.jsonl").read_text().splitlines()]
         test = summary["evaluate"]
-        table[row] = {"overrides": overrides,
+        table[row] = {"overrides": budget + overrides,
                       **{k: round(v, 4) for k, v in test.items() if k.startswith(("recall@", "ndcg@"))},
                       "over_popularity": round(test["recall@20"] / test["popularity_recall@20"], 2),
                       "best_epoch": summary["train"]["model_epoch"], "epochs": len(metrics),

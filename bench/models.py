@@ -8,9 +8,10 @@ Ingests and partitions the config's data once, then trains and evaluates each mo
 settings (epochs, early stopping on its validation split, the test split evaluated once; key=value
 arguments change them for every row) and the model's own overrides below: LightGCN, NGCF, GraphSAGE
 (mean and pool), PinSage (random walks and neighbour samples), GAT, GCN, MF, and SocialGCN (with and
-without the social pre-filter, where the config has social edges). Per model: test Recall@K and NDCG@K (the config's `evaluate.ks`), the best
-epoch, epochs trained, training seconds, and Recall@20 over popularity's. Writes
-`bench/results/models-<dataset>.json` (merged with earlier runs' rows, so `--only` adds to it).
+without the social pre-filter, where the config has social edges). Per model: test Recall@K and
+NDCG@K (the config's `evaluate.ks`), the best epoch, epochs trained, training seconds, and Recall@20
+over popularity's. Writes `bench/results/models-<dataset>.json` (merged with earlier runs' rows, so
+`--only` adds to it).
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from anchor import batches, lightgcn_steps
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
 from gnnrec.samplers.negatives import Positives, UniformNegatives
@@ -47,37 +48,14 @@ def train_edges(dataset: Path) -> tuple[np.ndarray, np.ndarray, int, int]:
 
 
 def anchor_edges_per_s(dataset: Path, batch_size: int, num_negatives: int, steps: int = 5) -> float:
-    """Full-graph LightGCN training steps as a user would write them in plain PyTorch (1 thread), as
-    PyG's LightGCN example does: the normalized adjacency D^-1/2 A D^-1/2 once, `torch.sparse.mm` per
-    layer, the mean of the layers, BPR over the config's batches and negatives with L2 on the ego
-    rows. No gnnrec code, so a change to the project's layers or losses cannot move the yardstick.
-    Training edges per second."""
+    """Full-graph LightGCN training steps as a user would write them in plain PyTorch (bench/anchor.py,
+    on CPU with the caller's 1 thread), as PyG's LightGCN example does: the normalized adjacency
+    D^-1/2 A D^-1/2 once, `torch.sparse.mm` per layer, the mean of the layers, BPR over the config's
+    batches and negatives with L2 on the ego rows. No gnnrec code, so a change to the project's layers
+    or losses cannot move the yardstick. Training edges per second."""
     user, item, nu, ni = train_edges(dataset)
-    users, items = torch.from_numpy(user), torch.from_numpy(item)
-    src, dst = torch.cat([users, items + nu]), torch.cat([items + nu, users])
-    degree = torch.bincount(dst, minlength=nu + ni).float()
-    values = (degree[src] * degree[dst]).rsqrt()
-    adjacency = torch.sparse_coo_tensor(torch.stack([dst, src]), values, (nu + ni, nu + ni)).coalesce()
-    emb = torch.nn.Parameter(torch.randn(nu + ni, 64) * 0.1)
-    opt = torch.optim.Adam([emb], lr=0.01)
-    rng = np.random.default_rng(0)
-    started = time.perf_counter()
-    for _ in range(steps):
-        pick = torch.from_numpy(rng.integers(0, len(users), batch_size))
-        u, i = users[pick], items[pick] + nu
-        j = torch.from_numpy(rng.integers(0, ni, (batch_size, num_negatives))) + nu
-        layers = [emb]
-        for _ in range(3):
-            layers.append(torch.sparse.mm(adjacency, layers[-1]))
-        h = torch.stack(layers).mean(0)
-        scores = (h[u].unsqueeze(1) * h[j]).sum(-1)  # [B, n_neg]
-        bpr = -torch.nn.functional.logsigmoid((h[u] * h[i]).sum(-1, keepdim=True) - scores).mean()
-        l2 = (emb[u].pow(2).sum() + emb[i].pow(2).sum() + emb[j].pow(2).sum() / num_negatives) / (2 * batch_size)
-        loss = bpr + 1e-4 * l2
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps * batch_size / (time.perf_counter() - started)
+    draws = batches(len(user), ni, batch_size, num_negatives, steps)
+    return lightgcn_steps(torch.from_numpy(user), torch.from_numpy(item), nu, ni, draws)["edges_per_s"]
 
 
 def sampler_only_edges_per_s(dataset: Path, fanouts: list[int], batch_size: int, num_negatives: int,

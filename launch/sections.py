@@ -182,6 +182,13 @@ class RandomWalkConfig(Section):
     inference_walks: int = Field(100, ge=1, description="walks per node in layer-wise inference and evaluation")
 
 
+class NodeSamplingConfig(Section):
+    """FastGCN's layer-wise importance sampling (train.sampler=node, samplers/importance.py): each layer
+    draws `nodes` nodes of the whole graph with probability proportional to their column's squared norm
+    in the normalized adjacency; a dst node hears the drawn ones among its neighbours, importance-weighted."""
+    nodes: int = Field(4096, ge=1, description="nodes drawn per layer (with replacement)")
+
+
 class TimeDecayConfig(Section):
     """Recent interactions count more: every sampled interaction edge weighs exp(-rate * age) in the blocks
     (Block.weight, multiplied into every model's coefficients), its age the time from its timestamp to the
@@ -202,10 +209,11 @@ class TrainConfig(Section):
     inputs: Literal["id", "id+features", "features"] = Field(
         "id", description="a node's input embedding where its type has features (ingest.*_features): its ID "
         "embedding, plus its projected features, or its projected features alone (types without: the ID)")
-    sampler: Literal["neighbor", "random_walk", "none"] = Field(
-        "neighbor", description="blocks: uniform `fanouts` per layer, or random walks (`random_walk`); the "
-        "default is random_walk for model=pinsage")
+    sampler: Literal["neighbor", "random_walk", "node", "none"] = Field(
+        "neighbor", description="blocks: uniform `fanouts` per layer, random walks (`random_walk`; the default "
+        "for model=pinsage), or FastGCN's layer-wise importance sampling (`node`)")
     random_walk: RandomWalkConfig = RandomWalkConfig()
+    node_sampling: NodeSamplingConfig = NodeSamplingConfig()
     time_decay: TimeDecayConfig = TimeDecayConfig()
     fanouts: list[int] = [10, 5]
     batch_size: int = Field(1024, ge=1)

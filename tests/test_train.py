@@ -34,13 +34,13 @@ def _cfg(workdir, *overrides):
                               "train.batch_size=256", "train.lr=0.05", *overrides])
 
 
-@pytest.mark.parametrize("model, sampler", [("mf", "none"), ("ngcf", "neighbor")])
+@pytest.mark.parametrize("model, sampler", [("mf", "none"), ("ngcf", "neighbor"), ("gcn", "node")])
 def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir, model, sampler):
     layers = "train.layers=0" if sampler == "none" else "train.layers=2"
     inputs = "train.inputs=id+features" if model == "ngcf" else "train.inputs=id"  # NGCF: the item projection too
     cfg = _cfg(workdir, f"train.model={model}", f"train.sampler={sampler}", layers, inputs,
                "train.fanouts=[]" if sampler == "none" else "train.fanouts=[5, 5]", "train.epochs=3",
-               "train.validate_split=none")
+               "train.node_sampling.nodes=300", "train.validate_split=none")
     summary = train(cfg)
     out = workdir / "train"
     num_train = pq.read_metadata(workdir / "dataset" / "edges" / "train.parquet").num_rows
@@ -49,7 +49,7 @@ def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir,
         visited = np.concatenate([np.load(out / "visits" / f"rank{r}_epoch{epoch}.npy") for r in range(2)])
         assert len(visited) == num_train and np.array_equal(np.sort(visited), np.arange(num_train))
     ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
-    if model == "ngcf":  # dense weights, the feature projection's among them (MF has none: its ID rows live in the servers)
+    if model != "mf":  # dense weights (NGCF: the feature projection's among them) (MF has none: its ID rows live in the servers)
         assert ranks[0]["param_checksum"] != 0 and ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
     assert ranks[0]["steps_per_epoch"] == ranks[1]["steps_per_epoch"]  # the sparse optimizer is a collective
     assert all(r["losses"][-1] < r["losses"][0] for r in ranks)  # it learns

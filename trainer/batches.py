@@ -8,6 +8,7 @@ import torch
 
 from gnnrec import UserError, dgl_adapter
 from gnnrec.model.blocks import Batch
+from gnnrec.samplers.importance import NodeSampler
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
 from gnnrec.samplers.neighbor import NeighborSampler, TimeDecay
 from gnnrec.samplers.neighborhoods import served
@@ -38,8 +39,8 @@ def time_decay(t, partitions) -> TimeDecay | None:
     training timestamp; None when off. A UserError when the training edges have no timestamps."""
     if not t.time_decay.rate:
         return None
-    if t.sampler != "neighbor":
-        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs neighbour samples, not train.sampler={t.sampler}")
+    if t.sampler not in ("neighbor", "node"):
+        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs neighbour and node samples, not train.sampler={t.sampler}")
     if "newest_timestamp" not in partitions.stats:
         raise UserError(f"train.time_decay.rate={t.time_decay.rate}: the training edges of {partitions.path} have "
                         "no timestamps (ingest.interactions.timestamp_column, then partition again)")
@@ -48,14 +49,19 @@ def time_decay(t, partitions) -> TimeDecay | None:
 
 def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = False, **options):
     """The block sampler `train.sampler` names, over a `Neighborhoods` graph: `train.fanouts` uniform
-    neighbours per layer, or random-walk blocks (`train.random_walk`; with `inference`, the sampler of
-    layer-wise inference and evaluation: `inference_walks` walks per node). options: the sampler's
+    neighbours per layer, random-walk blocks (`train.random_walk`; with `inference`, the sampler of
+    layer-wise inference and evaluation: `inference_walks` walks per node), or FastGCN's importance-sampled
+    layers (`train.node_sampling`; with `inference`, whole neighbourhoods). options: the sampler's
     negatives, num_negatives, exclude_batch_edges, time_decay (neighbour samples)."""
     if t.sampler == "random_walk":
         w = t.random_walk
         walks = w.inference_walks if inference else w.walks
         return RandomWalkSampler(graph, t.layers, num_users, num_items, walks=walks, length=w.length,
                                  restart_prob=w.restart_prob, neighbors=w.neighbors, seed=t.seed, **options)
+    if t.sampler == "node":  # inference: whole neighbourhoods, the exact layers the samples estimate
+        nodes = [-1 if inference else t.node_sampling.nodes] * t.layers
+        return (NeighborSampler if inference else NodeSampler)(graph, nodes, num_users, num_items, seed=t.seed,
+                                                                **options)
     return NeighborSampler(graph, t.fanouts, num_users, num_items, seed=t.seed, **options)
 
 

@@ -50,26 +50,38 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_steps(step, batches: list, warmup: int, device) -> dict:
+    """Runs `step(pick, neg) -> loss` (one optimizer step) per batch, on `device`. Returns {"edges_per_s":
+    training edges per second of the batches after the first `warmup`, "seconds": their time, "losses":
+    every step's loss}."""
+    work = [(pick.to(device), neg.to(device)) for pick, neg in batches]
+    losses = []
+    synchronize(device)
+    started = time.perf_counter()
+    for n, (pick, neg) in enumerate(work):
+        if n == warmup:
+            synchronize(device)
+            started = time.perf_counter()
+        losses.append(step(pick, neg).detach())
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    timed = sum(len(pick) for pick, _ in work[warmup:])
+    return {"edges_per_s": timed / seconds, "seconds": seconds, "losses": torch.stack(losses).tolist()}
+
+
 def lightgcn_steps(users: Tensor, items: Tensor, num_users: int, num_items: int, batches: list,
                    warmup: int = 0, layers: int = 3, dim: int = 64, l2: float = 1e-4, lr: float = 0.01,
                    device="cpu", init: Optional[Tensor] = None) -> dict:
     """One training step per batch of `batches` (see `batches`) over the (users, items) training edges
-    (item ids 0-based), on `device`. Returns {"edges_per_s": training edges per second of the batches
-    after the first `warmup`, "seconds": their time, "losses": every step's loss}."""
+    (item ids 0-based), on `device`: `timed_steps`'s figures."""
     users, items = users.long().to(device), items.long().to(device)
     adjacency = normalized_adjacency(users, items, num_users, num_items)
     if init is None:
         init = initial_embeddings(num_users + num_items, dim)
     emb = torch.nn.Embedding.from_pretrained(init.clone(), freeze=False).to(device)
     opt = torch.optim.Adam(emb.parameters(), lr=lr)
-    work = [(pick.to(device), neg.to(device)) for pick, neg in batches]
-    losses = []
-    synchronize(device)
-    started = time.perf_counter()
-    for step, (pick, neg) in enumerate(work):
-        if step == warmup:
-            synchronize(device)
-            started = time.perf_counter()
+
+    def step(pick, neg):
         batch_size, num_negatives = neg.shape
         u, i, j = users[pick], items[pick] + num_users, neg + num_users
         e = [emb.weight]
@@ -84,8 +96,6 @@ def lightgcn_steps(users: Tensor, items: Tensor, num_users: int, num_items: int,
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.detach())
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    timed = sum(len(pick) for pick, _ in work[warmup:])
-    return {"edges_per_s": timed / seconds, "seconds": seconds, "losses": torch.stack(losses).tolist()}
+        return loss
+
+    return timed_steps(step, batches, warmup, device)

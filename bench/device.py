@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from anchor import batches, initial_embeddings, lightgcn_steps, synchronize
+from anchor import batches, initial_embeddings, lightgcn_steps, synchronize, timed_steps
 from gnnrec.model.blocks import Batch, Block, full_graph_blocks, graph_edges
 from gnnrec.model.losses import LOSSES
 from gnnrec.model.models import MODELS, Recommender
@@ -117,25 +117,15 @@ def gnnrec_steps(users: Tensor, items: Tensor, num_users: int, num_items: int, d
     opt = torch.optim.Adam([*emb.parameters(), *model.parameters()], lr=0.01)
     users_d, items_d = users.to(device), items.to(device)
     nodes = torch.arange(num_users + num_items, device=device)
-    work = [(pick.to(device), neg.to(device)) for pick, neg in draws]
-    losses = []
-    synchronize(device)
-    started = time.perf_counter()
-    for step, (pick, neg) in enumerate(work):
-        if step == warmup:
-            synchronize(device)
-            started = time.perf_counter()
-        batch = Batch(nodes, blocks, users_d[pick], items_d[pick] + num_users, neg + num_users)
-        loss = model(batch, emb.weight)
+
+    def step(pick, neg):
+        loss = model(Batch(nodes, blocks, users_d[pick], items_d[pick] + num_users, neg + num_users), emb.weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.detach())
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    timed = sum(len(pick) for pick, _ in work[warmup:])
-    return {"edges_per_s": timed / seconds, "seconds": seconds, "losses": torch.stack(losses).tolist()}, \
-        model, emb.weight.detach(), blocks
+        return loss
+
+    return timed_steps(step, draws, warmup, device), model, emb.weight.detach(), blocks
 
 
 # ---- 2. every model and loss, CPU against the device -----------------------------------------------

@@ -61,28 +61,31 @@ class ColdStart:
 
     def new_user_inputs(self, item_lists: list[np.ndarray], features: Optional[np.ndarray]) -> torch.Tensor:
         """h0 [n, dim] of new users from their items (dataset ids) and/or features [n, f] (module docstring)."""
-        n = len(item_lists)
-        if features is not None:
-            features = torch.as_tensor(np.asarray(features, np.float32).reshape(n, -1))
-            if self.user_features is None:
-                raise UserError("recommend.features: the model's dataset has no user features (ingest.user_features)")
-            if features.shape[1] != self.user_features.shape[1]:
-                raise UserError(f"recommend.features: {features.shape[1]} values, the dataset's user features "
-                                f"have {self.user_features.shape[1]}")
-        items = [self.h0[self.num_users + torch.from_numpy(s)] for s in item_lists]
-        item_mean = torch.stack([h.mean(0) if len(h) else torch.zeros(self.h0.shape[1]) for h in items])
+        given = torch.tensor([len(s) > 0 for s in item_lists])
+        item_mean = torch.stack([self.h0[self.num_users + torch.from_numpy(s)].mean(0) if len(s)
+                                 else self.h0.new_zeros(self.h0.shape[1]) for s in item_lists])
+        if features is None:
+            if not given.all():
+                raise UserError("recommend: give each new user's items (recommend.items) or features (recommend.features)")
+            return item_mean
+        features = self.checked_features(features, len(item_lists))
         inputs = self.model.inputs
-        if features is not None and inputs is not None and "user" in inputs.proj:
+        if inputs is not None and "user" in inputs.proj:
             with torch.no_grad():
                 return inputs("user", item_mean, features)
-        if features is None and not all(len(s) for s in item_lists):
-            raise UserError("recommend: give each new user's items (recommend.items) or features (recommend.features)")
-        if features is None:
-            return item_mean
         known = F.normalize(torch.from_numpy(self.user_features), dim=1)
         nearest = (F.normalize(features, dim=1) @ known.T).topk(min(self.similar_users, len(known)), dim=1).indices
-        similar_mean = self.h0[:self.num_users][nearest].mean(1)
-        return torch.where(torch.tensor([len(s) > 0 for s in item_lists])[:, None], item_mean, similar_mean)
+        return torch.where(given[:, None], item_mean, self.h0[:self.num_users][nearest].mean(1))
+
+    def checked_features(self, features, n: int) -> torch.Tensor:
+        """[n, f] float32 features of n new users, f the dataset's user feature width; else a UserError."""
+        if self.user_features is None:
+            raise UserError("recommend.features: the model's dataset has no user features (ingest.user_features)")
+        features = torch.tensor(np.asarray(features, np.float32)).reshape(n, -1)
+        if features.shape[1] != self.user_features.shape[1]:
+            raise UserError(f"recommend.features: {features.shape[1]} values, the dataset's user features have "
+                            f"{self.user_features.shape[1]}")
+        return features
 
     def recommend(self, item_lists: list[np.ndarray], k: int, features: Optional[np.ndarray] = None
                   ) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,8 @@ MODELS = {  # row: overrides of the config
     # 0.118 with the residual connection too (combine=mean and dense_lr 0.001 did not help)
     "graphsage mean, 8 negatives": ["train.model=graphsage", "train.num_negatives=8"],
     "graphsage pool, 8 negatives": ["train.model=graphsage", "train.model_options.aggr=pool", "train.num_negatives=8"],
+    "pinsage, random walks, residual": ["train.model=pinsage", "train.sampler=random_walk",
+                                        "train.model_options.residual=true"],
     "pinsage, random walks, residual, 8 negatives": ["train.model=pinsage", "train.sampler=random_walk",
                                                      "train.model_options.residual=true", "train.num_negatives=8"],
     "pinsage, neighbour samples, residual, 8 negatives": ["train.model=pinsage", "train.sampler=neighbor",

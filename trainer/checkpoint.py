@@ -240,9 +240,12 @@ class TrainOutput:
         from gnnrec.data.formats import Dataset
         return Dataset(self.config.path(self.config.partition.dataset))
 
-    def model(self):
-        """The Recommender its config describes, with the dense weights; UserError if they do not fit."""
-        return load_model(self.model_dir, self.config.train, f"{self.path}", self.partitions.stats.get("feature_dims"))
+    def model(self, partitions=None):
+        """The Recommender its config describes, with the dense weights; UserError if they do not fit.
+        `partitions`: its partitions where this process has them resolved (a Ray worker's working directory
+        is not the driver's, so the config's relative paths do not hold there)."""
+        stats = (partitions or self.partitions).stats
+        return load_model(self.model_dir, self.config.train, f"{self.path}", stats.get("feature_dims"))
 
     def tables(self) -> dict[str, torch.Tensor]:
         """The whole ID tables in partition ids, in this process; UserError if their dim is not the config's."""

@@ -46,6 +46,6 @@ def model_session(config: dict):
     t = trained.config.train
     with worker_session(config, t.dim, t.torch_threads, t.seed) as w:
         checkpoint.restore(trained.model_dir, w.tables, None, w.rank, w.world)
-        model = trained.model().eval()
+        model = trained.model(w.partitions).eval()
         yield w, LayerwiseInference(w.graph, model.gnn, w.tables, t, w.rank, w.world, w.cfg.infer.batch_size,
                                     time_decay=time_decay(t, w.partitions), inputs=node_inputs(model, w.graph))

@@ -205,7 +205,8 @@ class TrainConfig(Section):
     dim: int = Field(64, ge=1)
     layers: int = Field(2, ge=0)
     model_options: dict[str, Any] = Field({}, description="the model's own options, e.g. residual, edge_dropout, "
-                                          "node_dropout, aggr, normalize, heads, attn_dropout, attention, dropout")
+                                          "node_dropout, combine, aggr, normalize, heads, attn_dropout, attention, "
+                                          "dropout")
     inputs: Literal["id", "id+features", "features"] = Field(
         "id", description="a node's input embedding where its type has features (ingest.*_features): its ID "
         "embedding, plus its projected features, or its projected features alone (types without: the ID)")

@@ -141,10 +141,8 @@ class _Attention(torch.autograd.Function):
         grads = grad.transpose(0, 1).contiguous()  # [K, num_dst, D]
         grad_alpha = grad_z = None
         if ctx.needs_input_grad[0]:
-            order, crow = block.by_dst()
-            columns = block.src if order is None else block.src.index_select(0, order)
-            pattern = torch.sparse_csr_tensor(crow, columns, alpha.new_zeros(block.num_edges),
-                                              (block.num_dst, block.num_src))
+            order, _ = block.by_dst()
+            pattern = _csr(block, "dst", alpha.new_zeros(block.num_edges))
             sampled = torch.stack([torch.sparse.sampled_addmm(pattern, grads[k], heads[k].T, beta=0).values()
                                    for k in range(len(heads))], dim=1)  # by dst order
             grad_alpha = sampled if order is None else torch.empty_like(sampled).index_copy_(0, order, sampled)

@@ -70,15 +70,15 @@ class NodeSampler(NeighborSampler):
         is_user = drawn < self.num_users
         ids = {"user": drawn[is_user], "item": drawn[~is_user] - self.num_users}
         ratios = {"user": ratio[is_user], "item": ratio[~is_user]}
-        targets = {"user": users, "item": items}
-        order = {t: np.argsort(ids, kind="stable") for t, ids in targets.items()}
+        order = {"user": np.argsort(users, kind="stable"), "item": np.argsort(items, kind="stable")}
+        sorted_targets = {"user": users[order["user"]], "item": items[order["item"]]}
         # the drawn nodes' in-edges, reversed: drawn -> neighbour, kept where the neighbour is a dst node
         for relation, neighbour, at, time in self.graph.sample(ids["user"], ids["item"], -1, self.rng):
             back = REVERSE[relation]
             drawn_type, dst_type = RELATIONS[back]
-            sorted_targets = targets[dst_type][order[dst_type]]
-            slot = np.minimum(np.searchsorted(sorted_targets, neighbour), max(len(sorted_targets) - 1, 0))
-            hit = np.flatnonzero(sorted_targets[slot] == neighbour) if len(sorted_targets) else slot[:0]
+            targets = sorted_targets[dst_type]
+            slot = np.minimum(np.searchsorted(targets, neighbour), max(len(targets) - 1, 0))
+            hit = np.flatnonzero(targets[slot] == neighbour) if len(targets) else slot[:0]
             weight = ratios[drawn_type][at[hit]]
             if self.time_decay is not None and time is not None:
                 weight = weight * self.time_decay(time[hit])

@@ -56,6 +56,19 @@ def test_options_travel_from_the_config_to_the_model_and_loss():
     assert rec.loss_options == {"margin": 0.3}
 
 
+def test_dense_weights_get_their_learning_rate_and_l2_from_the_config():
+    cfg = load_config(None, ["train.model=graphsage", "train.lr=0.05", "train.dense_lr=0.01", "train.dense_l2=0.5"])
+    rec = Recommender(cfg.train)
+    opt = rec.dense_optimizer()
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["weight_decay"] == 0.5
+    before = [p.detach().clone() for p in rec.parameters()]
+    for p in rec.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # no loss gradient: the decay's alone, 0.5 w, and Adam's first step is lr * its sign
+    assert all(torch.allclose(p, b - 0.01 * b.sign(), atol=1e-4) for p, b in zip(rec.parameters(), before))
+    assert Recommender(load_config(None, []).train).dense_optimizer() is None  # LightGCN has no dense weights
+
+
 @pytest.mark.parametrize("override, words", [
     ("train.model_options.residuals=true", ["train.model_options", "no option 'residuals'", "residual"]),
     ("train.model_options.edge_dropout=yes", ["train.model_options", "'edge_dropout' takes a float"]),

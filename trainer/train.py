@@ -155,9 +155,8 @@ def train_loop(config: dict) -> None:
         num_users = graph.num_nodes("user")
         module = Recommender(t, w.partitions.stats.get("feature_dims")).to(w.device)
         inputs = node_inputs(module, graph)
-        dense = list(module.parameters())
-        model = prepare_model(module) if dense and world > 1 else module
-        dense_opt = torch.optim.Adam(dense, lr=t.dense_lr or t.lr) if dense else None
+        dense_opt = module.dense_optimizer()
+        model = prepare_model(module) if dense_opt and world > 1 else module
         sparse_opt = RowAdam(graph, tables, t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
         my_users, my_items = dgl_adapter.dist_find_edges(graph, my_edges)  # once, not a server round per step

@@ -294,8 +294,7 @@ class Recommender(nn.Module):
     input nodes come from outside (rows of the distributed tables, or of a table in memory).
 
     t: the training config section (model, dim, layers, model_options, inputs, loss, loss_options, l2,
-    contrast, negative_mixing, lr, dense_lr, dense_l2); feature_dims: {node type: feature width} of the
-    data (for train.inputs).
+    contrast, negative_mixing); feature_dims: {node type: feature width} of the data (for train.inputs).
     `inputs` (FeatureInputs, None for ID rows only) turns a type's ID rows and features into its h0."""
 
     def __init__(self, t, feature_dims: Optional[dict] = None):
@@ -307,12 +306,6 @@ class Recommender(nn.Module):
         self.gnn = build_model(t.model, t.dim, t.layers, t.model_options)
         self.loss, self.loss_options, self.l2 = LOSSES[t.loss], t.loss_options, t.l2
         self.contrast, self.negative_mixing = t.contrast, t.negative_mixing
-        self.lr, self.dense_l2 = t.dense_lr or t.lr, t.dense_l2
-
-    def dense_optimizer(self) -> Optional[torch.optim.Optimizer]:
-        """Adam over the dense weights (None when the model has none): train.dense_lr, train.dense_l2."""
-        params = list(self.parameters())
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.dense_l2) if params else None
 
     def forward(self, batch: Batch, h0: Tensor) -> Tensor:
         c = self.contrast
@@ -332,3 +325,10 @@ class Recommender(nn.Module):
                 nodes = nodes[torch.randperm(len(nodes), device=nodes.device)[:c.sample]]
                 loss = loss + c.weight * view_contrast_loss(h[nodes], layers[c.layer][nodes], c.temperature)
         return loss
+
+
+def dense_optimizer(module: nn.Module, t) -> Optional[torch.optim.Optimizer]:
+    """Adam over a module's dense weights (None when it has none) at train.dense_lr (null: train.lr),
+    with train.dense_l2 as its weight decay."""
+    params = list(module.parameters())
+    return torch.optim.Adam(params, lr=t.dense_lr or t.lr, weight_decay=t.dense_l2) if params else None

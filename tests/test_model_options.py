@@ -6,7 +6,7 @@ from gnnrec import UserError
 from gnnrec.launch.config import load_config
 from gnnrec.model.blocks import Batch, graph_edges
 from gnnrec.model.losses import view_contrast_loss
-from gnnrec.model.models import Recommender, build_model, mixed_negatives, model_options
+from gnnrec.model.models import Recommender, build_model, dense_optimizer, mixed_negatives, model_options
 
 from test_models import N, SOCIAL, UI, N_USERS, sampled_blocks
 
@@ -59,14 +59,15 @@ def test_options_travel_from_the_config_to_the_model_and_loss():
 def test_dense_weights_get_their_learning_rate_and_l2_from_the_config():
     cfg = load_config(None, ["train.model=graphsage", "train.lr=0.05", "train.dense_lr=0.01", "train.dense_l2=0.5"])
     rec = Recommender(cfg.train)
-    opt = rec.dense_optimizer()
+    opt = dense_optimizer(rec, cfg.train)
     assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["weight_decay"] == 0.5
     before = [p.detach().clone() for p in rec.parameters()]
     for p in rec.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()  # no loss gradient: the decay's alone, 0.5 w, and Adam's first step is lr * its sign
     assert all(torch.allclose(p, b - 0.01 * b.sign(), atol=1e-4) for p, b in zip(rec.parameters(), before))
-    assert Recommender(load_config(None, []).train).dense_optimizer() is None  # LightGCN has no dense weights
+    t = load_config(None, []).train
+    assert dense_optimizer(Recommender(t), t) is None  # LightGCN has no dense weights
 
 
 @pytest.mark.parametrize("override, words", [

@@ -31,7 +31,7 @@ import torch
 from gnnrec import JobFailed, UserError, atomic_dir
 from gnnrec.faults import fail_point
 from gnnrec.data.formats import Partitions
-from gnnrec.model.models import MODELS, Recommender, uses_social
+from gnnrec.model.models import MODELS, Recommender, dense_optimizer, uses_social
 from gnnrec.trainer import checkpoint
 from gnnrec.trainer.batches import time_decay
 from gnnrec.trainer.checkpoint import TrainState
@@ -155,7 +155,7 @@ def train_loop(config: dict) -> None:
         num_users = graph.num_nodes("user")
         module = Recommender(t, w.partitions.stats.get("feature_dims")).to(w.device)
         inputs = node_inputs(module, graph)
-        dense_opt = module.dense_optimizer()
+        dense_opt = dense_optimizer(module, t)
         model = prepare_model(module) if dense_opt and world > 1 else module
         sparse_opt = RowAdam(graph, tables, t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)

@@ -63,6 +63,11 @@ MODELS = {  # row: overrides of the config
     "pinsage, random walks, residual, 8 negatives, dense l2": [
         "train.model=pinsage", "train.sampler=random_walk", "train.model_options.residual=true",
         "train.num_negatives=8", "train.dense_l2=1e-4"],
+    "pinsage, neighbour samples, residual, 8 negatives, dense l2": [
+        "train.model=pinsage", "train.sampler=neighbor", "train.model_options.residual=true",
+        "train.num_negatives=8", "train.dense_l2=1e-4"],
+    "pinsage, neighbour samples, residual": ["train.model=pinsage", "train.sampler=neighbor",
+                                             "train.model_options.residual=true"],
 }
 SOCIAL = {
     "socialgcn": ["train.model=socialgcn"],

@@ -52,14 +52,17 @@ def test_no_stage_or_unknown_stage_is_a_usage_error(capsys):
     assert "gnnrec" in capsys.readouterr().err
 
 
-def test_run_end_to_end(tmp_path, capsys):
+def test_run_end_to_end(tmp_path, capsys, monkeypatch, local_ray):
     # every stage of the quickstart pipeline, one training round (rounds: tests/test_infer.py)
     # with time decay (the blocks of training, validation, mining and inference weighted by their edges'
-    # age) and items known by their features alone (h0 = W x + b: training, layer-wise inference, evaluate)
+    # age) and items known by their features alone (h0 = W x + b: training, layer-wise inference, evaluate),
+    # from a relative workdir as `make demo`'s: Ray's workers do not run in this directory
     args = ["synth.edges=5000", "synth.social_edges=500", "run.rounds=1", "train.time_decay.rate=0.01",
             "train.inputs=features"]
-    assert cli.main(["run", f"workdir={tmp_path}", *args]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "workdir=work", *args]) == 0
     out, err = capsys.readouterr()
+    tmp_path = tmp_path / "work"
     assert read_json(tmp_path / "partitions" / "partition_stats.json")["newest_timestamp"] > 0
     dense = torch.load(tmp_path / "train" / "model" / "dense.pt", weights_only=True)["model"]
     assert dense["inputs.proj.item.weight"].shape == (32, 8) and "inputs.proj.user.weight" not in dense
@@ -74,7 +77,7 @@ def test_run_end_to_end(tmp_path, capsys):
     assert sum(meta["edges"].values()) + stats["interactions_duplicates_collapsed"] == 5000
     assert meta["social_edges"] > 0 and meta["feature_dims"] == {"item": 8}
     # the resolved config is written beside every output
-    cfg = make_cfg(tmp_path, *args)
+    cfg = make_cfg("work", *args)
     assert load_config(tmp_path / "synth" / "config.yaml") == cfg
     assert load_config(tmp_path / "dataset" / "config.yaml") == cfg
     assert leftovers(tmp_path) == []

@@ -104,6 +104,12 @@ class Partitions:
         inverse[orig] = np.arange(len(orig))
         return inverse
 
+    def clusters(self) -> np.ndarray:
+        """Each node's cluster (partition.clusters), users then items by partition id; UserError without."""
+        if not self.stats.get("clusters"):
+            raise UserError(f"{self.path}: no clusters (partition with partition.clusters=N for train.sampler=cluster)")
+        return np.concatenate([np.load(self.path / "clusters" / f"{t}.npy") for t in ("user", "item")])
+
     def raw_ids(self, dataset: Dataset, node_type: str) -> pa.Array:
         """The input's raw IDs indexed by partition id."""
         return dataset.raw_ids(node_type).take(self.orig_nids(node_type))

@@ -150,6 +150,8 @@ class PartitionConfig(Section):
     restart_prob: float = Field(0.3, ge=0, lt=1)
     mmap: bool = Field(True, description="memory-map the CSR from disk instead of loading it")
     workers: int = Field(0, ge=0, description="Ray tasks for the random walks; 0 = in-process")
+    clusters: int = Field(0, ge=0, description="also split the graph into this many clusters with `method`, "
+                          "saved per node for train.sampler=cluster (Cluster-GCN); 0: none")
     seed: int = 0
 
 
@@ -210,9 +212,10 @@ class TrainConfig(Section):
     inputs: Literal["id", "id+features", "features"] = Field(
         "id", description="a node's input embedding where its type has features (ingest.*_features): its ID "
         "embedding, plus its projected features, or its projected features alone (types without: the ID)")
-    sampler: Literal["neighbor", "random_walk", "node", "none"] = Field(
+    sampler: Literal["neighbor", "random_walk", "node", "cluster", "none"] = Field(
         "neighbor", description="blocks: uniform `fanouts` per layer, random walks (`random_walk`; the default "
-        "for model=pinsage), or FastGCN's layer-wise importance sampling (`node`)")
+        "for model=pinsage), FastGCN's layer-wise importance sampling (`node`), or Cluster-GCN's subgraph of "
+        "the batch's clusters (`cluster`; needs partition.clusters)")
     random_walk: RandomWalkConfig = RandomWalkConfig()
     node_sampling: NodeSamplingConfig = NodeSamplingConfig()
     time_decay: TimeDecayConfig = TimeDecayConfig()

@@ -49,9 +49,10 @@ def check_inputs(cfg) -> tuple[Path, dict]:
     if missing:
         raise UserError(f"{dataset}: incomplete dataset (missing {', '.join(missing)}): ingest it again")
     smallest = min(meta["num_users"], meta["num_items"])
-    if p.parts > smallest:
-        raise UserError(f"partition.parts={p.parts}: more parts than nodes ({meta['num_users']} users, "
-                        f"{meta['num_items']} items)")
+    for key, count in (("partition.parts", p.parts), ("partition.clusters", p.clusters)):
+        if count > smallest:
+            raise UserError(f"{key}={count}: more than the nodes of a type ({meta['num_users']} users, "
+                            f"{meta['num_items']} items)")
     return dataset, meta
 
 
@@ -67,6 +68,13 @@ def edge_cut(g, user_part: np.ndarray, item_part: np.ndarray) -> float:
         cut += int(np.count_nonzero(user_part[src] != user_part[np.asarray(g.follow_out)]))
     total = g.num_edges + g.num_social
     return cut / total if total else 0.0
+
+
+def write_clusters(out: Path, assignment: tuple[np.ndarray, np.ndarray]) -> None:
+    """clusters/{user,item}.npy: each node's cluster (Cluster-GCN), indexed by partition id."""
+    (out / "clusters").mkdir()
+    for node_type, cluster in zip(("user", "item"), assignment):
+        np.save(out / "clusters" / f"{node_type}.npy", cluster[np.load(out / "orig_nids" / f"{node_type}.npy")])
 
 
 def partition(cfg) -> dict:
@@ -94,6 +102,8 @@ def partition(cfg) -> dict:
         t2 = time.perf_counter()
         parts = write_partitions(g, user_part, item_part, p.parts, p.halo_hops, dataset, meta, tmp, p.method)
         write_seconds = time.perf_counter() - t2
+        if p.clusters:
+            write_clusters(tmp, PARTITIONERS[p.method](g, p.clusters, cfg))
         num_nodes, num_edges = g.num_users + g.num_items, g.num_edges + g.num_social
         newest = {"newest_timestamp": int(np.load(csr_dir / "edge_timestamp.npy", mmap_mode="r").max())} \
             if "timestamp" in g.edge_columns and g.num_edges else {}  # train.time_decay's reference
@@ -106,6 +116,7 @@ def partition(cfg) -> dict:
             "edge_cut": round(cut, 4),
             "halo_fraction": round(sum(s["halo_users"] + s["halo_items"] for s in parts) / max(num_nodes, 1), 4),
             **newest, "feature_dims": meta.get("feature_dims", {}),  # the models' feature inputs
+            "clusters": p.clusters,
             **{f"imbalance_{k}": round(float(imbalance(column(key))[0]), 4) for k, key in (
                 ("users", "inner_users"), ("items", "inner_items"), ("edges", "inner_edges"),
                 ("train", "train_edges"), ("val", "val_edges"), ("test", "test_edges"))},

@@ -85,6 +85,8 @@ class NeighborSampler:
     each drawn edge that comes with a timestamp (a `graph` built with times) by its age (Block.weight).
     """
 
+    whole_graph_shortcut = True  # whole neighbourhoods that are most of the graph: WholeGraph from then on
+
     def __init__(self, graph: Neighborhoods, fanouts: list[int], num_users: int, num_items: int,
                  negatives=None, num_negatives: int = 1, exclude_batch_edges: bool = True, seed: int = 0,
                  time_decay: Optional["TimeDecay"] = None):
@@ -114,7 +116,8 @@ class NeighborSampler:
             block.by_src()  # the backward pass's order, sorted here rather than in the trainer's step
             blocks.insert(0, block)
         num_nodes = self.num_users + self.num_items
-        if all(f < 0 for f in self.fanouts) and len(nodes) >= WHOLE_GRAPH_SHARE * num_nodes:
+        whole = all(f < 0 for f in self.fanouts) and len(nodes) >= WHOLE_GRAPH_SHARE * num_nodes
+        if whole and self.whole_graph_shortcut:
             self.whole = WholeGraph(self.graph_block(num_nodes), self.num_users, self.num_items)
         b = len(users)
         t = torch.from_numpy

@@ -41,10 +41,10 @@ def local_ray():
 
 
 def partitioned_dataset(work, parts: int):
-    """A small synthetic dataset under `work`, ingested and cut into `parts` partitions."""
+    """A small synthetic dataset under `work`, ingested and cut into `parts` partitions (and 8 clusters)."""
     from gnnrec.launch.stages import run
     run(load_config(None, [f"workdir={work}", "synth.users=400", "synth.items=300", "synth.edges=6000",
-                           f"partition.parts={parts}", "run.stages=[synth, ingest, partition]"]))
+                           f"partition.parts={parts}", "partition.clusters=8", "run.stages=[synth, ingest, partition]"]))
     return work
 
 

@@ -213,9 +213,29 @@ def test_distgraph_serves_one_partition_standalone(dataset, partitioned):
     assert f"{meta['num_users']} {meta['num_items']} {meta['edges']['train']}" in run.stdout
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_clusters_are_saved_per_partition_id_and_keep_edges_inside(dataset, method):
+    """partition.clusters: every node's cluster by partition id; most training edges stay inside a
+    cluster (METIS and the random-walk partitioner; random hashing: about 1/8), so the ids line up."""
+    from gnnrec.data.formats import Partitions
+    from gnnrec.partition.stage import partition
+    out = dataset / f"clusters-{method}"
+    summary = partition(load_config(None, overrides(dataset, method, 2, out, "partition.clusters=8")))
+    parts, meta = Partitions(out), Dataset(dataset / "dataset").meta
+    clusters = parts.clusters()
+    assert summary["clusters"] == 8 and len(clusters) == meta["num_users"] + meta["num_items"]
+    assert set(np.unique(clusters)) == set(range(8))
+    train = pq.read_table(dataset / "dataset" / "edges" / "train.parquet")
+    user = parts.partition_ids("user")[train["user"].to_numpy()]
+    item = parts.partition_ids("item")[train["item"].to_numpy()] + meta["num_users"]
+    inside = np.mean(clusters[user] == clusters[item])
+    assert inside > 0.4 if method != "random" else inside < 0.25, inside
+
+
 @pytest.mark.parametrize("bad, message", [
     (["partition.parts=0"], "partition.parts"),
-    (["partition.parts=100000"], "more parts than nodes"),
+    (["partition.parts=100000"], "more than the nodes of a type"),
+    (["partition.clusters=100000"], "partition.clusters=100000"),
     (["partition.method=spectral"], "partition.method"),
     (["partition.dataset=/nonexistent/dataset"], "not a gnnrec dataset"),
 ])

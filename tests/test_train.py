@@ -34,7 +34,8 @@ def _cfg(workdir, *overrides):
                               "train.batch_size=256", "train.lr=0.05", *overrides])
 
 
-@pytest.mark.parametrize("model, sampler", [("mf", "none"), ("ngcf", "neighbor"), ("gcn", "node")])
+@pytest.mark.parametrize("model, sampler", [("mf", "none"), ("ngcf", "neighbor"), ("gcn", "node"),
+                                            ("graphsage", "cluster")])
 def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir, model, sampler):
     layers = "train.layers=0" if sampler == "none" else "train.layers=2"
     inputs = "train.inputs=id+features" if model == "ngcf" else "train.inputs=id"  # NGCF: the item projection too

@@ -8,6 +8,7 @@ import torch
 
 from gnnrec import UserError, dgl_adapter
 from gnnrec.model.blocks import Batch
+from gnnrec.samplers.cluster import ClusterSampler, epoch_order
 from gnnrec.samplers.importance import NodeSampler
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
 from gnnrec.samplers.neighbor import NeighborSampler, TimeDecay
@@ -39,29 +40,33 @@ def time_decay(t, partitions) -> TimeDecay | None:
     training timestamp; None when off. A UserError when the training edges have no timestamps."""
     if not t.time_decay.rate:
         return None
-    if t.sampler not in ("neighbor", "node"):
-        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs neighbour and node samples, not train.sampler={t.sampler}")
+    if t.sampler not in ("neighbor", "node", "cluster"):
+        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs neighbour, node and cluster samples, "
+                        f"not train.sampler={t.sampler}")
     if "newest_timestamp" not in partitions.stats:
         raise UserError(f"train.time_decay.rate={t.time_decay.rate}: the training edges of {partitions.path} have "
                         "no timestamps (ingest.interactions.timestamp_column, then partition again)")
     return TimeDecay(t.time_decay.rate / SECONDS[t.time_decay.unit], partitions.stats["newest_timestamp"])
 
 
-def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = False, **options):
+def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = False, clusters=None, **options):
     """The block sampler `train.sampler` names, over a `Neighborhoods` graph: `train.fanouts` uniform
     neighbours per layer, random-walk blocks (`train.random_walk`; with `inference`, the sampler of
-    layer-wise inference and evaluation: `inference_walks` walks per node), or FastGCN's importance-sampled
-    layers (`train.node_sampling`; with `inference`, whole neighbourhoods). options: the sampler's
-    negatives, num_negatives, exclude_batch_edges, time_decay (neighbour samples)."""
+    layer-wise inference and evaluation: `inference_walks` walks per node), FastGCN's importance-sampled
+    layers (`train.node_sampling`), or the subgraph of the batch's `clusters` (Partitions.clusters); with
+    `inference`, the last two draw whole neighbourhoods. options: the sampler's negatives, num_negatives,
+    exclude_batch_edges, time_decay (not random walks)."""
     if t.sampler == "random_walk":
         w = t.random_walk
         walks = w.inference_walks if inference else w.walks
         return RandomWalkSampler(graph, t.layers, num_users, num_items, walks=walks, length=w.length,
                                  restart_prob=w.restart_prob, neighbors=w.neighbors, seed=t.seed, **options)
-    if t.sampler == "node":  # inference: whole neighbourhoods, the exact layers the samples estimate
-        nodes = [-1 if inference else t.node_sampling.nodes] * t.layers
-        return (NeighborSampler if inference else NodeSampler)(graph, nodes, num_users, num_items, seed=t.seed,
-                                                                **options)
+    if t.sampler in ("node", "cluster") and inference:  # the exact layers the samples estimate
+        return NeighborSampler(graph, [-1] * t.layers, num_users, num_items, seed=t.seed, **options)
+    if t.sampler == "node":
+        return NodeSampler(graph, [t.node_sampling.nodes] * t.layers, num_users, num_items, seed=t.seed, **options)
+    if t.sampler == "cluster":
+        return ClusterSampler(graph, t.layers, num_users, num_items, clusters, seed=t.seed, **options)
     return NeighborSampler(graph, t.fanouts, num_users, num_items, seed=t.seed, **options)
 
 
@@ -83,14 +88,22 @@ class BatchMaker:
             self.negatives = WithHard(self.negatives, HardNegatives(hard_negatives, self.num_users, self.num_items,
                                                                     id_maps=id_maps))
         self.sampler = self.neighborhoods = None
+        self.clusters = partitions.clusters() if t.sampler == "cluster" else None
         blocks = t.sampler != "none" and t.layers
         self.time_decay = time_decay(t, partitions) if blocks else None
         if blocks or t.exclude_positives:
             self.neighborhoods = served(graph, social, times=self.time_decay is not None)
         if blocks:
-            self.sampler = block_sampler(t, self.neighborhoods, self.num_users, self.num_items,
+            self.sampler = block_sampler(t, self.neighborhoods, self.num_users, self.num_items, clusters=self.clusters,
                                          time_decay=self.time_decay, negatives=self.negatives,
                                          num_negatives=t.num_negatives)
+
+    def epoch_order(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The positions of a trainer's pairs (users: their users) in the order an epoch visits them:
+        shuffled; with train.sampler=cluster, cluster by cluster (samplers/cluster.epoch_order)."""
+        if self.clusters is None:
+            return rng.permutation(len(users))
+        return epoch_order(self.clusters[users], int(self.clusters.max()) + 1, rng)
 
     def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
         """The batch of positive pairs (users[j], items[j])."""

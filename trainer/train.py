@@ -128,6 +128,8 @@ def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
         checkpoint.load_model(checkpoint.latest(checkpoints), t, f"train.resume=true: {checkpoint.latest(checkpoints)}",
                               partitions.stats.get("feature_dims"))
     time_decay(t, partitions)  # refused here, not in every worker
+    if t.sampler == "cluster":
+        partitions.clusters()
     if t.inputs != "id" and not partitions.stats.get("feature_dims"):
         raise UserError(f"train.inputs={t.inputs}: the partitions {partitions.path} have no node features "
                         "(ingest.item_features or ingest.user_features, then partition again)")
@@ -187,7 +189,7 @@ def train_loop(config: dict) -> None:
 
         while state.epoch < t.epochs and not state.stopped:
             epoch, started, first, rows = state.epoch, time.perf_counter(), state.step, 0
-            order = np.random.default_rng([t.seed, epoch, rank]).permutation(len(my_edges))  # positions in my_edges
+            order = batches.epoch_order(my_users, np.random.default_rng([t.seed, epoch, rank]))  # positions in my_edges
             chunks = np.array_split(order, steps_per_epoch)[:steps]
             rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
             if hard is not None:  # the curriculum: epoch n of the round adds n - 1 hard negatives

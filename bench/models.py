@@ -69,6 +69,11 @@ MODELS = {  # row: overrides of the config
     "pinsage, neighbour samples, residual": ["train.model=pinsage", "train.sampler=neighbor",
                                              "train.model_options.residual=true"],
 }
+SAMPLERS = {  # the config's model on other training strategies' blocks (README: train.sampler)
+    "lightgcn, cluster batches (128 METIS clusters)": [
+        "train.sampler=cluster", "partition.clusters=128", "partition.out={workdir}/partitions-clusters",
+        "train.partitions={workdir}/partitions-clusters"],
+}
 SOCIAL = {
     "socialgcn": ["train.model=socialgcn"],
     "socialgcn, ties of Jaccard >= 0.02": ["train.model=socialgcn", "ingest.social.min_overlap=0.02",
@@ -94,7 +99,7 @@ def main() -> None:
     parser.add_argument("--losses", action="store_true", help="the config's model with each objective")
     args, budget = parser.parse_known_args()
     base = load_config(args.config, ([f"workdir={args.workdir}"] if args.workdir else []) + budget)
-    rows = LOSSES if args.losses else {**MODELS, **(SOCIAL if base.ingest.social is not None else {})}
+    rows = LOSSES if args.losses else {**MODELS, **SAMPLERS, **(SOCIAL if base.ingest.social is not None else {})}
     common = [f"workdir={base.workdir}", *budget]
     run(load_config(args.config, common + ["run.stages=[ingest, partition]"]))
     name = Path(args.config).stem.split("_")[0]
@@ -104,8 +109,9 @@ def main() -> None:
         if args.only and row not in args.only:
             continue
         slug = row.replace(",", "").replace(">=", "ge").replace(" ", "-")
-        stages = "[ingest, partition, train, evaluate]" if any(o.startswith("ingest.") for o in overrides) \
-            else "[train, evaluate]"
+        stages = ["ingest"] * any(o.startswith("ingest.") for o in overrides)
+        stages += ["partition"] * any(o.startswith(("ingest.", "partition.")) for o in overrides)
+        stages = f"[{', '.join(stages + ['train', 'evaluate'])}]"
         cfg = load_config(args.config, common + overrides + [
             f"run.stages={stages}", *own_outputs(slug)])
         started = time.time()

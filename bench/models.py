@@ -73,6 +73,8 @@ SAMPLERS = {  # the config's model on other training strategies' blocks (README:
     "lightgcn, cluster batches (128 METIS clusters)": [
         "train.sampler=cluster", "partition.clusters=128", "partition.out={workdir}/partitions-clusters",
         "train.partitions={workdir}/partitions-clusters"],
+    "lightgcn, GraphSAINT subgraphs (8192 nodes)": ["train.sampler=saint"],
+    "lightgcn, FastGCN node samples (4096 a layer)": ["train.sampler=node"],
 }
 SOCIAL = {
     "socialgcn": ["train.model=socialgcn"],

@@ -191,6 +191,13 @@ class NodeSamplingConfig(Section):
     nodes: int = Field(4096, ge=1, description="nodes drawn per layer (with replacement)")
 
 
+class SaintConfig(Section):
+    """GraphSAINT's node sampler (train.sampler=saint, samplers/subgraph.py): each batch trains on the subgraph
+    induced by `nodes` nodes drawn as node sampling's (and the batch's own), each message divided by the
+    probability that its sender is in the subgraph given that its receiver is."""
+    nodes: int = Field(8192, ge=1, description="nodes drawn per batch (with replacement)")
+
+
 class TimeDecayConfig(Section):
     """Recent interactions count more: every sampled interaction edge weighs exp(-rate * age) in the blocks
     (Block.weight, multiplied into every model's coefficients), its age the time from its timestamp to the
@@ -212,12 +219,14 @@ class TrainConfig(Section):
     inputs: Literal["id", "id+features", "features"] = Field(
         "id", description="a node's input embedding where its type has features (ingest.*_features): its ID "
         "embedding, plus its projected features, or its projected features alone (types without: the ID)")
-    sampler: Literal["neighbor", "random_walk", "node", "cluster", "none"] = Field(
+    sampler: Literal["neighbor", "random_walk", "node", "cluster", "saint", "none"] = Field(
         "neighbor", description="blocks: uniform `fanouts` per layer, random walks (`random_walk`; the default "
-        "for model=pinsage), FastGCN's layer-wise importance sampling (`node`), or Cluster-GCN's subgraph of "
-        "the batch's clusters (`cluster`; needs partition.clusters)")
+        "for model=pinsage), FastGCN's layer-wise importance sampling (`node`), Cluster-GCN's subgraph of "
+        "the batch's clusters (`cluster`; needs partition.clusters), or GraphSAINT's node-sampled subgraph "
+        "(`saint`)")
     random_walk: RandomWalkConfig = RandomWalkConfig()
     node_sampling: NodeSamplingConfig = NodeSamplingConfig()
+    saint: SaintConfig = SaintConfig()
     time_decay: TimeDecayConfig = TimeDecayConfig()
     fanouts: list[int] = [10, 5]
     batch_size: int = Field(1024, ge=1)

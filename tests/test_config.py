@@ -177,6 +177,6 @@ def test_time_decay_is_per_timestamp_second_from_the_newest_and_needs_timestamps
     with pytest.raises(UserError, match=r"train.time_decay.rate=0.5: the training edges of p have no timestamps"):
         time_decay(t, SimpleNamespace(stats={}, path="p"))
     walks = load_config(None, ["train.time_decay.rate=0.5", "train.sampler=random_walk"]).train
-    with pytest.raises(UserError, match="weighs neighbour, node and cluster samples, not train.sampler=random_walk"):
+    with pytest.raises(UserError, match="weighs the edges of sampled blocks, not train.sampler=random_walk"):
         time_decay(walks, SimpleNamespace(stats={"newest_timestamp": 1}, path="p"))
     assert time_decay(load_config(None, []).train, SimpleNamespace(stats={}, path="p")) is None  # off

@@ -8,13 +8,13 @@ import torch
 
 from gnnrec import UserError, dgl_adapter
 from gnnrec.model.blocks import Batch
-from gnnrec.samplers.cluster import ClusterSampler, epoch_order
 from gnnrec.samplers.importance import NodeSampler
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
 from gnnrec.samplers.neighbor import NeighborSampler, TimeDecay
 from gnnrec.samplers.neighborhoods import served
 from gnnrec.samplers.prefetch import Prefetcher
 from gnnrec.samplers.random_walk import RandomWalkSampler
+from gnnrec.samplers.subgraph import ClusterSampler, SaintSampler, epoch_order
 from gnnrec.trainer.phases import Phases
 
 
@@ -40,9 +40,9 @@ def time_decay(t, partitions) -> TimeDecay | None:
     training timestamp; None when off. A UserError when the training edges have no timestamps."""
     if not t.time_decay.rate:
         return None
-    if t.sampler not in ("neighbor", "node", "cluster"):
-        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs neighbour, node and cluster samples, "
-                        f"not train.sampler={t.sampler}")
+    if t.sampler in ("random_walk", "none"):
+        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs the edges of sampled blocks, not "
+                        f"train.sampler={t.sampler}")
     if "newest_timestamp" not in partitions.stats:
         raise UserError(f"train.time_decay.rate={t.time_decay.rate}: the training edges of {partitions.path} have "
                         "no timestamps (ingest.interactions.timestamp_column, then partition again)")
@@ -53,20 +53,23 @@ def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = Fa
     """The block sampler `train.sampler` names, over a `Neighborhoods` graph: `train.fanouts` uniform
     neighbours per layer, random-walk blocks (`train.random_walk`; with `inference`, the sampler of
     layer-wise inference and evaluation: `inference_walks` walks per node), FastGCN's importance-sampled
-    layers (`train.node_sampling`), or the subgraph of the batch's `clusters` (Partitions.clusters); with
-    `inference`, the last two draw whole neighbourhoods. options: the sampler's negatives, num_negatives,
-    exclude_batch_edges, time_decay (not random walks)."""
+    layers (`train.node_sampling`), the subgraph of the batch's `clusters` (Partitions.clusters) or
+    GraphSAINT's node-sampled subgraph (`train.saint`); with `inference`, the last three draw whole
+    neighbourhoods. options: the sampler's negatives, num_negatives, exclude_batch_edges, time_decay
+    (not random walks)."""
     if t.sampler == "random_walk":
         w = t.random_walk
         walks = w.inference_walks if inference else w.walks
         return RandomWalkSampler(graph, t.layers, num_users, num_items, walks=walks, length=w.length,
                                  restart_prob=w.restart_prob, neighbors=w.neighbors, seed=t.seed, **options)
-    if t.sampler in ("node", "cluster") and inference:  # the exact layers the samples estimate
+    if t.sampler in ("node", "cluster", "saint") and inference:  # the exact layers the samples estimate
         return NeighborSampler(graph, [-1] * t.layers, num_users, num_items, seed=t.seed, **options)
     if t.sampler == "node":
         return NodeSampler(graph, [t.node_sampling.nodes] * t.layers, num_users, num_items, seed=t.seed, **options)
     if t.sampler == "cluster":
         return ClusterSampler(graph, t.layers, num_users, num_items, clusters, seed=t.seed, **options)
+    if t.sampler == "saint":
+        return SaintSampler(graph, t.layers, num_users, num_items, t.saint.nodes, seed=t.seed, **options)
     return NeighborSampler(graph, t.fanouts, num_users, num_items, seed=t.seed, **options)
 
 
@@ -100,7 +103,7 @@ class BatchMaker:
 
     def epoch_order(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The positions of a trainer's pairs (users: their users) in the order an epoch visits them:
-        shuffled; with train.sampler=cluster, cluster by cluster (samplers/cluster.epoch_order)."""
+        shuffled; with train.sampler=cluster, cluster by cluster (samplers/subgraph.epoch_order)."""
         if self.clusters is None:
             return rng.permutation(len(users))
         return epoch_order(self.clusters[users], int(self.clusters.max()) + 1, rng)

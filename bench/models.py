@@ -11,10 +11,12 @@ settings (epochs, early stopping on its validation split, the test split evaluat
 arguments change them for every row) and the model's own overrides below: LightGCN, NGCF, GraphSAGE
 (mean and pool), PinSage (random walks and neighbour samples), GAT, GCN, MF, and SocialGCN (with and
 without the social pre-filter, where the config has social edges). Per model: test Recall@K and
-NDCG@K (the config's `evaluate.ks`), the best epoch, epochs trained, training seconds, and Recall@20
-over popularity's. Writes `bench/results/models-<dataset>.json` (merged with earlier runs' rows, so
-`--only` adds to it). With `--losses`, the config's model with each objective of the registry instead
-(losses, contrastive views, mixed negatives), into `bench/results/losses-<dataset>.json`.
+NDCG@K (the config's `evaluate.ks`), the best epoch, epochs trained, training seconds, the median
+epoch's training edges/s and the peak RSS per trainer, and Recall@20 over popularity's. Writes
+`bench/results/models-<dataset>.json` (merged with earlier runs' rows, so `--only` adds to it). With
+`--losses`, the config's model with each objective of the registry instead (losses, contrastive views,
+mixed negatives), into `bench/results/losses-<dataset>.json`. The rows on other samplers (Cluster-GCN,
+GraphSAINT, FastGCN) are the config's model on those blocks.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
@@ -125,6 +129,8 @@ def main() -> None:
                       "over_popularity": round(test["recall@20"] / test["popularity_recall@20"], 2),
                       "best_epoch": summary["train"]["model_epoch"], "epochs": len(metrics),
                       "train_seconds": round(sum(m["seconds"] for m in metrics), 1),
+                      "edges_per_s_per_trainer": round(float(np.median([m["edges_per_s"] for m in metrics]))),
+                      "peak_rss_mb_per_trainer": summary["train"]["peak_rss_mb_per_trainer"],
                       "job_seconds": round(time.time() - started, 1)}
         print(json.dumps({row: table[row]}), flush=True)
         RESULTS.mkdir(exist_ok=True)

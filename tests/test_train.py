@@ -46,6 +46,7 @@ def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir,
     out = workdir / "train"
     num_train = pq.read_metadata(workdir / "dataset" / "edges" / "train.parquet").num_rows
     assert summary["trainers"] == 2 and summary["edges_per_epoch"] == num_train
+    assert 100 < summary["peak_rss_mb_per_trainer"] < 24_000  # a trainer process's own peak, in MB
     for epoch in range(3):
         visited = np.concatenate([np.load(out / "visits" / f"rank{r}_epoch{epoch}.npy") for r in range(2)])
         assert len(visited) == num_train and np.array_equal(np.sort(visited), np.arange(num_train))

@@ -14,7 +14,7 @@ written every `checkpoint_every` steps and at each epoch's end; when a trainer o
 driver restarts servers and trainers from the last one (up to `max_failures` times): a restarted Ray
 Train worker could not rejoin, since DistDGL servers admit exactly `num_clients` clients and the ID
 tables die with them. Output: `{train.out}/model/` (the final or best checkpoint), metrics.jsonl,
-curves.png, ranks/rank{r}.json (steps, losses, dense-weight checksum, host, partition).
+curves.png, ranks/rank{r}.json (steps, losses, dense-weight checksum, host, partition, peak RSS).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import torch
 
 from gnnrec import JobFailed, UserError, atomic_dir
 from gnnrec.faults import fail_point
+from gnnrec.data.ingest import peak_rss_mb
 from gnnrec.data.formats import Partitions
 from gnnrec.model.models import MODELS, Recommender, dense_optimizer, uses_social
 from gnnrec.trainer import checkpoint
@@ -93,6 +94,7 @@ def _train(cfg, partitions: Partitions) -> dict:
             "steps": state.global_step, "restarts": attempt, "model": final.name,
             "model_epoch": chosen.get("epoch", -1) + 1,
             "edges_per_epoch": sum(r["edges_per_epoch"] for r in ranks),
+            "peak_rss_mb_per_trainer": max(r["peak_rss_mb"] for r in ranks),
             "final_loss": round(last.get("loss", float("nan")), 4),
             **{k: round(v, 4) for k, v in chosen.items() if k.startswith(("recall@", "ndcg@"))},
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -250,7 +252,8 @@ def train_loop(config: dict) -> None:
             {"rank": rank, "world": world, "edges_per_epoch": int(len(my_edges)), "steps_per_epoch": steps,
              "steps_run": steps_run, "global_step": state.global_step,
              "losses": [m["loss"] for m in state.history], "param_checksum": checksum, "device": str(w.device),
-             "node_ip": _node_ip(), "local_partition": int(graph.get_partition_book().partid)}))
+             "node_ip": _node_ip(), "local_partition": int(graph.get_partition_book().partid),
+             "peak_rss_mb": round(peak_rss_mb(), 1)}))
 
 
 def _node_ip() -> str:

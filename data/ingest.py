@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from gnnrec import UserError, atomic_dir, dgl_adapter
-from gnnrec.data.formats import FORMAT, SPLITS, VERSION
+from gnnrec.data.formats import FORMAT, SPLITS, VERSION, Dataset
 from gnnrec.data.sources import EdgeSource, IdCollector, IdMap, read_features
 
 
@@ -275,6 +275,12 @@ def ingest(cfg) -> dict:
             users.add(arrays["src"], source.path)
             (users if name == "social" else items).add(arrays["dst"], source.path)
     user_map, item_map = users.finish(), items.finish()
+    if ic.base:  # incremental: the base dataset's IDs keep their ids, new ones follow
+        base = Dataset(cfg.path(ic.base))
+        user_map = user_map.extended(base.raw_ids("user").combine_chunks(), f"ingest.base={ic.base} (users)")
+        item_map = item_map.extended(base.raw_ids("item").combine_chunks(), f"ingest.base={ic.base} (items)")
+        stats["new_users"] = user_map.size - base.num_users
+        stats["new_items"] = item_map.size - base.num_items
     nu, ni = user_map.size, item_map.size
 
     # Pass 2: new ids, then duplicates collapsed.

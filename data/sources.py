@@ -204,7 +204,8 @@ class IdCollector:
 
 
 class IdMap:
-    """Sorted distinct raw IDs; the new id of a raw ID is its position."""
+    """Distinct raw IDs; the new id of a raw ID is its position (sorted, or `extended`: a base dataset's
+    IDs keep their ids and the new ones follow, sorted)."""
 
     def __init__(self, raw: pa.Array):
         self.raw = raw
@@ -212,14 +213,26 @@ class IdMap:
         self.is_int = not pa.types.is_large_string(raw.type)
         if self.is_int:
             self._np = raw.to_numpy()
-            self._lo = int(self._np[0]) if self.size else 0
-            span = int(self._np[-1]) - self._lo + 1 if self.size else 0
+            self._lo = int(self._np.min()) if self.size else 0
+            span = int(self._np.max()) - self._lo + 1 if self.size else 0
             self._table = None  # raw - lo -> id, when the raw range is not much larger than the id count
             if span <= max(4 * self.size, 1 << 20):
                 self._table = np.full(span, -1, np.int64)
                 self._table[self._np - self._lo] = np.arange(self.size)
+            else:
+                self._order = np.argsort(self._np, kind="stable")
+                self._sorted = self._np[self._order]
         else:
             self._index = pd.Index(raw.to_numpy(zero_copy_only=False), dtype=object)
+
+    def extended(self, base: pa.Array, where: str) -> "IdMap":
+        """The map whose first ids are `base`'s raw IDs (a previous dataset's, in its order), then this
+        map's other IDs in order: old IDs keep their ids. UserError naming `where` if the types differ."""
+        if pa.types.is_large_string(base.type) != (not self.is_int):
+            raise UserError(f"{where}: its IDs are {base.type}, this input's {self.raw.type}")
+        base = base.cast(self.raw.type)
+        new = self.raw.filter(pc.invert(pc.is_in(self.raw, value_set=base)))
+        return IdMap(pa.concat_arrays([base, new]))
 
     def lookup(self, arr: pa.Array) -> np.ndarray:
         """New ids of raw IDs; -1 where the raw ID is unknown."""
@@ -230,10 +243,8 @@ class IdMap:
             offset = values - self._lo
             inside = (offset >= 0) & (offset < len(self._table))
             return np.where(inside, self._table[np.where(inside, offset, 0)], -1)
-        ids = np.searchsorted(self._np, values)
-        ids[ids == self.size] = 0
-        ids[self._np[ids] != values] = -1
-        return ids
+        at = np.minimum(np.searchsorted(self._sorted, values), self.size - 1)  # size >= 1 without a table
+        return np.where(self._sorted[at] == values, self._order[at], -1)
 
     def table(self) -> pa.Table:
         return pa.table({"id": np.arange(self.size, dtype=np.int64), "raw_id": self.raw})

@@ -99,7 +99,15 @@ class IngestConfig(Section):
     min_user_degree: int = Field(0, ge=0, description="k-core: users with fewer distinct items lose their edges, "
                                  "repeated with min_item_degree until none does (0: no minimum)")
     min_item_degree: int = Field(0, ge=0, description="k-core: items with fewer distinct users lose their edges")
+    base: Optional[str] = Field(None, description="a dataset this one grows (incremental training): its users "
+                                "and items keep their ids, new ones are numbered after them")
     batch_rows: int = Field(1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _base_keeps_every_id(self):
+        if self.base and (self.min_user_degree or self.min_item_degree):
+            raise ValueError("base: k-core filtering renumbers the ids that base keeps (set min degrees to 0)")
+        return self
 
 
 class SplitConfig(Section):

@@ -223,6 +223,36 @@ def test_huge_sparse_and_negative_int_ids(tmp_path):
     assert raw_pairs(d, "train") == set(zip(users, items))
 
 
+@pytest.mark.parametrize("kind", ["dense", "sparse", "str"])
+def test_a_dataset_grown_from_a_base_keeps_its_ids_and_numbers_new_ones_after(tmp_path, kind):
+    """ingest.base: the base's users and items keep their ids (even one the new log lacks), new IDs follow in
+    order, the edges are the new log's, and the ids still resolve (dense table, sparse int64 and string maps)."""
+    raw = {"dense": lambda x: x, "sparse": lambda x: x * 2**40 - 7, "str": lambda x: f"n{x:03d}"}[kind]
+    old = [(3, 1), (9, 1), (5, 4)]
+    new = [(9, 1), (2, 8), (11, 4), (5, 6)]  # user 3 gone; users 2, 11 and items 6, 8 new
+    first = write_parquet(tmp_path / "old.parquet", {"user_id": [raw(u) for u, _ in old], "item_id": [raw(i) for _, i in old]})
+    second = write_parquet(tmp_path / "new.parquet", {"user_id": [raw(u) for u, _ in new], "item_id": [raw(i) for _, i in new]})
+    ingest(edge_cfg(tmp_path, first, "split.ratios=[1, 0, 0]", "ingest.out={workdir}/d0"))
+    stats = ingest(edge_cfg(tmp_path, second, "split.ratios=[1, 0, 0]", "ingest.out={workdir}/d1",
+                            "ingest.base={workdir}/d0"))
+    assert read_ids(tmp_path / "d1", "user").tolist() == [raw(u) for u in (3, 5, 9, 2, 11)]
+    assert read_ids(tmp_path / "d1", "item").tolist() == [raw(i) for i in (1, 4, 6, 8)]
+    assert stats["new_users"] == 2 and stats["new_items"] == 2
+    assert raw_pairs(tmp_path / "d1", "train") == {(raw(u), raw(i)) for u, i in new}
+
+
+def test_a_base_of_another_id_type_or_with_kcore_is_refused(tmp_path, capsys):
+    ints = write_parquet(tmp_path / "ints.parquet", {"user_id": [1, 2], "item_id": [1, 2]})
+    strs = write_parquet(tmp_path / "strs.parquet", {"user_id": ["a", "b"], "item_id": ["x", "y"]})
+    ingest(edge_cfg(tmp_path, ints, "split.ratios=[1, 0, 0]", "ingest.out={workdir}/d0"))
+    cfg = edge_cfg(tmp_path, strs, "split.ratios=[1, 0, 0]", "ingest.out={workdir}/d1", "ingest.base={workdir}/d0")
+    with pytest.raises(UserError, match=r"ingest.base=\{workdir\}/d0 \(users\): its IDs are int64"):
+        ingest(cfg)
+    assert not (tmp_path / "d1").exists()
+    with pytest.raises(UserError, match="'ingest'.*base: k-core filtering renumbers"):
+        edge_cfg(tmp_path, ints, "ingest.base={workdir}/d0", "ingest.min_user_degree=2")
+
+
 # ---------------------------------------------------------------- splits
 
 def _per_user(pairs_by_split):

@@ -252,6 +252,10 @@ class TrainConfig(Section):
     num_negatives: int = Field(1, ge=1)
     negative_mixing: bool = Field(False, description="MixGCF: each pair's num_negatives negatives are candidates "
                                   "for one negative synthesized from them and the positive, layer by layer")
+    init_from: Optional[str] = Field(None, description="a previous `gnnrec train` output to start from "
+                                     "(incremental training): its dense weights and the ID rows of the users "
+                                     "and items its dataset had (ingest the new log with ingest.base=its "
+                                     "dataset); new users and items start fresh")
     hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
                                                              "n - 1 of its negatives per positive")
     exclude_positives: bool = True

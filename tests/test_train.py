@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from gnnrec import JobFailed, UserError
 from gnnrec.launch.cluster import loopback_interface
@@ -56,6 +58,50 @@ def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir,
     assert ranks[0]["steps_per_epoch"] == ranks[1]["steps_per_epoch"]  # the sparse optimizer is a collective
     assert all(r["losses"][-1] < r["losses"][0] for r in ranks)  # it learns
     assert (out / "model" / "state.json").exists() and (out / "config.yaml").exists()
+
+
+def test_init_from_a_previous_model_keeps_its_rows_on_a_grown_dataset(local_ray, workdir):
+    """Incremental training: a log with new users and items, ingested on the first dataset (ingest.base)
+    and partitioned anew, trains from the first model (train.init_from): every old user and item starts
+    at its old row (a step of lr 1e-9 leaves it there), new ones start fresh, the dense weights carry over.
+    A dataset that renumbered the old IDs is refused, naming train.init_from."""
+    from gnnrec.data.ingest import ingest
+    from gnnrec.partition.stage import partition
+    from gnnrec.trainer.checkpoint import TrainOutput, load_tables
+
+    one_step = ["train.model=gcn", "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=1",
+                "train.max_steps_per_epoch=1", "train.validate_split=none"]
+    train(_cfg(workdir, *one_step, "train.out={workdir}/t0"))
+    log = pq.read_table(workdir / "synth" / "interactions").select(["user_id", "item_id"])
+    grown = log.to_pydict()
+    grown["user_id"] += [-1, -2, -2]  # new users and items (negative: they sort before every old ID)
+    grown["item_id"] += [-5, 0, -6]
+    (workdir / "grown").mkdir()
+    pq.write_table(pa.table(grown, schema=log.schema), workdir / "grown" / "log.parquet")
+    for name, base in (("d1", "{workdir}/dataset"), ("renumbered", "null")):
+        cfg = _cfg(workdir, "ingest.interactions.path={workdir}/grown", "ingest.interactions.timestamp_column=null",
+                   f"ingest.base={base}", f"ingest.out={{workdir}}/{name}", f"partition.dataset={{workdir}}/{name}",
+                   f"partition.out={{workdir}}/p-{name}")
+        ingest(cfg)
+        partition(cfg)
+    cfg = _cfg(workdir, *one_step, "train.init_from={workdir}/t0", "train.lr=1e-9", "train.out={workdir}/t1",
+               "partition.dataset={workdir}/d1", "train.partitions={workdir}/p-d1")
+    train(cfg)
+    old, new = TrainOutput(workdir / "t0"), TrainOutput(workdir / "t1")
+    old_tables, new_tables = load_tables(old.model_dir), load_tables(new.model_dir)
+    for node_type, added in (("user", 2), ("item", 2)):
+        old_ids = old.partitions.partition_ids(node_type)
+        new_ids = new.partitions.partition_ids(node_type)
+        assert len(new_ids) == len(old_ids) + added
+        kept = new_tables[node_type][new_ids[:len(old_ids)]]
+        assert torch.allclose(kept, old_tables[node_type][old_ids], atol=1e-6)
+        assert not torch.allclose(new_tables[node_type][new_ids[len(old_ids):]], torch.zeros(added, 32))
+    old_dense = torch.load(old.model_dir / "dense.pt", weights_only=True)["model"]
+    new_dense = torch.load(new.model_dir / "dense.pt", weights_only=True)["model"]
+    assert all(torch.allclose(old_dense[k], new_dense[k], atol=1e-6) for k in old_dense)
+    with pytest.raises(UserError, match=r"train.init_from=\{workdir\}/t0: the users of its dataset .* do not keep"):
+        train(_cfg(workdir, *one_step, "train.init_from={workdir}/t0", "partition.dataset={workdir}/renumbered",
+                   "train.partitions={workdir}/p-renumbered"))
 
 
 def test_validation_early_stopping_and_resume(local_ray, workdir):

@@ -200,6 +200,38 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
             for node_type in NODE_TYPES}
 
 
+def init_rows(init: "TrainOutput", dataset, partitions, key: str) -> dict[str, np.ndarray]:
+    """train.init_from: per node type, the row of `init`'s tables that holds each partition id of
+    `partitions` (the same dataset id), -1 for users and items `init`'s dataset did not have. UserError
+    naming `key` unless `init`'s dataset is where this `dataset` started (ingest.base)."""
+    rows = {}
+    for node_type in NODE_TYPES:
+        old_raw, new_raw = init.dataset.raw_ids(node_type), dataset.raw_ids(node_type)
+        if len(new_raw) < len(old_raw) or not new_raw.slice(0, len(old_raw)).equals(old_raw):
+            raise UserError(f"{key}: the {node_type}s of its dataset {init.dataset.path} do not keep their ids in "
+                            f"{dataset.path} (ingest the new log with ingest.base={init.dataset.path})")
+        dataset_ids, old_ids = partitions.orig_nids(node_type), init.partitions.partition_ids(node_type)
+        known = dataset_ids < len(old_ids)
+        rows[node_type] = np.where(known, old_ids[np.where(known, dataset_ids, 0)], -1)
+    return rows
+
+
+def warm_start(tables: dict, model_dir: Path, rows: dict, rank: int, world: int) -> dict:
+    """Rows of a previous model's ID tables into the distributed tables (rows: `init_rows`; -1 keeps the
+    fresh row; all ranks call this, each for its own share); return its dense state for the caller."""
+    old = load_tables(model_dir)
+    for node_type, table in tables.items():
+        lo, hi = _rows(table.shape[0], rank, world)
+        for start in range(lo, hi, CHUNK_ROWS):
+            ids = np.arange(start, min(start + CHUNK_ROWS, hi))
+            source = rows[node_type][ids]
+            known = source >= 0
+            if known.any():
+                table[torch.from_numpy(ids[known])] = old[node_type][torch.from_numpy(source[known])]
+    _barrier()
+    return _load(Path(model_dir) / "dense.pt")
+
+
 def load_model(path: Path, t, name: str, feature_dims: dict | None = None):
     """The Recommender of train config `t` (over features of `feature_dims`) with checkpoint `path`'s dense
     weights; UserError naming `name` when the checkpoint does not fit `t` (another model, layers or dim)."""

@@ -31,7 +31,7 @@ import torch
 from gnnrec import JobFailed, UserError, atomic_dir
 from gnnrec.faults import fail_point
 from gnnrec.data.ingest import peak_rss_mb
-from gnnrec.data.formats import Partitions
+from gnnrec.data.formats import Dataset, Partitions
 from gnnrec.model.models import MODELS, Recommender, dense_optimizer, uses_social
 from gnnrec.trainer import checkpoint
 from gnnrec.trainer.batches import time_decay
@@ -64,6 +64,7 @@ def _train(cfg, partitions: Partitions) -> dict:
     out, checkpoints = cfg.path(t.out), cfg.path(t.checkpoints)
     _check_inputs(cfg, partitions, checkpoints)
     hard = cfg.path(t.hard_negatives).resolve() if t.hard_negatives else None
+    init = _init_from(cfg, partitions)
     t0 = time.perf_counter()
     with _fresh_checkpoints(checkpoints, keep=t.resume), atomic_dir(out) as tmp_dir:
         tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
@@ -72,7 +73,7 @@ def _train(cfg, partitions: Partitions) -> dict:
         for attempt in range(t.max_failures + 1):
             loop_config = {"out": str(tmp), "checkpoints": str(checkpoints.resolve()),
                            "resume": t.resume or checkpoint.latest(checkpoints) is not None,
-                           "hard_negatives": hard and str(hard)}
+                           "hard_negatives": hard and str(hard), "init_from": init}
             try:
                 run_workers("train", cfg, partitions, job, train_loop, loop_config, tmp, progress)
                 break
@@ -140,6 +141,19 @@ def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
                         f"{t.validate_split} edges (choose another split, or none)")
 
 
+def _init_from(cfg, partitions: Partitions) -> dict | None:
+    """train.init_from, checked here (its weights fit this config, its ids are this dataset's first):
+    its model directory and the rows of its tables for this job's (checkpoint.init_rows)."""
+    t = cfg.train
+    if not t.init_from:
+        return None
+    key = f"train.init_from={t.init_from}"
+    init = checkpoint.TrainOutput(cfg.path(t.init_from), key="train.init_from")
+    checkpoint.load_model(init.model_dir, t, key, partitions.stats.get("feature_dims"))
+    rows = checkpoint.init_rows(init, Dataset(cfg.path(cfg.partition.dataset)), partitions, key)
+    return {"model": str(init.model_dir.resolve()), "rows": rows}
+
+
 # ---------------------------------------------------------------- the worker
 
 def train_loop(config: dict) -> None:
@@ -167,6 +181,9 @@ def train_loop(config: dict) -> None:
         steps_per_epoch = _agreed_steps(len(my_edges), t.batch_size)
         steps = min(steps_per_epoch, t.max_steps_per_epoch or steps_per_epoch)
         state = TrainState(dim=t.dim)
+        if config["init_from"] and not config["resume"]:  # incremental: a previous model's rows and weights
+            init = config["init_from"]
+            module.load_state_dict(checkpoint.warm_start(tables, Path(init["model"]), init["rows"], rank, world)["model"])
         if config["resume"]:
             state, saved = checkpoint.restore(checkpoint.latest(checkpoints), tables, sparse_opt, rank, world)
             module.load_state_dict(saved["model"])

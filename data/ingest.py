@@ -275,6 +275,8 @@ def ingest(cfg) -> dict:
             users.add(arrays["src"], source.path)
             (users if name == "social" else items).add(arrays["dst"], source.path)
     user_map, item_map = users.finish(), items.finish()
+    if ic.base and (ic.min_user_degree or ic.min_item_degree):
+        raise UserError(f"ingest.base={ic.base}: k-core filtering (ingest.min_*_degree) renumbers the ids it keeps")
     if ic.base:  # incremental: the base dataset's IDs keep their ids, new ones follow
         base = Dataset(cfg.path(ic.base))
         user_map = user_map.extended(base.raw_ids("user").combine_chunks(), f"ingest.base={ic.base} (users)")

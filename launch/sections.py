@@ -103,12 +103,6 @@ class IngestConfig(Section):
                                 "and items keep their ids, new ones are numbered after them")
     batch_rows: int = Field(1_000_000, ge=1)
 
-    @model_validator(mode="after")
-    def _base_keeps_every_id(self):
-        if self.base and (self.min_user_degree or self.min_item_degree):
-            raise ValueError("base: k-core filtering renumbers the ids that base keeps (set min degrees to 0)")
-        return self
-
 
 class SplitConfig(Section):
     """How held-out edges are chosen.
@@ -252,10 +246,8 @@ class TrainConfig(Section):
     num_negatives: int = Field(1, ge=1)
     negative_mixing: bool = Field(False, description="MixGCF: each pair's num_negatives negatives are candidates "
                                   "for one negative synthesized from them and the positive, layer by layer")
-    init_from: Optional[str] = Field(None, description="a previous `gnnrec train` output to start from "
-                                     "(incremental training): its dense weights and the ID rows of the users "
-                                     "and items its dataset had (ingest the new log with ingest.base=its "
-                                     "dataset); new users and items start fresh")
+    init_from: Optional[str] = Field(None, description="a `gnnrec train` output to start from: its weights and "
+                                     "its users' and items' rows (a dataset grown by ingest.base)")
     hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
                                                              "n - 1 of its negatives per positive")
     exclude_positives: bool = True

@@ -249,8 +249,8 @@ def test_a_base_of_another_id_type_or_with_kcore_is_refused(tmp_path, capsys):
     with pytest.raises(UserError, match=r"ingest.base=\{workdir\}/d0 \(users\): its IDs are int64"):
         ingest(cfg)
     assert not (tmp_path / "d1").exists()
-    with pytest.raises(UserError, match="'ingest'.*base: k-core filtering renumbers"):
-        edge_cfg(tmp_path, ints, "ingest.base={workdir}/d0", "ingest.min_user_degree=2")
+    with pytest.raises(UserError, match=r"ingest.base=\{workdir\}/d0: k-core filtering"):
+        ingest(edge_cfg(tmp_path, ints, "ingest.out={workdir}/d2", "ingest.base={workdir}/d0", "ingest.min_user_degree=2"))
 
 
 # ---------------------------------------------------------------- splits

@@ -4,8 +4,9 @@ against a full retrain.
     python bench/incremental.py [--workdir /tmp/incremental] [--epochs 20] [--fine-tune 4]
 
 A synthetic log (the quickstart's size, tastes drifting in the last 30% of the year: `synth.drift=0.3`)
-cut in time into three periods: the first 80% of its rows by timestamp are yesterday's log, the next 10%
-arrive today, the last 10% are the test (`split.method=test_file`; a tenth of each period's training
+cut in time into three periods: the first 80% of its rows by timestamp are yesterday's log (less those of
+one user and one item in 20, which arrive today with all their rows), the next 10% arrive today, the last
+10% are the test (`split.method=test_file`; a tenth of each period's training
 edges is held out for validation). Yesterday's job: ingest, partition, LightGCN for up to `--epochs`
 (early stopping on validation). Today's dataset grows yesterday's (`ingest.base`: old ids kept, new users
 and items numbered after them) and is partitioned anew; then (a) a full retrain for up to `--epochs`, and
@@ -27,11 +28,13 @@ from models import own_outputs
 
 
 def cut_in_time(log_dir: Path, out: Path) -> None:
-    """periods/{old, all, test}: the log's first 80% of rows by timestamp, the first 90%, the last 10%."""
+    """periods/{old, all, test}: the log's first 80% of rows by timestamp (less those of one user and item
+    in 20: they arrive today), the first 90%, the last 10%."""
     log = pq.read_table(log_dir).select(["user_id", "item_id", "timestamp"])
     t = log["timestamp"].to_numpy()
     first, second = np.quantile(t, [0.8, 0.9])
-    for name, keep in (("old", t < first), ("all", t < second), ("test", t >= second)):
+    later = (log["user_id"].to_numpy() % 20 == 0) | (log["item_id"].to_numpy() % 20 == 0)
+    for name, keep in (("old", (t < first) & ~later), ("all", t < second), ("test", t >= second)):
         (out / name).mkdir(parents=True, exist_ok=True)
         pq.write_table(log.filter(keep), out / name / "part-0.parquet")
 
@@ -66,8 +69,11 @@ def main() -> None:
             f"ingest.out={{workdir}}/dataset-{day}", f"partition.dataset={{workdir}}/dataset-{day}",
             f"partition.out={{workdir}}/partitions-{day}", "run.stages=[ingest, partition]"]))
     stats = json.loads((work / "dataset-new" / "stats.json").read_text())
-    out = {"epochs": args.epochs, "fine_tune_epochs": args.fine_tune,
-           "new_users": stats["new_users"], "new_items": stats["new_items"], "train_edges_new": stats["train_edges"]}
+    before = json.loads((work / "dataset-old" / "stats.json").read_text())
+    out = {"epochs": args.epochs, "fine_tune_epochs": args.fine_tune, "train_edges_yesterday": before["train_edges"],
+           "train_edges_today": stats["train_edges"], "new_users": stats["new_users"], "new_items": stats["new_items"],
+           "untrained_yesterday": {"users": before["users_without_train_edges"], "items": before["items_without_train_edges"]},
+           "untrained_today": {"users": stats["users_without_train_edges"], "items": stats["items_without_train_edges"]}}
     jobs = {"yesterday": ("old", args.epochs, []),
             "full retrain": ("new", args.epochs, []),
             "fine-tune": ("new", args.fine_tune, [f"train.init_from={work}/train-yesterday"])}

@@ -10,8 +10,9 @@ one user and one item in 20, which arrive today with all their rows), the next 1
 edges is held out for validation). Yesterday's job: ingest, partition, LightGCN for up to `--epochs`
 (early stopping on validation). Today's dataset grows yesterday's (`ingest.base`: old ids kept, new users
 and items numbered after them) and is partitioned anew; then (a) a full retrain for up to `--epochs`, and
-(b) `train.init_from` yesterday's model for `--fine-tune` epochs over the same edges. Test Recall@20 /
-NDCG@20 of each (and of yesterday's model on the same test), training seconds, and (b) over (a).
+(b) `train.init_from` yesterday's model for `--fine-tune` epochs over the same edges, new users and items
+starting at their old neighbours' mean (and, as a check of that, at fresh rows). Test Recall@20 / NDCG@20
+of each (and of yesterday's model on the same test), training seconds, and (b) over (a).
 """
 from __future__ import annotations
 
@@ -76,7 +77,9 @@ def main() -> None:
            "untrained_today": {"users": stats["users_without_train_edges"], "items": stats["items_without_train_edges"]}}
     jobs = {"yesterday": ("old", args.epochs, []),
             "full retrain": ("new", args.epochs, []),
-            "fine-tune": ("new", args.fine_tune, [f"train.init_from={work}/train-yesterday"])}
+            "fine-tune": ("new", args.fine_tune, [f"train.init_from={work}/train-yesterday"]),
+            "fine-tune, new rows fresh": ("new", args.fine_tune, [f"train.init_from={work}/train-yesterday",
+                                                                   "train.init_new_from_neighbours=false"])}
     for name, (day, epochs, more) in jobs.items():
         slug = name.replace(" ", "-")
         cfg = load_config(None, common + more + [

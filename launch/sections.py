@@ -248,6 +248,7 @@ class TrainConfig(Section):
                                   "for one negative synthesized from them and the positive, layer by layer")
     init_from: Optional[str] = Field(None, description="a `gnnrec train` output to start from: its weights and "
                                      "its users' and items' rows (a dataset grown by ingest.base)")
+    init_new_from_neighbours: bool = Field(True, description="init_from: new rows start at their old neighbours' mean")
     hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
                                                              "n - 1 of its negatives per positive")
     exclude_positives: bool = True

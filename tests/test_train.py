@@ -63,8 +63,9 @@ def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir,
 def test_init_from_a_previous_model_keeps_its_rows_on_a_grown_dataset(local_ray, workdir):
     """Incremental training: a log with new users and items, ingested on the first dataset (ingest.base)
     and partitioned anew, trains from the first model (train.init_from): every old user and item starts
-    at its old row (a step of lr 1e-9 leaves it there), new ones start fresh, the dense weights carry over.
-    A dataset that renumbered the old IDs is refused, naming train.init_from."""
+    at its old row (a step of lr 1e-9 leaves it there), a new user at its old items' mean, a new user or
+    item with no old neighbour fresh; the dense weights carry over. A dataset that renumbered the old IDs is
+    refused, naming train.init_from."""
     from gnnrec.data.ingest import ingest
     from gnnrec.partition.stage import partition
     from gnnrec.trainer.checkpoint import TrainOutput, load_tables
@@ -89,13 +90,17 @@ def test_init_from_a_previous_model_keeps_its_rows_on_a_grown_dataset(local_ray,
     train(cfg)
     old, new = TrainOutput(workdir / "t0"), TrainOutput(workdir / "t1")
     old_tables, new_tables = load_tables(old.model_dir), load_tables(new.model_dir)
-    for node_type, added in (("user", 2), ("item", 2)):
+    for node_type in ("user", "item"):
         old_ids = old.partitions.partition_ids(node_type)
         new_ids = new.partitions.partition_ids(node_type)
-        assert len(new_ids) == len(old_ids) + added
+        assert len(new_ids) == len(old_ids) + 2  # -1, -2 and -5, -6, numbered after the old ones
         kept = new_tables[node_type][new_ids[:len(old_ids)]]
         assert torch.allclose(kept, old_tables[node_type][old_ids], atol=1e-6)
-        assert not torch.allclose(new_tables[node_type][new_ids[len(old_ids):]], torch.zeros(added, 32))
+    item_zero = old_tables["item"][old.partitions.partition_ids("item")[old.dataset.raw_ids("item").to_pylist().index(0)]]
+    new_users = new_tables["user"][new.partitions.partition_ids("user")[-2:]]  # -2 (items 0, -6), then -1 (item -5)
+    assert torch.allclose(new_users[0], item_zero, atol=1e-6) and not torch.allclose(new_users[1], item_zero, atol=1e-3)
+    new_items = new_tables["item"][new.partitions.partition_ids("item")[-2:]]
+    assert not torch.allclose(new_items, torch.zeros(2, 32)) and not torch.allclose(new_items[0], new_items[1])
     old_dense = torch.load(old.model_dir / "dense.pt", weights_only=True)["model"]
     new_dense = torch.load(new.model_dir / "dense.pt", weights_only=True)["model"]
     assert all(torch.allclose(old_dense[k], new_dense[k], atol=1e-6) for k in old_dense)

@@ -216,9 +216,28 @@ def init_rows(init: "TrainOutput", dataset, partitions, key: str) -> dict[str, n
     return rows
 
 
-def warm_start(tables: dict, model_dir: Path, rows: dict, rank: int, world: int) -> dict:
-    """Rows of a previous model's ID tables into the distributed tables (rows: `init_rows`; -1 keeps the
-    fresh row; all ranks call this, each for its own share); return its dense state for the caller."""
+def neighbour_means(model_dir: Path, rows: dict, dataset, partitions) -> dict:
+    """The first rows of the new users and items (`rows` -1): the mean of the old rows of their neighbours
+    over the dataset's training edges, {node type: (partition ids, rows)}; nodes with no old neighbour are
+    left out (they keep a fresh row). Reads the previous tables whole, in this process."""
+    old = load_tables(model_dir)
+    ends = dict(zip(NODE_TYPES, dataset.edges("train").numpy()))
+    means = {}
+    for node_type, other in zip(NODE_TYPES, reversed(NODE_TYPES)):
+        at = partitions.partition_ids(node_type)[ends[node_type]]
+        source = rows[other][partitions.partition_ids(other)[ends[other]]]
+        use = (rows[node_type][at] < 0) & (source >= 0)
+        nodes, slot = np.unique(at[use], return_inverse=True)
+        sums = torch.zeros(len(nodes), old[other].shape[1]).index_add_(0, torch.from_numpy(slot),
+                                                                       old[other][torch.from_numpy(source[use])])
+        means[node_type] = (nodes, sums / torch.from_numpy(np.bincount(slot, minlength=len(nodes))).unsqueeze(1))
+    return means
+
+
+def warm_start(tables: dict, model_dir: Path, rows: dict, means: dict, rank: int, world: int) -> dict:
+    """A previous model's ID rows into the distributed tables (rows: `init_rows`, -1 keeps the fresh row),
+    then the new nodes' `neighbour_means` ({} for none); all ranks call this, each for its own share.
+    Returns the previous model's dense state for the caller."""
     old = load_tables(model_dir)
     for node_type, table in tables.items():
         lo, hi = _rows(table.shape[0], rank, world)
@@ -228,6 +247,11 @@ def warm_start(tables: dict, model_dir: Path, rows: dict, rank: int, world: int)
             known = source >= 0
             if known.any():
                 table[torch.from_numpy(ids[known])] = old[node_type][torch.from_numpy(source[known])]
+        if node_type in means:
+            nodes, values = means[node_type]
+            mine = (nodes >= lo) & (nodes < hi)
+            if mine.any():
+                table[torch.from_numpy(nodes[mine])] = values[torch.from_numpy(mine)]
     _barrier()
     return _load(Path(model_dir) / "dense.pt")
 

@@ -143,15 +143,18 @@ def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
 
 def _init_from(cfg, partitions: Partitions) -> dict | None:
     """train.init_from, checked here (its weights fit this config, its ids are this dataset's first):
-    its model directory and the rows of its tables for this job's (checkpoint.init_rows)."""
+    its model directory, the rows of its tables for this job's (checkpoint.init_rows) and the new nodes'
+    first rows (checkpoint.neighbour_means, with train.init_new_from_neighbours)."""
     t = cfg.train
     if not t.init_from:
         return None
     key = f"train.init_from={t.init_from}"
     init = checkpoint.TrainOutput(cfg.path(t.init_from), key="train.init_from")
     checkpoint.load_model(init.model_dir, t, key, partitions.stats.get("feature_dims"))
-    rows = checkpoint.init_rows(init, Dataset(cfg.path(cfg.partition.dataset)), partitions, key)
-    return {"model": str(init.model_dir.resolve()), "rows": rows}
+    dataset = Dataset(cfg.path(cfg.partition.dataset))
+    rows = checkpoint.init_rows(init, dataset, partitions, key)
+    means = checkpoint.neighbour_means(init.model_dir, rows, dataset, partitions) if t.init_new_from_neighbours else {}
+    return {"model": str(init.model_dir.resolve()), "rows": rows, "means": means}
 
 
 # ---------------------------------------------------------------- the worker
@@ -183,7 +186,8 @@ def train_loop(config: dict) -> None:
         state = TrainState(dim=t.dim)
         if config["init_from"] and not config["resume"]:  # incremental: a previous model's rows and weights
             init = config["init_from"]
-            module.load_state_dict(checkpoint.warm_start(tables, Path(init["model"]), init["rows"], rank, world)["model"])
+            saved = checkpoint.warm_start(tables, Path(init["model"]), init["rows"], init["means"], rank, world)
+            module.load_state_dict(saved["model"])
         if config["resume"]:
             state, saved = checkpoint.restore(checkpoint.latest(checkpoints), tables, sparse_opt, rank, world)
             module.load_state_dict(saved["model"])

@@ -66,21 +66,26 @@ def test_each_edge_comes_from_a_drawn_node_weighted_by_its_importance_ratio():
             assert Counter(edges) == reached
 
 
-def test_the_sampled_layer_is_an_unbiased_estimate_of_the_full_one():
-    """The mean of many sampled LightGCN layers is the full-graph layer (within its standard error)."""
+def assert_unbiased_layer(sampler, check=lambda batch: None, runs: int = 3000):
+    """The mean of `runs` LightGCN layers on a one-layer sampler's blocks, for a batch's seeds, is the
+    full-graph layer (within 4 standard errors); `check` sees every batch."""
     torch.manual_seed(0)
     h = torch.randn(NU + NI, 4, dtype=torch.float64)
     src, dst, etype = (torch.from_numpy(a) for a in full_edges())
     model = LightGCN(4, num_layers=1).eval()
     exact = model(h, full_graph_blocks(src, dst, NU + NI, 1, etype=etype))
     users, items = batch_pairs(3)
-    sampler = NodeSampler(toy_graph(), [6], NU, NI, exclude_batch_edges=False, seed=0)
     draws = []
-    for _ in range(3000):
+    for _ in range(runs):
         batch = sampler.sample(users, items)
+        check(batch)
         draws.append(model(h[batch.input_nodes], batch.blocks)[torch.argsort(batch.output_nodes)])
     draws = torch.stack(draws)
     seeds = torch.sort(batch.output_nodes).values
     error = (draws.mean(0) - exact[seeds]).abs()
     assert (error <= 4 * draws.std(0) / np.sqrt(len(draws)) + 1e-9).all(), error.max()
     assert (draws.std(0) > 0).any()  # it is a sample, not the whole layer
+
+
+def test_the_sampled_layer_is_an_unbiased_estimate_of_the_full_one():
+    assert_unbiased_layer(NodeSampler(toy_graph(), [6], NU, NI, exclude_batch_edges=False, seed=0))

@@ -10,16 +10,16 @@ from gnnrec.model.blocks import full_graph_blocks
 from gnnrec.model.models import LightGCN
 from gnnrec.samplers.importance import importance
 from gnnrec.samplers.negatives import NEGATIVES
-from gnnrec.samplers.neighborhoods import CSRNeighborhoods
 from gnnrec.samplers.subgraph import ClusterSampler, SaintSampler, epoch_order
 
-from test_neighbor_sampler import FOLLOWEE, FOLLOWER, ITEM, NI, NU, USER, batch_pairs, full_edges, message_edges
+from test_importance_sampler import assert_unbiased_layer, toy_graph
+from test_neighbor_sampler import NI, NU, batch_pairs, full_edges, message_edges
 
 CLUSTERS = np.arange(NU + NI) % 4  # users and items spread over 4 clusters
 
 
 def test_blocks_are_the_subgraph_induced_by_the_batch_clusters_and_seeds():
-    graph = CSRNeighborhoods.from_edges(USER, ITEM, NU, NI, social=(FOLLOWER, FOLLOWEE))
+    graph = toy_graph()
     src, dst, etype = full_edges()
     sampler = ClusterSampler(graph, 2, NU, NI, CLUSTERS, negatives=NEGATIVES["uniform"](NI), num_negatives=2)
     for seed in range(6):
@@ -47,10 +47,6 @@ def test_an_epoch_visits_each_pair_once_cluster_by_cluster():
     assert not np.array_equal(orders[0], orders[1])
 
 
-def toy_graph():
-    return CSRNeighborhoods.from_edges(USER, ITEM, NU, NI, social=(FOLLOWER, FOLLOWEE))
-
-
 def test_saint_inclusion_probabilities_are_their_definition():
     """P(v in S) and P(u, v in S) for n draws from q, against their frequencies over 20,000 subgraphs."""
     q = importance(toy_graph(), NU, NI)
@@ -72,24 +68,12 @@ def test_saint_inclusion_probabilities_are_their_definition():
 def test_saint_layer_is_an_unbiased_estimate_of_the_full_one_and_stays_in_the_subgraph():
     """The mean of many GraphSAINT LightGCN layers is the full-graph layer (within its standard error);
     every message comes from a drawn node or a seed."""
-    torch.manual_seed(0)
-    h = torch.randn(NU + NI, 4, dtype=torch.float64)
-    src, dst, etype = (torch.from_numpy(a) for a in full_edges())
-    model = LightGCN(4, num_layers=1).eval()
-    exact = model(h, full_graph_blocks(src, dst, NU + NI, 1, etype=etype))
-    users, items = batch_pairs(3)
     sampler = SaintSampler(toy_graph(), 1, NU, NI, nodes=6, exclude_batch_edges=False, seed=0)
-    draws = []
-    for _ in range(3000):
-        batch = sampler.sample(users, items)
-        seeds = set(batch.output_nodes.tolist())
-        assert {s for s, _, _ in message_edges(batch, 0)} <= seeds | set(np.flatnonzero(sampler.drawn).tolist())
-        draws.append(model(h[batch.input_nodes], batch.blocks)[torch.argsort(batch.output_nodes)])
-    draws = torch.stack(draws)
-    seeds = torch.sort(batch.output_nodes).values
-    error = (draws.mean(0) - exact[seeds]).abs()
-    assert (error <= 4 * draws.std(0) / np.sqrt(len(draws)) + 1e-9).all(), error.max()
-    assert (draws.std(0) > 0).any()  # it is a sample, not the whole layer
+
+    def inside(batch):
+        senders = {s for s, _, _ in message_edges(batch, 0)}
+        assert senders <= set(batch.output_nodes.tolist()) | set(np.flatnonzero(sampler.drawn).tolist())
+    assert_unbiased_layer(sampler, inside)
 
 
 def test_saint_outer_layer_is_unbiased_for_every_node_of_the_subgraph():

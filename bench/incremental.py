@@ -9,7 +9,7 @@ one user and one item in 20, which arrive today with all their rows), the next 1
 10% are the test (`split.method=test_file`; a tenth of each period's training
 edges is held out for validation). Yesterday's job: ingest, partition, LightGCN for up to `--epochs`
 (early stopping on validation). Today's dataset grows yesterday's (`ingest.base`: old ids kept, new users
-and items numbered after them) and is partitioned anew; then (a) a full retrain for up to `--epochs`, and
+and items numbered after them), its nodes placed in yesterday's partitions (`partition.base`); then (a) a full retrain for up to `--epochs`, and
 (b) `train.init_from` yesterday's model for `--fine-tune` epochs over the same edges, new users and items
 starting at their old neighbours' mean (and, as a check of that, at fresh rows). Test Recall@20 / NDCG@20
 of each (and of yesterday's model on the same test), training seconds, and (b) over (a).
@@ -63,7 +63,7 @@ def main() -> None:
               "train.patience=3", "train.validate_every=2"]
     run(load_config(None, common + ["run.stages=[synth]"]))
     cut_in_time(work / "synth" / "interactions", work / "periods")
-    days = {"old": [], "new": ["ingest.base={workdir}/dataset-old"]}
+    days = {"old": [], "new": ["ingest.base={workdir}/dataset-old", "partition.base={workdir}/partitions-old"]}
     for day, more in days.items():
         run(load_config(None, common + more + [
             f"ingest.interactions.path={{workdir}}/periods/{'old' if day == 'old' else 'all'}",

@@ -154,6 +154,7 @@ class PartitionConfig(Section):
     workers: int = Field(0, ge=0, description="Ray tasks for the random walks; 0 = in-process")
     clusters: int = Field(0, ge=0, description="also split the graph into this many clusters with `method`, "
                           "saved per node for train.sampler=cluster (Cluster-GCN); 0: none")
+    base: Optional[str] = Field(None, description="partitions of the dataset this one grew from: keep their parts")
     seed: int = 0
 
 
@@ -194,9 +195,8 @@ class NodeSamplingConfig(Section):
 
 
 class SaintConfig(Section):
-    """GraphSAINT's node sampler (train.sampler=saint, samplers/subgraph.py): each batch trains on the subgraph
-    induced by `nodes` nodes drawn as node sampling's (and the batch's own), each message divided by the
-    probability that its sender is in the subgraph given that its receiver is."""
+    """GraphSAINT's node sampler (train.sampler=saint, samplers/subgraph.py): the subgraph of `nodes` nodes drawn
+    as node sampling's and the batch's, each message divided by its sender's inclusion probability."""
     nodes: int = Field(8192, ge=1, description="nodes drawn per batch (with replacement)")
 
 

@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from gnnrec import UserError, atomic_dir
-from gnnrec.partition import csr
-from gnnrec.data.formats import Dataset
+from gnnrec.arrays import splitmix64
+from gnnrec.partition import csr, random_walk
+from gnnrec.data.formats import Dataset, Partitions
 from gnnrec.data.ingest import peak_rss_mb
 from gnnrec.partition.balance import imbalance
 from gnnrec.partition.partitioners import PARTITIONERS
@@ -70,6 +71,26 @@ def edge_cut(g, user_part: np.ndarray, item_part: np.ndarray) -> float:
     return cut / total if total else 0.0
 
 
+def grown_assignment(g, base: Partitions, parts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """partition.base: the users and items of the base partitions keep their part (by dataset id: the
+    dataset grew from theirs, ingest.base); each new one joins the part most of its placed neighbours are
+    in, repeated until none changes; one with no placed neighbour is hashed. Nothing is rebalanced."""
+    if base.stats["parts"] != parts:
+        raise UserError(f"partition.base={base.path}: {base.stats['parts']} parts, partition.parts={parts}")
+    label = []
+    for node_type, n in (("user", g.num_users), ("item", g.num_items)):
+        ids = base.orig_nids(node_type)  # dataset id by the base's partition id, which runs part by part
+        if len(ids) > n:
+            raise UserError(f"partition.base={base.path}: {len(ids)} {node_type}s, more than this dataset's {n}")
+        part = np.full(n, -1, np.int64)
+        part[ids] = np.repeat(np.arange(parts), [s[f"inner_{node_type}s"] for s in base.stats["per_part"]])
+        label.append(part)
+    label = random_walk.fill_unreached(g, np.concatenate(label), parts, random_walk.degrees(g))
+    alone = np.flatnonzero(label < 0)
+    label[alone] = (splitmix64(alone, seed) % np.uint64(parts)).astype(np.int64)
+    return label[:g.num_users].astype(np.int32), label[g.num_users:].astype(np.int32)
+
+
 def write_clusters(out: Path, assignment: tuple[np.ndarray, np.ndarray]) -> None:
     """clusters/{user,item}.npy: each node's cluster (Cluster-GCN), indexed by partition id."""
     (out / "clusters").mkdir()
@@ -93,7 +114,10 @@ def partition(cfg) -> dict:
         csr.trim()
         g = csr.load_csr(csr_dir, meta, mmap=p.mmap)
         t1 = time.perf_counter()
-        user_part, item_part = PARTITIONERS[p.method](g, p.parts, cfg)
+        if p.base:
+            user_part, item_part = grown_assignment(g, Partitions(cfg.path(p.base), "partition.base"), p.parts, p.seed)
+        else:
+            user_part, item_part = PARTITIONERS[p.method](g, p.parts, cfg)
         assign_seconds = time.perf_counter() - t1
         csr.trim()
         assert len(user_part) == g.num_users and len(item_part) == g.num_items
@@ -116,7 +140,7 @@ def partition(cfg) -> dict:
             "edge_cut": round(cut, 4),
             "halo_fraction": round(sum(s["halo_users"] + s["halo_items"] for s in parts) / max(num_nodes, 1), 4),
             **newest, "feature_dims": meta.get("feature_dims", {}),  # the models' feature inputs
-            "clusters": p.clusters,
+            "clusters": p.clusters, **({"base": str(cfg.path(p.base))} if p.base else {}),
             **{f"imbalance_{k}": round(float(imbalance(column(key))[0]), 4) for k, key in (
                 ("users", "inner_users"), ("items", "inner_items"), ("edges", "inner_edges"),
                 ("train", "train_edges"), ("val", "val_edges"), ("test", "test_edges"))},

@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from gnnrec import UserError
 from gnnrec.launch.cli import main
 from gnnrec.launch.config import load_config
 from gnnrec.data.formats import Dataset
@@ -230,6 +233,51 @@ def test_clusters_are_saved_per_partition_id_and_keep_edges_inside(dataset, meth
     item = parts.partition_ids("item")[train["item"].to_numpy()] + meta["num_users"]
     inside = np.mean(clusters[user] == clusters[item])
     assert inside > 0.4 if method != "random" else inside < 0.25, inside
+
+
+def part_of(parts, node_type: str, dataset_ids: np.ndarray) -> np.ndarray:
+    """The part of each node (dataset ids): partition ids run part by part."""
+    ends = np.cumsum([s[f"inner_{node_type}s"] for s in parts.stats["per_part"]])
+    return np.searchsorted(ends, parts.partition_ids(node_type)[dataset_ids], side="right")
+
+
+def test_a_grown_dataset_keeps_the_base_parts_and_places_its_new_users_by_their_neighbours(dataset):
+    """partition.base: old users and items stay in their part; a new user joins the part of most of its
+    items; DGL loads the result; a base with another number of parts is refused naming partition.base."""
+    from gnnrec.data.formats import Partitions
+    from gnnrec.partition.stage import partition
+    partition(load_config(None, overrides(dataset, "metis", 2, dataset / "p-base")))
+    log = pq.read_table(dataset / "synth" / "interactions")
+    new = []  # 3 new users, each with 6 rows of an existing user's
+    for k, old_user in enumerate(np.unique(log["user_id"].to_numpy())[:3]):
+        rows = log.filter(pc.equal(log["user_id"], old_user)).slice(0, 6)
+        new.append(rows.set_column(rows.schema.get_field_index("user_id"), "user_id",
+                                   pa.array([-1 - k] * len(rows), log.schema.field("user_id").type)))
+    (dataset / "grown").mkdir()
+    pq.write_table(pa.concat_tables([log, *new]), dataset / "grown" / "log.parquet")
+    grown = overrides(dataset, "metis", 2, dataset / "p-grown", "partition.base={workdir}/p-base",
+                      "ingest.interactions.path={workdir}/grown", "ingest.base={workdir}/dataset",
+                      "ingest.out={workdir}/d-grown", "partition.dataset={workdir}/d-grown")
+    ingest(load_config(None, grown))
+    assert partition(load_config(None, grown))["base"] == str(dataset / "p-base")
+    base, parts = Partitions(dataset / "p-base"), Partitions(dataset / "p-grown")
+    for node_type in ("user", "item"):
+        old = base.orig_nids(node_type)
+        assert np.array_equal(part_of(parts, node_type, old), part_of(base, node_type, old))
+    train = pq.read_table(dataset / "d-grown" / "edges" / "train.parquet")
+    users, item_parts = train["user"].to_numpy(), part_of(parts, "item", train["item"].to_numpy())
+    new_users = np.arange(len(base.orig_nids("user")), len(parts.orig_nids("user")))
+    assert len(new_users) == 3
+    for user, part in zip(new_users, part_of(parts, "user", new_users)):
+        counts = np.bincount(item_parts[users == user], minlength=2)
+        assert counts[part] == counts.max()  # the part of most of its items
+    inner = 0
+    for part in range(2):  # DGL's own loader reads every part
+        g = dgl_load(dataset / "p-grown" / "gnnrec.json", part)[0]
+        inner += int(g.ndata["inner_node"].sum())
+    assert inner == len(parts.orig_nids("user")) + len(parts.orig_nids("item"))
+    with pytest.raises(UserError, match=r"partition.base=.*p-base: 2 parts, partition.parts=4"):
+        partition(load_config(None, overrides(dataset, "metis", 4, dataset / "p-4", "partition.base={workdir}/p-base")))
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -11,8 +11,9 @@ edges is held out for validation). Yesterday's job: ingest, partition, LightGCN 
 (early stopping on validation). Today's dataset grows yesterday's (`ingest.base`: old ids kept, new users
 and items numbered after them), its nodes placed in yesterday's partitions (`partition.base`); then (a) a full retrain for up to `--epochs`, and
 (b) `train.init_from` yesterday's model for `--fine-tune` epochs over the same edges, new users and items
-starting at their old neighbours' mean (and, as a check of that, at fresh rows). Test Recall@20 / NDCG@20
-of each (and of yesterday's model on the same test), training seconds, and (b) over (a).
+starting at their old neighbours' mean (and, as a check of that, at fresh rows; and with each epoch
+visiting today's edges and 20% of yesterday's, `train.replay=0.2`). Test Recall@20 / NDCG@20 of each (and
+of yesterday's model on the same test), training seconds, and (b) over (a).
 """
 from __future__ import annotations
 
@@ -79,7 +80,9 @@ def main() -> None:
             "full retrain": ("new", args.epochs, []),
             "fine-tune": ("new", args.fine_tune, [f"train.init_from={work}/train-yesterday"]),
             "fine-tune, new rows fresh": ("new", args.fine_tune, [f"train.init_from={work}/train-yesterday",
-                                                                   "train.init_new_from_neighbours=false"])}
+                                                                   "train.init_new_from_neighbours=false"]),
+            "fine-tune, new edges and 20% replay": ("new", args.fine_tune, [f"train.init_from={work}/train-yesterday",
+                                                                             "train.replay=0.2"])}
     for name, (day, epochs, more) in jobs.items():
         slug = name.replace(" ", "-")
         cfg = load_config(None, common + more + [

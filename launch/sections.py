@@ -222,10 +222,9 @@ class TrainConfig(Section):
         "id", description="a node's input embedding where its type has features (ingest.*_features): its ID "
         "embedding, plus its projected features, or its projected features alone (types without: the ID)")
     sampler: Literal["neighbor", "random_walk", "node", "cluster", "saint", "none"] = Field(
-        "neighbor", description="blocks: uniform `fanouts` per layer, random walks (`random_walk`; the default "
-        "for model=pinsage), FastGCN's layer-wise importance sampling (`node`), Cluster-GCN's subgraph of "
-        "the batch's clusters (`cluster`; needs partition.clusters), or GraphSAINT's node-sampled subgraph "
-        "(`saint`)")
+        "neighbor", description="blocks: uniform `fanouts` per layer, random walks (`random_walk`, pinsage's default), "
+        "FastGCN's importance sampling (`node`), Cluster-GCN's subgraph of the batch's clusters (`cluster`; "
+        "needs partition.clusters) or GraphSAINT's of sampled nodes (`saint`)")
     random_walk: RandomWalkConfig = RandomWalkConfig()
     node_sampling: NodeSamplingConfig = NodeSamplingConfig()
     saint: SaintConfig = SaintConfig()
@@ -249,8 +248,9 @@ class TrainConfig(Section):
     init_from: Optional[str] = Field(None, description="a `gnnrec train` output to start from: its weights and "
                                      "its users' and items' rows (a dataset grown by ingest.base)")
     init_new_from_neighbours: bool = Field(True, description="init_from: new rows start at their old neighbours' mean")
-    hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n of this run adds "
-                                                             "n - 1 of its negatives per positive")
+    replay: float = Field(1.0, gt=0, le=1, description="init_from: an epoch visits the edges newer than its model's "
+                          "and this share of the others, drawn anew each epoch (1: every edge)")
+    hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n adds n - 1 of them per pair")
     exclude_positives: bool = True
     trainers_per_partition: int = Field(1, ge=1)
     use_gpu: Optional[bool] = Field(None, description="null = use GPUs when the cluster has them")

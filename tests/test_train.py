@@ -73,21 +73,28 @@ def test_init_from_a_previous_model_keeps_its_rows_on_a_grown_dataset(local_ray,
     one_step = ["train.model=gcn", "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=1",
                 "train.max_steps_per_epoch=1", "train.validate_split=none"]
     train(_cfg(workdir, *one_step, "train.out={workdir}/t0"))
-    log = pq.read_table(workdir / "synth" / "interactions").select(["user_id", "item_id"])
+    log = pq.read_table(workdir / "synth" / "interactions").select(["user_id", "item_id", "timestamp"])
     grown = log.to_pydict()
-    grown["user_id"] += [-1, -2, -2]  # new users and items (negative: they sort before every old ID)
+    grown["user_id"] += [-1, -2, -2]  # new users and items (negative: they sort before every old ID), later
     grown["item_id"] += [-5, 0, -6]
+    grown["timestamp"] += [max(grown["timestamp"]) + 1] * 3
     (workdir / "grown").mkdir()
     pq.write_table(pa.table(grown, schema=log.schema), workdir / "grown" / "log.parquet")
     for name, base in (("d1", "{workdir}/dataset"), ("renumbered", "null")):
-        cfg = _cfg(workdir, "ingest.interactions.path={workdir}/grown", "ingest.interactions.timestamp_column=null",
-                   f"ingest.base={base}", f"ingest.out={{workdir}}/{name}", f"partition.dataset={{workdir}}/{name}",
+        cfg = _cfg(workdir, "ingest.interactions.path={workdir}/grown", f"ingest.base={base}",
+                   f"ingest.out={{workdir}}/{name}", f"partition.dataset={{workdir}}/{name}",
                    f"partition.out={{workdir}}/p-{name}")
         ingest(cfg)
         partition(cfg)
     cfg = _cfg(workdir, *one_step, "train.init_from={workdir}/t0", "train.lr=1e-9", "train.out={workdir}/t1",
-               "partition.dataset={workdir}/d1", "train.partitions={workdir}/p-d1")
+               "partition.dataset={workdir}/d1", "train.partitions={workdir}/p-d1", "train.replay=0.5",
+               "train.max_steps_per_epoch=null")
     train(cfg)
+    # train.replay=0.5: the epoch visited every new edge and half the old ones, each once
+    visited = np.concatenate([np.load(workdir / "t1" / "visits" / f"rank{r}_epoch0.npy") for r in range(2)])
+    times = pq.read_table(workdir / "d1" / "edges" / "train.parquet")["timestamp"].to_numpy()
+    newer = int((times > pq.read_table(workdir / "dataset" / "edges" / "train.parquet")["timestamp"].to_numpy().max()).sum())
+    assert len(np.unique(visited)) == len(visited) and abs(len(visited) - newer - (len(times) - newer) / 2) <= 1
     old, new = TrainOutput(workdir / "t0"), TrainOutput(workdir / "t1")
     old_tables, new_tables = load_tables(old.model_dir), load_tables(new.model_dir)
     for node_type in ("user", "item"):
@@ -107,6 +114,15 @@ def test_init_from_a_previous_model_keeps_its_rows_on_a_grown_dataset(local_ray,
     with pytest.raises(UserError, match=r"train.init_from=\{workdir\}/t0: the users of its dataset .* do not keep"):
         train(_cfg(workdir, *one_step, "train.init_from={workdir}/t0", "partition.dataset={workdir}/renumbered",
                    "train.partitions={workdir}/p-renumbered"))
+
+
+def test_replay_keeps_every_new_edge_and_a_share_of_the_old():
+    from gnnrec.trainer.train import _replayed
+    older = np.arange(100) % 4 != 0  # 25 new, 75 old
+    for seed in range(3):
+        visit = _replayed(older, 0.2, np.random.default_rng(seed))
+        assert set(np.flatnonzero(~older)) <= set(visit) and np.count_nonzero(older[visit]) == 15
+        assert len(np.unique(visit)) == len(visit) == 40
 
 
 def test_validation_early_stopping_and_resume(local_ray, workdir):

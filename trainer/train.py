@@ -147,6 +147,8 @@ def _init_from(cfg, partitions: Partitions) -> dict | None:
     first rows (checkpoint.neighbour_means, with train.init_new_from_neighbours)."""
     t = cfg.train
     if not t.init_from:
+        if t.replay < 1:
+            raise UserError(f"train.replay={t.replay}: replays the edges a previous model saw (set train.init_from)")
         return None
     key = f"train.init_from={t.init_from}"
     init = checkpoint.TrainOutput(cfg.path(t.init_from), key="train.init_from")
@@ -154,7 +156,11 @@ def _init_from(cfg, partitions: Partitions) -> dict | None:
     dataset = Dataset(cfg.path(cfg.partition.dataset))
     rows = checkpoint.init_rows(init, dataset, partitions, key)
     means = checkpoint.neighbour_means(init.model_dir, rows, dataset, partitions) if t.init_new_from_neighbours else {}
-    return {"model": str(init.model_dir.resolve()), "rows": rows, "means": means}
+    since = init.partitions.stats.get("newest_timestamp")
+    if t.replay < 1 and (since is None or "newest_timestamp" not in partitions.stats):
+        raise UserError(f"train.replay={t.replay}: tells new edges from old by their timestamps, and {key} or "
+                        f"{partitions.path} has none (ingest.interactions.timestamp_column)")
+    return {"model": str(init.model_dir.resolve()), "rows": rows, "means": means, "since": since}
 
 
 # ---------------------------------------------------------------- the worker
@@ -181,7 +187,11 @@ def train_loop(config: dict) -> None:
         sparse_opt = RowAdam(graph, tables, t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
         my_users, my_items = dgl_adapter.dist_find_edges(graph, my_edges)  # once, not a server round per step
-        steps_per_epoch = _agreed_steps(len(my_edges), t.batch_size)
+        older = None  # with train.replay: positions in my_edges of the edges a previous model saw
+        if config["init_from"] and t.replay < 1:
+            older = dgl_adapter.dist_values(graph, "interacts", "timestamp", my_edges) <= config["init_from"]["since"]
+        visits = len(my_edges) if older is None else len(my_edges) - older.sum() + round(t.replay * older.sum())
+        steps_per_epoch = _agreed_steps(visits, t.batch_size)
         steps = min(steps_per_epoch, t.max_steps_per_epoch or steps_per_epoch)
         state = TrainState(dim=t.dim)
         if config["init_from"] and not config["resume"]:  # incremental: a previous model's rows and weights
@@ -212,7 +222,9 @@ def train_loop(config: dict) -> None:
 
         while state.epoch < t.epochs and not state.stopped:
             epoch, started, first, rows = state.epoch, time.perf_counter(), state.step, 0
-            order = batches.epoch_order(my_users, np.random.default_rng([t.seed, epoch, rank]))  # positions in my_edges
+            rng = np.random.default_rng([t.seed, epoch, rank])
+            visit = np.arange(len(my_edges)) if older is None else _replayed(older, t.replay, rng)
+            order = visit[batches.epoch_order(my_users[visit], rng)]  # positions in my_edges
             chunks = np.array_split(order, steps_per_epoch)[:steps]
             rngs = (np.random.default_rng([t.seed, epoch, rank, step]) for step in range(first, steps))
             if hard is not None:  # the curriculum: epoch n of the round adds n - 1 hard negatives
@@ -289,6 +301,12 @@ def _agreed_steps(num_edges: int, batch_size: int) -> int:
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(need, op=torch.distributed.ReduceOp.MAX)
     return int(max(1, min(need[0].item(), -need[1].item())))
+
+
+def _replayed(older: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Positions of an epoch's edges under train.replay: every new one, and a `share` of the older ones."""
+    old = np.flatnonzero(older)
+    return np.sort(np.concatenate([np.flatnonzero(~older), rng.choice(old, round(share * len(old)), replace=False)]))
 
 
 def _all_sum(total: float, count: int) -> tuple[float, int]:

@@ -187,7 +187,7 @@ def train_loop(config: dict) -> None:
         sparse_opt = RowAdam(graph, tables, t.lr)
         my_edges = dgl_adapter.dist_train_edges(graph, rank, world)
         my_users, my_items = dgl_adapter.dist_find_edges(graph, my_edges)  # once, not a server round per step
-        older = None  # with train.replay: positions in my_edges of the edges a previous model saw
+        older = None  # with train.replay: which of my_edges a previous model saw
         if config["init_from"] and t.replay < 1:
             older = dgl_adapter.dist_values(graph, "interacts", "timestamp", my_edges) <= config["init_from"]["since"]
         visits = len(my_edges) if older is None else len(my_edges) - older.sum() + round(t.replay * older.sum())

@@ -37,13 +37,13 @@ def _cfg(workdir, *overrides):
 
 
 @pytest.mark.parametrize("model, sampler", [("mf", "none"), ("ngcf", "neighbor"), ("gcn", "node"),
-                                            ("graphsage", "cluster"), ("pinsage", "saint")])
+                                            ("graphsage", "cluster")])  # saint: node's importance, cluster's filter
 def test_two_trainers_visit_every_edge_once_and_stay_in_sync(local_ray, workdir, model, sampler):
     layers = "train.layers=0" if sampler == "none" else "train.layers=2"
     inputs = "train.inputs=id+features" if model == "ngcf" else "train.inputs=id"  # NGCF: the item projection too
     cfg = _cfg(workdir, f"train.model={model}", f"train.sampler={sampler}", layers, inputs,
                "train.fanouts=[]" if sampler == "none" else "train.fanouts=[5, 5]", "train.epochs=3",
-               "train.node_sampling.nodes=300", "train.saint.nodes=200", "train.validate_split=none")
+               "train.node_sampling.nodes=300", "train.validate_split=none")
     summary = train(cfg)
     out = workdir / "train"
     num_train = pq.read_metadata(workdir / "dataset" / "edges" / "train.parquet").num_rows

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .blocks import Batch, drop_edges, drop_nodes
 from .layers import GATConv, GCNConv, LightGCNConv, NGCFConv, PinSageConv, SAGEConv, SocialConv, gather
-from .losses import LOSSES, Rows, view_contrast_loss
+from .losses import LOSSES, Rows, pair_scores, view_contrast_loss
 from .options import check, defaults
 
 
@@ -278,14 +278,18 @@ def mixed_negatives(layers: list, users: Tensor, pos: Tensor, index: Tensor) -> 
               \qquad e^{(l)}_{j^-} = e'^{(l)}_{j^*}, \quad j^* = \arg\max_j \, e^{(l)}_u \cdot e'^{(l)}_j
 
     layers: every layer's output (`GNN.propagate`); returns the negatives' per-layer rows [B, d], for
-    the model's own combination (`GNN.output`)."""
+    the model's own combination (`GNN.output`). A pair's candidates share alpha (as MixGCF's code), so
+    e_u · e'_j = alpha e_u · e_i + (1 - alpha) e_u · e_j and j* is the candidate the user scores highest:
+    found from sampled scores without a gradient, then only j*'s rows are mixed (no [B, K, d] tensor
+    through autograd; the gradient, through j*'s mix alone, is the same)."""
     rows = torch.arange(len(users), device=users.device)
     negatives = []
     for h in layers:
-        alpha = torch.rand(len(users), 1, 1, device=h.device)
-        mixed = alpha * gather(h, pos).unsqueeze(1) + (1 - alpha) * gather(h, index)
-        best = torch.einsum("bd,bkd->bk", gather(h, users), mixed).argmax(1)
-        negatives.append(mixed[rows, best])
+        alpha = torch.rand(len(users), 1, 1, device=h.device).view(-1, 1)
+        with torch.no_grad():
+            _, scores = pair_scores(gather(h, users), gather(h, pos), Rows(h, index))
+        best = index[rows, scores.argmax(1)]
+        negatives.append(alpha * gather(h, pos) + (1 - alpha) * gather(h, best))
     return negatives
 
 

@@ -104,6 +104,10 @@ class Partitions:
         inverse[orig] = np.arange(len(orig))
         return inverse
 
+    def parts(self, node_type: str) -> np.ndarray:
+        """The part of every partition id of a node type (partition ids run part by part)."""
+        return np.repeat(np.arange(self.stats["parts"]), [s[f"inner_{node_type}s"] for s in self.stats["per_part"]])
+
     def clusters(self) -> np.ndarray:
         """Each node's cluster (partition.clusters), users then items by partition id; UserError without."""
         if not self.stats.get("clusters"):

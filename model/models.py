@@ -286,10 +286,11 @@ def mixed_negatives(layers: list, users: Tensor, pos: Tensor, index: Tensor) -> 
     negatives = []
     for h in layers:
         alpha = torch.rand(len(users), 1, 1, device=h.device).view(-1, 1)
+        positive = gather(h, pos)
         with torch.no_grad():
-            _, scores = pair_scores(gather(h, users), gather(h, pos), Rows(h, index))
+            _, scores = pair_scores(gather(h, users), positive, Rows(h, index))
         best = index[rows, scores.argmax(1)]
-        negatives.append(alpha * gather(h, pos) + (1 - alpha) * gather(h, best))
+        negatives.append(alpha * positive + (1 - alpha) * gather(h, best))
     return negatives
 
 

@@ -79,11 +79,11 @@ def grown_assignment(g, base: Partitions, parts: int, seed: int) -> tuple[np.nda
         raise UserError(f"partition.base={base.path}: {base.stats['parts']} parts, partition.parts={parts}")
     label = []
     for node_type, n in (("user", g.num_users), ("item", g.num_items)):
-        ids = base.orig_nids(node_type)  # dataset id by the base's partition id, which runs part by part
+        ids = base.orig_nids(node_type)  # dataset id by the base's partition id
         if len(ids) > n:
             raise UserError(f"partition.base={base.path}: {len(ids)} {node_type}s, more than this dataset's {n}")
         part = np.full(n, -1, np.int64)
-        part[ids] = np.repeat(np.arange(parts), [s[f"inner_{node_type}s"] for s in base.stats["per_part"]])
+        part[ids] = base.parts(node_type)
         label.append(part)
     label = random_walk.fill_unreached(g, np.concatenate(label), parts, random_walk.degrees(g))
     alone = np.flatnonzero(label < 0)

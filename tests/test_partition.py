@@ -236,9 +236,8 @@ def test_clusters_are_saved_per_partition_id_and_keep_edges_inside(dataset, meth
 
 
 def part_of(parts, node_type: str, dataset_ids: np.ndarray) -> np.ndarray:
-    """The part of each node (dataset ids): partition ids run part by part."""
-    ends = np.cumsum([s[f"inner_{node_type}s"] for s in parts.stats["per_part"]])
-    return np.searchsorted(ends, parts.partition_ids(node_type)[dataset_ids], side="right")
+    """The part of each node (dataset ids)."""
+    return parts.parts(node_type)[parts.partition_ids(node_type)[dataset_ids]]
 
 
 def test_a_grown_dataset_keeps_the_base_parts_and_places_its_new_users_by_their_neighbours(dataset):

@@ -10,7 +10,10 @@ from gnnrec.model.blocks import full_graph_blocks
 from gnnrec.model.models import LightGCN
 from gnnrec.samplers.importance import importance
 from gnnrec.samplers.negatives import NEGATIVES
+from gnnrec.launch.config import load_config
+from gnnrec.samplers.neighbor import NeighborSampler
 from gnnrec.samplers.subgraph import ClusterSampler, SaintSampler, epoch_order
+from gnnrec.trainer.batches import block_sampler
 
 from test_importance_sampler import assert_unbiased_layer, toy_graph
 from test_neighbor_sampler import NI, NU, batch_pairs, full_edges, message_edges
@@ -103,3 +106,11 @@ def test_saint_outer_layer_is_unbiased_for_every_node_of_the_subgraph():
             assert (error <= 4 * rows.std(0) / np.sqrt(len(rows)) + 1e-9).all(), (node, error.max())
             checked += 1
     assert checked >= 3
+
+
+def test_the_config_chooses_graphsaint_for_training_and_whole_neighbourhoods_for_inference():
+    t = load_config(None, ["train.sampler=saint", "train.saint.nodes=5", "train.layers=2"]).train
+    sampler = block_sampler(t, toy_graph(), NU, NI)
+    assert isinstance(sampler, SaintSampler) and sampler.nodes == 5 and len(sampler.fanouts) == 2
+    exact = block_sampler(t, toy_graph(), NU, NI, inference=True)
+    assert type(exact) is NeighborSampler and exact.fanouts == [-1, -1]

@@ -92,6 +92,7 @@ class BatchMaker:
                                                                     id_maps=id_maps))
         self.sampler = self.neighborhoods = None
         self.clusters = partitions.clusters() if t.sampler == "cluster" else None
+        self.num_clusters = partitions.stats.get("clusters", 0)
         blocks = t.sampler != "none" and t.layers
         self.time_decay = time_decay(t, partitions) if blocks else None
         if blocks or t.exclude_positives:
@@ -106,7 +107,7 @@ class BatchMaker:
         shuffled; with train.sampler=cluster, cluster by cluster (samplers/subgraph.epoch_order)."""
         if self.clusters is None:
             return rng.permutation(len(users))
-        return epoch_order(self.clusters[users], int(self.clusters.max()) + 1, rng)
+        return epoch_order(self.clusters[users], self.num_clusters, rng)
 
     def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
         """The batch of positive pairs (users[j], items[j])."""

@@ -2,8 +2,9 @@
 
     cfg = load_config("configs/quickstart.yaml", ["synth.edges=1000000", "split.method=temporal"])
 
-The sections are in launch/sections.py. Unknown keys and bad values raise `UserError` naming the dotted key. Paths may contain `{workdir}`,
-which is replaced by `workdir` after the overrides are applied.
+The sections are in launch/sections.py and launch/train_sections.py. Unknown keys and bad values raise
+`UserError` naming the dotted key. Paths may contain `{workdir}`, which is replaced by `workdir` after the
+overrides are applied.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pydantic import ValidationError
 from gnnrec import UserError
 from gnnrec.launch.sections import (EvaluateConfig, InferConfig, IngestConfig, LaunchConfig, MineConfig,
                                     PartitionConfig, PlanConfig, RecommendConfig, RunConfig, Section, SplitConfig,
-                                    SynthConfig, TrainConfig)
+                                    SynthConfig)
+from gnnrec.launch.train_sections import TrainConfig
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 

@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--samplers", action="store_true", help="the config's model on each training strategy")
     parser.add_argument("--name", help="the results' name (default: the config's first word)")
     args, budget = parser.parse_known_args()
+    # --only takes every later word: key=value ones are the budget's, not rows
+    budget += [word for word in args.only or () if "=" in word]
+    args.only = [word for word in args.only or () if "=" not in word]
     base = load_config(args.config, ([f"workdir={args.workdir}"] if args.workdir else []) + budget)
     rows = (LOSSES if args.losses else {"lightgcn": MODELS["lightgcn"], **SAMPLERS} if args.samplers
             else {**MODELS, **SAMPLERS, **(SOCIAL if base.ingest.social is not None else {})})

@@ -315,6 +315,8 @@ def ingest(cfg) -> dict:
         test = _select(test, ~in_train)
     else:
         test = _select(train, codes == 2)
+    if cfg.split.refit:  # validation edges train too
+        codes[codes == 1] = 0
     val = _select(train, codes == 1)
     train = _select(train, codes == 0, in_place=True)
     del codes

@@ -124,6 +124,8 @@ class SplitConfig(Section):
     val_ratio: float = Field(0.0, ge=0, lt=1)
     leave_last: int = Field(1, ge=1)
     val_last: int = Field(0, ge=0)
+    refit: bool = Field(False, description="validation edges train too, the split otherwise unchanged (the same "
+                        "test edges): the dataset of run.refit")
     seed: int = 0
 
     @field_validator("ratios")
@@ -249,3 +251,6 @@ class RunConfig(Section):
     stages: list[Literal[PIPELINE]] = ["synth", "ingest"]
     rounds: int = Field(1, ge=1, description="training rounds; each after the first mines hard negatives first")
     round_epochs: int = Field(1, ge=1, description="epochs of each later round")
+    refit: bool = Field(False, description="after train, train again from scratch for the epochs validation chose, "
+                        "on the training and validation edges (split.refit; outputs beside the first's, named "
+                        "<path>-refit); the later stages use that model")

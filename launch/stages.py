@@ -55,11 +55,15 @@ def run(cfg, report=None) -> dict[str, dict]:
 
     With `mine` listed, training runs in `run.rounds` rounds: after the first, each round mines hard
     negatives from the model so far, then resumes training for `run.round_epochs` more epochs with them
-    (train.hard_negatives = mine.out). With one round, mine just runs after train.
+    (train.hard_negatives = mine.out). With one round, mine just runs after train. With `run.refit`,
+    train is followed by ingest, partition and train again, as `refitted` says.
     """
     from gnnrec.launch.cluster import ray_session
 
     stages, summaries = cfg.run.stages, {}
+    if cfg.run.refit and ("train" not in stages or cfg.train.validate_split != "val" or cfg.run.rounds > 1):
+        raise UserError("run.refit needs train in run.stages, train.validate_split=val (where the epochs are "
+                        "chosen) and run.rounds=1")
 
     def stage(name: str, label: str | None = None) -> None:
         summaries[label or name] = run_stage(name, cfg)
@@ -71,6 +75,10 @@ def run(cfg, report=None) -> dict[str, dict]:
             if name not in stages or name == "mine":
                 continue
             stage(name)
+            if name == "train" and cfg.run.refit:
+                cfg = refitted(cfg, summaries["train"]["model_epoch"])
+                for again in ("ingest", "partition", "train"):
+                    stage(again, f"{again} (refit)")
             if name == "train" and "mine" in stages:
                 for r in range(2, cfg.run.rounds + 1):
                     stage("mine", f"mine (round {r})")
@@ -81,3 +89,17 @@ def run(cfg, report=None) -> dict[str, dict]:
                 if cfg.run.rounds == 1:
                     stage("mine")
     return summaries
+
+
+def refitted(cfg, epochs: int):
+    """The refit of a model whose `epochs` were chosen on validation: trained from scratch for as many
+    epochs on the training and validation edges (split.refit: the same test edges), no validation; its
+    dataset, partitions and train output beside the first's (`<path>-refit`), and the stages after train
+    (mine, infer, evaluate, recommend) reading its model."""
+    refit = {"ingest": {"out": f"{cfg.ingest.out}-refit"}, "split": {"refit": True},
+             "partition": {"dataset": f"{cfg.ingest.out}-refit", "out": f"{cfg.partition.out}-refit"},
+             "train": {"partitions": f"{cfg.partition.out}-refit", "out": f"{cfg.train.out}-refit",
+                       "checkpoints": f"{cfg.train.checkpoints}-refit", "epochs": epochs, "validate_split": "none",
+                       "resume": False},
+             **{stage: {"checkpoint": f"{cfg.train.out}-refit"} for stage in ("mine", "infer", "evaluate", "recommend")}}
+    return cfg.model_copy(update={name: getattr(cfg, name).model_copy(update=update) for name, update in refit.items()})

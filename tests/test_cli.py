@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gnnrec import UserError
 from gnnrec.launch import cli, stages
 from gnnrec.launch.config import load_config
 from gnnrec.data.formats import Dataset
@@ -81,6 +82,22 @@ def test_run_end_to_end(tmp_path, capsys, monkeypatch, local_ray):
     assert load_config(tmp_path / "synth" / "config.yaml") == cfg
     assert load_config(tmp_path / "dataset" / "config.yaml") == cfg
     assert leftovers(tmp_path) == []
+
+
+def test_run_refit_trains_again_on_the_validation_edges_for_the_chosen_epochs(tmp_path, local_ray):
+    mf = ["train.model=mf", "train.sampler=none", "train.layers=0", "train.fanouts=[]"]
+    cfg = make_cfg(tmp_path, "synth.edges=3000", "synth.social_edges=0", "synth.item_feature_dim=0",
+                   "ingest.social=null", "ingest.item_features=null", *mf, "train.epochs=2", "run.rounds=1",
+                   "run.refit=true", "run.stages=[synth, ingest, partition, train, evaluate]")
+    summaries = stages.run(cfg)
+    assert summaries["train"]["epochs"] == 2
+    assert summaries["train (refit)"]["epochs"] == summaries["train"]["model_epoch"]
+    first, refit = (read_json(tmp_path / name / "stats.json") for name in ("dataset", "dataset-refit"))
+    assert refit["val_edges"] == 0 and refit["train_edges"] == first["train_edges"] + first["val_edges"] > 0
+    assert refit["test_edges"] == first["test_edges"]
+    assert load_config(tmp_path / "evaluate" / "config.yaml").evaluate.checkpoint == "{workdir}/train-refit"
+    with pytest.raises(UserError, match="run.refit needs"):  # nothing chosen on validation to refit
+        stages.run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"validate_split": "none"})}))
 
 
 def test_progress_without_a_terminal_is_a_line_every_interval(capsys):

@@ -302,6 +302,24 @@ def test_ratio_split_seed_and_uneven_ratios(tmp_path):
     assert abs(len(test) / len(edges) - 0.3) < 0.03
 
 
+@pytest.mark.parametrize("split", [["split.ratios=[0.7, 0.2, 0.1]"], ["split.method=temporal", "split.val_last=2"]])
+def test_refit_split_trains_on_the_validation_edges_and_keeps_the_test(tmp_path, split):
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"user_id": rng.integers(0, 60, 3000), "item_id": rng.integers(0, 400, 3000),
+                       "ts": rng.permutation(3000)})
+    path = tmp_path / "in.parquet"
+    df.to_parquet(path)
+    splits = {}
+    for refit in (False, True):
+        cfg = edge_cfg(tmp_path, path, "ingest.interactions.timestamp_column=ts", f"ingest.out={{workdir}}/{refit}",
+                       f"split.refit={refit}", *split)
+        ingest(cfg)
+        splits[refit] = _all_pairs(cfg.path(cfg.ingest.out))
+    (train, val, test), (refit_train, refit_val, refit_test) = splits[False], splits[True]
+    assert len(val) > 100 and not refit_val
+    assert refit_train == train | val and refit_test == test
+
+
 def test_ratio_split_small_degrees(tmp_path):
     # degree 1: train only; degree 2: one train + one test; degree 3: one each
     edges = {(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3)}

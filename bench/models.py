@@ -74,12 +74,12 @@ MODELS = {  # row: overrides of the config
         "train.num_negatives=8", "train.dense_l2=1e-4"],
     "pinsage, neighbour samples, residual": ["train.model=pinsage", "train.sampler=neighbor",
                                              "train.model_options.residual=true"],
-    # then a sweep on validation NDCG@10 (README): GraphSAGE 0.1206 -> 0.1305, PinSage 0.1160 -> 0.1241
+    # then a sweep on validation NDCG@10 (README): GraphSAGE 0.1206 -> 0.1305, PinSage 0.1160 -> 0.1267
     "graphsage mean, 32 negatives, node dropout 0.1": ["train.model=graphsage", "train.num_negatives=32",
                                                        "train.model_options.node_dropout=0.1"],
-    "pinsage, random walks, residual, 32 negatives, node dropout 0.1": [
+    "pinsage, random walks, residual, 32 negatives, node dropout 0.1, 20 walk neighbours": [
         "train.model=pinsage", "train.sampler=random_walk", "train.model_options.residual=true",
-        "train.num_negatives=32", "train.model_options.node_dropout=0.1"],
+        "train.num_negatives=32", "train.model_options.node_dropout=0.1", "train.random_walk.neighbors=20"],
     # XSimGCL's contrastive views (configs/start.yaml's): LightGCN's Recall@10 on LastFM 0.1911 -> 0.2056;
     # GraphSAGE's falls (PinSage's, on random walks, was stopped at validation NDCG@10 0.054 at epoch 11)
     "graphsage mean, 8 negatives, contrastive views": ["train.model=graphsage", "train.num_negatives=8",

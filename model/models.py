@@ -285,7 +285,7 @@ def mixed_negatives(layers: list, users: Tensor, pos: Tensor, index: Tensor) -> 
     rows = torch.arange(len(users), device=users.device)
     negatives = []
     for h in layers:
-        alpha = torch.rand(len(users), 1, 1, device=h.device).view(-1, 1)
+        alpha = torch.rand(len(users), 1, device=h.device)
         positive = gather(h, pos)
         with torch.no_grad():
             _, scores = pair_scores(gather(h, users), positive, Rows(h, index))

@@ -190,7 +190,7 @@ def train_loop(config: dict) -> None:
         older = None  # with train.replay: which of my_edges a previous model saw
         if config["init_from"] and t.replay < 1:
             older = dgl_adapter.dist_values(graph, "interacts", "timestamp", my_edges) <= config["init_from"]["since"]
-        visits = len(my_edges) if older is None else len(my_edges) - older.sum() + round(t.replay * older.sum())
+        visits = len(my_edges) if older is None else int((~older).sum()) + _replay_count(older, t.replay)
         steps_per_epoch = _agreed_steps(visits, t.batch_size)
         steps = min(steps_per_epoch, t.max_steps_per_epoch or steps_per_epoch)
         state = TrainState(dim=t.dim)
@@ -303,10 +303,15 @@ def _agreed_steps(num_edges: int, batch_size: int) -> int:
     return int(max(1, min(need[0].item(), -need[1].item())))
 
 
+def _replay_count(older: np.ndarray, share: float) -> int:
+    """How many of the older edges an epoch visits under train.replay."""
+    return round(share * int(older.sum()))
+
+
 def _replayed(older: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
     """Positions of an epoch's edges under train.replay: every new one, and a `share` of the older ones."""
-    old = np.flatnonzero(older)
-    return np.sort(np.concatenate([np.flatnonzero(~older), rng.choice(old, round(share * len(old)), replace=False)]))
+    chosen = rng.choice(np.flatnonzero(older), _replay_count(older, share), replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(~older), chosen]))
 
 
 def _all_sum(total: float, count: int) -> tuple[float, int]:

@@ -80,7 +80,7 @@ class TrainConfig(Section):
     dense_lr: Optional[float] = Field(None, gt=0, description="learning rate of dense weights (null: lr)")
     l2: float = Field(1e-4, ge=0)
     dense_l2: float = Field(0.0, ge=0, description="L2 penalty on dense weights (Adam's weight_decay)")
-    loss: Literal["bpr", "max_margin", "cosine_contrastive", "alignment_uniformity"] = "bpr"
+    loss: Literal["bpr", "max_margin", "cosine_contrastive", "softmax", "alignment_uniformity"] = "bpr"
     loss_options: dict[str, Any] = Field({}, description="the loss's own options, e.g. margin, negative_weight, gamma")
     contrast: ContrastConfig = ContrastConfig()
     negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"

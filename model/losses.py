@@ -111,13 +111,32 @@ def cosine_contrastive_loss(u: Tensor, pos: Tensor, neg, ego=None, margin: float
     .. math:: L = \frac{1}{|P|} \sum_{(u,i) \in P} \Big(1 - \cos(e_u, e_i)
               + \frac{w}{|N_u|} \sum_{j \in N_u} \max\big(0, \cos(e_u, e_j) - m\big)\Big)
     """
+    pos_s, neg_s = cosine_scores(u, pos, neg)
+    loss = (1 - pos_s).mean() + negative_weight * F.relu(neg_s - margin).mean()
+    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+
+
+def softmax_loss(u: Tensor, pos: Tensor, neg, ego=None, temperature: float = 0.1, l2: float = 0.0) -> Tensor:
+    r"""Sampled softmax over cosines (SSM; Wu et al., 2023, "On the Effectiveness of Sampled Softmax Loss
+    for Item Recommendation"): the positive's share of a softmax over itself and the sampled negatives,
+    at temperature :math:`\tau`:
+
+    .. math:: L = -\frac{1}{|P|} \sum_{(u,i) \in P} \log \frac{\exp(\cos(e_u, e_i) / \tau)}
+              {\exp(\cos(e_u, e_i) / \tau) + \sum_{j \in N_u} \exp(\cos(e_u, e_j) / \tau)}
+    """
+    pos_s, neg_s = cosine_scores(u, pos, neg)
+    logits = torch.cat([pos_s, neg_s], dim=1) / temperature
+    loss = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+
+
+def cosine_scores(u: Tensor, pos: Tensor, neg):
+    """`pair_scores` of the unit-length rows: cosines."""
     if isinstance(neg, Rows):
         neg = Rows(F.normalize(neg.h, dim=-1), neg.index)
     elif neg is not None:
         neg = F.normalize(neg, dim=-1)
-    pos_s, neg_s = pair_scores(F.normalize(u, dim=-1), F.normalize(pos, dim=-1), neg)
-    loss = (1 - pos_s).mean() + negative_weight * F.relu(neg_s - margin).mean()
-    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+    return pair_scores(F.normalize(u, dim=-1), F.normalize(pos, dim=-1), neg)
 
 
 def alignment_uniformity_loss(u: Tensor, pos: Tensor, neg=None, ego=None, gamma: float = 1.0,
@@ -154,4 +173,4 @@ def view_contrast_loss(a: Tensor, b: Tensor, temperature: float = 0.2) -> Tensor
 
 
 LOSSES = {"bpr": bpr_loss, "max_margin": max_margin_loss, "cosine_contrastive": cosine_contrastive_loss,
-          "alignment_uniformity": alignment_uniformity_loss}
+          "softmax": softmax_loss, "alignment_uniformity": alignment_uniformity_loss}

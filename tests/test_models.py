@@ -246,7 +246,7 @@ def test_losses_by_hand():
     uu, pp = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0], [1.0, 0.0]])
     # pos scores 2, 0; in-batch neg scores 1, 0 -> max(0, 1 - 2 + 1) = 0, max(0, 0 - 0 + 1) = 1
     assert max_margin_loss(uu, pp, None, margin=1.0).item() == pytest.approx((0 + 1) / 2)
-    assert set(LOSSES) == {"bpr", "max_margin", "cosine_contrastive", "alignment_uniformity"}
+    assert set(LOSSES) == {"bpr", "max_margin", "cosine_contrastive", "softmax", "alignment_uniformity"}
 
 
 def test_new_losses_by_hand():
@@ -256,6 +256,9 @@ def test_new_losses_by_hand():
     # (1 - cos 1) + w * mean(max(0, 0.7071 - m), max(0, 0 - m))
     assert ccl(u, p, n, margin=0.5, negative_weight=2.0).item() == pytest.approx(2.0 * (0.70710678 - 0.5) / 2)
     assert ccl(u, p, n, margin=0.8).item() == 0.0
+    # cosines 1 | 0.7071, 0 at t = 0.5: -log(e^2 / (e^2 + e^1.4142 + e^0))
+    expected = math.log(math.exp(2) + math.exp(2 * 0.70710678) + 1) - 2
+    assert LOSSES["softmax"](u, p, n, temperature=0.5).item() == pytest.approx(expected)
     au = LOSSES["alignment_uniformity"]
     uu, pp = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     # alignment: (0 + |(0,1) - (1,0)|^2) / 2 = 1; users: one pair at distance^2 2 -> log e^-4 = -4;

@@ -104,6 +104,7 @@ SOCIAL = {
 LOSSES = {  # row: overrides of the config (its own model)
     "bpr (the config)": [],
     "cosine contrastive (SimpleX)": ["train.loss=cosine_contrastive"],
+    "sampled softmax over cosines (SSM)": ["train.loss=softmax"],
     "alignment + uniformity (DirectAU)": ["train.loss=alignment_uniformity"],
     "bpr, mixed negatives (MixGCF)": ["train.negative_mixing=true"],
     "bpr + contrastive views (XSimGCL)": ["train.contrast.weight=0.1"],

@@ -81,7 +81,8 @@ class TrainConfig(Section):
     l2: float = Field(1e-4, ge=0)
     dense_l2: float = Field(0.0, ge=0, description="L2 penalty on dense weights (Adam's weight_decay)")
     loss: Literal["bpr", "max_margin", "cosine_contrastive", "softmax", "alignment_uniformity"] = "bpr"
-    loss_options: dict[str, Any] = Field({}, description="the loss's own options, e.g. margin, negative_weight, gamma")
+    loss_options: dict[str, Any] = Field({}, description="the loss's own options, e.g. margin, negative_weight, "
+                                         "temperature, gamma")
     contrast: ContrastConfig = ContrastConfig()
     negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
     num_negatives: int = Field(1, ge=1)

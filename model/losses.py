@@ -74,6 +74,11 @@ def l2_reg(ego, batch_size: int) -> Tensor:
     return sum(_squared(t) for t in ego) / (2 * batch_size)
 
 
+def _with_l2(loss: Tensor, ego, l2: float, batch_size: int) -> Tensor:
+    """`loss` plus `l2` times `l2_reg` of the ego rows, when there are rows and a weight."""
+    return loss + l2 * l2_reg(ego, batch_size) if ego and l2 else loss
+
+
 def _squared(t) -> Tensor:
     if isinstance(t, Rows):
         times = torch.bincount(t.index.reshape(-1), minlength=len(t.h)).to(t.h.dtype)
@@ -89,7 +94,7 @@ def bpr_loss(u: Tensor, pos: Tensor, neg: Optional[Tensor], ego=None, l2: float 
     """
     pos_s, neg_s = pair_scores(u, pos, neg)
     loss = -F.logsigmoid(pos_s - neg_s).mean()
-    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+    return _with_l2(loss, ego, l2, u.shape[0])
 
 
 def max_margin_loss(u: Tensor, pos: Tensor, neg: Optional[Tensor], ego=None, margin: float = 0.1,
@@ -100,7 +105,7 @@ def max_margin_loss(u: Tensor, pos: Tensor, neg: Optional[Tensor], ego=None, mar
     """
     pos_s, neg_s = pair_scores(u, pos, neg)
     loss = F.relu(neg_s - pos_s + margin).mean()
-    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+    return _with_l2(loss, ego, l2, u.shape[0])
 
 
 def cosine_contrastive_loss(u: Tensor, pos: Tensor, neg, ego=None, margin: float = 0.8,
@@ -113,7 +118,7 @@ def cosine_contrastive_loss(u: Tensor, pos: Tensor, neg, ego=None, margin: float
     """
     pos_s, neg_s = cosine_scores(u, pos, neg)
     loss = (1 - pos_s).mean() + negative_weight * F.relu(neg_s - margin).mean()
-    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+    return _with_l2(loss, ego, l2, u.shape[0])
 
 
 def softmax_loss(u: Tensor, pos: Tensor, neg, ego=None, temperature: float = 0.1, l2: float = 0.0) -> Tensor:
@@ -125,9 +130,9 @@ def softmax_loss(u: Tensor, pos: Tensor, neg, ego=None, temperature: float = 0.1
               {\exp(\cos(e_u, e_i) / \tau) + \sum_{j \in N_u} \exp(\cos(e_u, e_j) / \tau)}
     """
     pos_s, neg_s = cosine_scores(u, pos, neg)
-    logits = torch.cat([pos_s, neg_s], dim=1) / temperature
-    loss = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
-    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+    logits = torch.cat([pos_s, neg_s], dim=1) / temperature  # the positive is class 0
+    loss = F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long))
+    return _with_l2(loss, ego, l2, u.shape[0])
 
 
 def cosine_scores(u: Tensor, pos: Tensor, neg):
@@ -154,7 +159,7 @@ def alignment_uniformity_loss(u: Tensor, pos: Tensor, neg=None, ego=None, gamma:
     align = (u - pos).pow(2).sum(-1).mean()
     some = torch.randperm(len(u), device=u.device)[:sample]
     loss = align + gamma / 2 * (_uniformity(u[some]) + _uniformity(pos[some]))
-    return loss + l2 * l2_reg(ego, u.shape[0]) if ego and l2 else loss
+    return _with_l2(loss, ego, l2, u.shape[0])
 
 
 def _uniformity(x: Tensor) -> Tensor:

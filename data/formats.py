@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gnnrec import UserError
+from gnnrec import UserError, contained
 
 FORMAT, VERSION = "gnnrec-dataset", 1
 SPLITS = ("train", "val", "test")
+PART_FILES = ("part_graph", "node_feats", "edge_feats")  # what DGL's partition config names for each part
 META_KEYS = ("num_users", "num_items", "edges", "social_edges", "edge_columns", "id_types", "feature_dims")
 
 
@@ -86,6 +87,20 @@ class Partitions:
         if len(configs) != 1 or not (self.path / "partition_stats.json").exists():
             raise UserError(f"{key}={self.path}: not a partition directory (run `gnnrec partition`)")
         self.config = configs[0]  # DGL's partition config, what DistDGL loads
+
+    @functools.cached_property
+    def meta(self) -> dict:
+        """DGL's partition config, its parts' files checked: each named file resolves inside this
+        directory and is there (a job fails on neither after it has started servers)."""
+        try:
+            meta = json.loads(self.config.read_text())
+            files = [meta[f"part-{i}"][kind] for i in range(meta["num_parts"]) for kind in PART_FILES]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{self.config}: damaged partition config ({type(e).__name__}: {e})") from None
+        for name in files:
+            if not contained(self.path, name, self.config).is_file():
+                raise UserError(f"{self.path / name}: missing (named by {self.config}; partition again)")
+        return meta
 
     @functools.cached_property
     def stats(self) -> dict:

@@ -89,8 +89,8 @@ def _normalize(role: str, arr: pa.Array) -> pa.Array:
         return arr.cast(pa.large_string())
     if role == "weight":
         return arr.cast(pa.float64())
-    if kind == "time":
-        return arr.cast(pa.timestamp("s")).cast(pa.int64())
+    if kind == "time":  # seconds: finer units (Spark's ms, pandas' ns) floored to the second
+        return pc.floor_temporal(arr, unit="second").cast(pa.timestamp("s")).cast(pa.int64())
     return arr.cast(pa.int64())
 
 

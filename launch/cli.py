@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 
-from gnnrec import JobFailed, UserError
+from gnnrec import OUTPUT_ERRORS, JobFailed, UserError
 from gnnrec.launch.stages import HELP, run, run_stage
 
 
@@ -31,7 +30,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, later = p.parse_known_args(argv)  # overrides may also follow --checkpoint and the other flags
+    if any(word.startswith("-") or "=" not in word for word in later):
+        p.error(f"unrecognized arguments: {' '.join(later)}")
+    args.overrides = [*args.overrides, *later]
     try:
         from gnnrec.launch.config import load_config
         flags = [f"recommend.{key}={value}" for key in ("checkpoint", "k") if (value := getattr(args, key, None))]
@@ -44,15 +47,14 @@ def main(argv=None) -> int:
             print(format_table(f"{args.stage} summary", run_stage(args.stage, cfg)))
     except (UserError, JobFailed) as e:
         return _report(args.stage, e)
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM during a Ray session (launch/cluster.ray_session)
+        print(f"gnnrec {args.stage}: stopped by {e or 'SIGINT'}", file=sys.stderr)
+        return 130
     except OSError as e:  # what the user can fix about where outputs go is theirs, not a traceback
         if e.errno not in OUTPUT_ERRORS:
             raise
         return _report(args.stage, UserError(f"{e.filename}: {e.strerror}" if e.filename else str(e)))
     return 0
-
-
-OUTPUT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                 errno.EEXIST}  # a full disk, a quota or file-size limit, a read-only or forbidden place
 
 
 def _report(stage: str, e: Exception) -> int:

@@ -6,9 +6,10 @@ and refuses a job that cannot fit.
 """
 from __future__ import annotations
 
-import json
 import os
+import signal
 import socket
+import threading
 from contextlib import contextmanager, suppress
 
 import psutil
@@ -47,7 +48,9 @@ def start_embedded(num_cpus) -> None:
     if pinned:
         os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
     try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        # no dashboard, and no metrics: their agent's Prometheus port would listen on every interface, unauthenticated
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
+                 _system_config={"enable_metrics_collection": False})
     except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for its start-up failures
         ray.shutdown()
         for p in psutil.Process().children(recursive=True):
@@ -84,25 +87,39 @@ def _answers(address: str, key: str, timeout_s: float = 10) -> None:
 @contextmanager
 def ray_session(launch):
     """Ray for the duration of the block: attached to or started, and an embedded one stopped after;
-    nothing to do when this process is already connected (an enclosing session's Ray is used)."""
+    nothing to do when this process is already connected (an enclosing session's Ray is used).
+    SIGTERM stops the block as SIGINT does (Ray's own handler would abort the process and leave the
+    job's files behind)."""
     started = start_ray(launch)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
         yield
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
         if started:
             ray.shutdown()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0) -> dict:
     """Machines, trainers, GPUs and estimated memory per machine of a job on `partitions`
     (data/formats.Partitions); UserError when it cannot fit.
     batch_rows: embedding rows one training batch scores (batch_size x (2 + num_negatives))."""
-    meta, stats = json.loads(partitions.config.read_text()), partitions.stats
+    parts, stats = partitions.meta["num_parts"], partitions.stats
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    parts = meta["num_parts"]
     if len(nodes) != parts:  # a trainer on a node without a server finds no partition in shared memory
         raise UserError(f"{parts} partitions need exactly {parts} Ray nodes (one graph server and its trainers "
                         f"per node); the cluster has {len(nodes)}: partition again with partition.parts={len(nodes)}")
+    cpus = min(n["Resources"].get("CPU", 0) for n in nodes)
+    if cpus < 1 + trainers_per_partition:  # Ray would wait for them, not refuse
+        raise UserError(f"the job needs {1 + trainers_per_partition} CPUs per Ray node (a graph server and "
+                        f"{trainers_per_partition} trainer(s)), a node has {cpus:g}: raise launch.num_cpus (or the "
+                        "nodes' --num-cpus), or lower train.trainers_per_partition")
     gpus = int(sum(n["Resources"].get("GPU", 0) for n in nodes))
     use_gpu = gpus > 0 if use_gpu is None else use_gpu
     if use_gpu and gpus < parts * trainers_per_partition:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import pickle
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gnnrec import NODE_TYPES, UserError
+from gnnrec import NODE_TYPES, OUTPUT_ERRORS, UserError, contained
 
 CHUNK_ROWS = 1 << 18  # 64 MiB of a dim-64 table
 
@@ -56,7 +57,20 @@ class TrainState:
 
     @classmethod
     def read(cls, checkpoint: Path) -> "TrainState":
-        return cls(**json.loads((Path(checkpoint) / "state.json").read_text()))
+        """A checkpoint's state.json; UserError naming it when it is missing, damaged or not a TrainState."""
+        path = Path(checkpoint) / "state.json"
+        try:
+            state = cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise _missing(path) from None
+        except (ValueError, TypeError) as e:  # not JSON, not an object, a key TrainState does not have
+            raise UserError(f"{path}: damaged, not a checkpoint's state ({' '.join(str(e).split())})") from None
+        counts = {"epoch": 0, "step": 0, "global_step": 0, "loss_count": 0, "bad_epochs": 0, "round_start_epoch": 0,
+                  "world": 1}
+        bad = [k for k, least in counts.items() if type(getattr(state, k)) is not int or getattr(state, k) < least]
+        if bad or not isinstance(state.history, list) or not all(isinstance(m, dict) for m in state.history):
+            raise UserError(f"{path}: damaged ({', '.join(bad) or 'history'} out of range)")
+        return state
 
     def write(self, checkpoint: Path) -> None:
         (Path(checkpoint) / "state.json").write_text(json.dumps(dataclasses.asdict(self)))
@@ -68,9 +82,21 @@ def _barrier() -> None:
 
 
 def latest(directory: Path) -> Path | None:
-    """The newest complete checkpoint under `directory`, or None."""
+    """The newest complete checkpoint under `directory`, or None; UserError when the pointer names a
+    place outside `directory`."""
     pointer = Path(directory) / "latest"
-    return Path(directory) / pointer.read_text().strip() if pointer.exists() else None
+    return contained(directory, pointer.read_text().strip(), pointer) if pointer.exists() else None
+
+
+def best(directory: Path) -> Path:
+    """The checkpoint a run's output is: the best validated one (state.best_checkpoint), else the latest."""
+    newest = latest(directory)
+    name = TrainState.read(newest).best_checkpoint
+    return contained(directory, name, newest / "state.json") if name else newest
+
+
+def step_name(global_step: int) -> str:
+    return f"step-{global_step:09d}"
 
 
 def _rows(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -82,17 +108,21 @@ def _widths(tensors: list) -> list[int]:
 
 
 def _write(path: Path, rows: tuple[int, int], tensors: list) -> None:
-    """Rows [lo, hi) of (distributed) tensors side by side into one .npy."""
+    """Rows [lo, hi) of (distributed) tensors side by side into one .npy, streamed (not a memory map,
+    whose writes into a full disk are a SIGBUS, not an error)."""
     (lo, hi), width = rows, sum(_widths(tensors))
-    if hi == lo:
-        np.save(path, np.empty((0, width), np.float32))
-        return
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(hi - lo, width))
-    for start in range(lo, hi, CHUNK_ROWS):
-        ids = torch.arange(start, min(start + CHUNK_ROWS, hi))
-        out[start - lo:start - lo + len(ids)] = torch.column_stack([t[ids] for t in tensors]).numpy()
-    out.flush()
-    del out
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (hi - lo, width)})
+        for start in range(lo, hi, CHUNK_ROWS):
+            ids = torch.arange(start, min(start + CHUNK_ROWS, hi))
+            f.write(torch.column_stack([t[ids] for t in tensors]).to(torch.float32).numpy().tobytes())
+
+
+def _save_torch(value, path: Path) -> None:
+    """torch.save through Python's file writes, so that a full disk is an OSError naming the file."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    path.write_bytes(buffer.getbuffer())
 
 
 def _read(path: Path, rows: tuple[int, int], tensors: list) -> None:
@@ -124,19 +154,26 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
     """Write one checkpoint from every rank (all ranks call this at the same step). The `keep` newest
     checkpoints and the one named `protect` (the best so far) are kept, older ones removed."""
     directory = Path(directory)
-    name = f"step-{state.global_step:09d}"
+    name = step_name(state.global_step)
     tmp = directory / f"{name}.tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    for node_type, table in tables.items():
-        rows = _rows(table.shape[0], rank, world)
-        _write(tmp / f"ids-rank{rank}-{node_type}.npy", rows, [table])
-        _write(tmp / f"adam-rank{rank}-{node_type}.npy", rows, list(sparse_opt.state[node_type]))
-    torch.save(torch.get_rng_state(), tmp / f"rng-rank{rank}.pt")
-    if rank == 0:
-        torch.save(dense, tmp / "dense.pt")
+    try:
+        for node_type, table in tables.items():
+            rows = _rows(table.shape[0], rank, world)
+            _write(tmp / f"ids-rank{rank}-{node_type}.npy", rows, [table])
+            _write(tmp / f"adam-rank{rank}-{node_type}.npy", rows, list(sparse_opt.state[node_type]))
+        _save_torch(torch.get_rng_state(), tmp / f"rng-rank{rank}.pt")
+        if rank == 0:
+            _save_torch(dense, tmp / "dense.pt")
+    except OSError as e:  # a full disk or quota: the user's to fix, and a restart would meet it again
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in OUTPUT_ERRORS:
+            raise
+        raise UserError(f"{e.filename or tmp}: {e.strerror} (writing the checkpoint {tmp}; free space, or "
+                        f"point train.checkpoints elsewhere)") from None
     _barrier()
     if rank == 0:
         dataclasses.replace(state, world=world).write(tmp)
@@ -183,9 +220,18 @@ def _load(path: Path):
         return torch.load(path, weights_only=True)
     except FileNotFoundError:  # a copy that left a file behind: a restart would meet it again
         raise _missing(path) from None
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e):  # bytes that are no pickle: damage, not a refused object
+            raise _damaged(path, e) from None
         raise UserError(f"{path}: holds objects other than tensors and plain containers (not a gnnrec "
                         "checkpoint file, or an unsafe one): refusing to load it") from None
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file: torch raises a different type for each
+        raise _damaged(path, e) from None
+
+
+def _damaged(path: Path, error: Exception) -> UserError:
+    detail = " ".join(str(error).split())[-160:]  # torch's advice comes first, what it found last
+    return UserError(f"{path}: damaged or not a checkpoint file ({type(error).__name__}: {detail})")
 
 
 def load_tables(path: Path) -> dict[str, torch.Tensor]:
@@ -304,9 +350,15 @@ class TrainOutput:
         return load_model(self.model_dir, self.config.train, f"{self.path}", stats.get("feature_dims"))
 
     def tables(self) -> dict[str, torch.Tensor]:
-        """The whole ID tables in partition ids, in this process; UserError if their dim is not the config's."""
+        """The whole ID tables in partition ids, in this process; UserError if their dim is not the config's
+        or their rows are not the partitions' nodes (partitions made again after training)."""
         tables = load_tables(self.model_dir)
         if tables["user"].shape[1] != self.config.train.dim:
             raise UserError(f"{self.path}: ID tables of dim {tables['user'].shape[1]}, config says "
                             f"{self.config.train.dim}")
+        for node_type, table in tables.items():
+            nodes = len(self.partitions.orig_nids(node_type))
+            if len(table) != nodes:
+                raise UserError(f"{self.path}: a model of {len(table)} {node_type}s, its partitions "
+                                f"{self.partitions.path} have {nodes} (made again since it was trained? train again)")
         return tables

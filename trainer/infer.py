@@ -46,12 +46,13 @@ def infer_stage(cfg) -> dict:
             manifest[table] = {"files": [f"{table}/{f.name}" for f in files],
                                "rows": sum(pq.read_metadata(f).num_rows for f in files)}
         manifest["dim"] = pq.read_schema(tmp / manifest["users"]["files"][0]).field("embedding").type.list_size
+        manifest["k"] = min(i.k, manifest["items"]["rows"])  # a catalog smaller than infer.k gives every item
         timing = tmp / "layer_seconds.json"
         manifest["layer_seconds"] = [round(x, 3) for x in json.loads(timing.read_text())]
         timing.unlink()
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {"out": str(out), "model": manifest["model"], "users": manifest["users"]["rows"],
-            "items": manifest["items"]["rows"], "recommendations": manifest["topk"]["rows"], "k": i.k}
+            "items": manifest["items"]["rows"], "recommendations": manifest["topk"]["rows"], "k": manifest["k"]}
 
 
 def infer_loop(config: dict) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gnnrec import JobFailed, UserError, atomic_dir
+from gnnrec import JobFailed, UserError, atomic_dir, exclusive
 from gnnrec.faults import fail_point
 from gnnrec.data.ingest import peak_rss_mb
 from gnnrec.data.formats import Dataset, Partitions
@@ -82,15 +83,13 @@ def _train(cfg, partitions: Partitions) -> dict:
                     raise
                 print(f"{e}\nrestarting from {checkpoint.latest(checkpoints) or 'the start'} "
                       f"(restart {attempt + 1} of {t.max_failures})", flush=True)
-        latest = checkpoint.latest(checkpoints)
-        state = TrainState.read(latest)
-        final = checkpoints / (state.best_checkpoint or latest.name)
+        state, final = TrainState.read(checkpoint.latest(checkpoints)), checkpoint.best(checkpoints)
         shutil.copytree(final, tmp / "model", copy_function=os.link)
         cfg.save(tmp)
         plot_curves(state.history, tmp / "curves.png")
         ranks = [json.loads(p.read_text()) for p in sorted((tmp / "ranks").glob("rank*.json"))]
     last = state.history[-1] if state.history else {}
-    chosen = next((m for m in state.history if f"step-{m['step']:09d}" == final.name), last)  # the output's epoch
+    chosen = next((m for m in state.history if checkpoint.step_name(m["step"]) == final.name), last)  # the output's epoch
     return {"out": str(out), **{k: v for k, v in job.items() if k != "backend"}, "epochs": state.epoch,
             "steps": state.global_step, "restarts": attempt, "model": final.name,
             "model_epoch": chosen.get("epoch", -1) + 1,
@@ -103,22 +102,26 @@ def _train(cfg, partitions: Partitions) -> dict:
 
 @contextlib.contextmanager
 def _fresh_checkpoints(checkpoints: Path, keep: bool):
-    """The checkpoints directory of a run; unless `keep` (a resume), a previous run's checkpoints are
-    moved aside to `<checkpoints>.previous` and removed only once this run has ended well, or put back
-    if it fails before writing a checkpoint of its own."""
+    """The checkpoints directory of a run, locked for it (one job per directory); unless `keep` (a
+    resume), a previous run's checkpoints are moved aside to `<checkpoints>.previous` and removed once
+    this run has a checkpoint of its own, or put back if it fails before writing one. What a stopped
+    run's trainers were writing (`step-*.tmp`) is removed."""
     previous = checkpoints.with_name(checkpoints.name + ".previous")
-    if not keep and checkpoints.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(checkpoints, previous)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except BaseException:
-        if previous.exists() and checkpoint.latest(checkpoints) is None:
-            shutil.rmtree(checkpoints)
-            os.rename(previous, checkpoints)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
+    checkpoints.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(checkpoints):
+        if not keep and checkpoints.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(checkpoints, previous)
+        checkpoints.mkdir(exist_ok=True)
+        try:
+            yield
+        finally:
+            for partial in checkpoints.glob("step-*.tmp"):
+                shutil.rmtree(partial, ignore_errors=True)
+            if previous.exists() and checkpoint.latest(checkpoints) is None:
+                shutil.rmtree(checkpoints)
+                os.rename(previous, checkpoints)
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
@@ -128,6 +131,7 @@ def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
     if t.resume and checkpoint.latest(checkpoints) is None:
         raise UserError(f"train.resume=true: no checkpoint in train.checkpoints={checkpoints}")
     if t.resume:  # refused here: a worker failing on it would be restarted for nothing
+        checkpoint.best(checkpoints)  # a name in state.json that leads out of the checkpoints is refused
         checkpoint.load_model(checkpoint.latest(checkpoints), t, f"train.resume=true: {checkpoint.latest(checkpoints)}",
                               partitions.stats.get("feature_dims"))
     time_decay(t, partitions)  # refused here, not in every worker
@@ -215,6 +219,8 @@ def train_loop(config: dict) -> None:
 
         def save():
             w.progress("checkpoint", 0, 0)
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                _check_finite(float("nan"), epoch, state.step, t, "the dense weights are")
             dense_state = {"model": module.state_dict(),
                            "optimizer": dense_opt.state_dict() if dense_opt is not None else None}
             checkpoint.save(checkpoints, state, tables, sparse_opt, dense_state if rank == 0 else None, rank, world,
@@ -236,6 +242,8 @@ def train_loop(config: dict) -> None:
                 rows += len(batch.input_nodes)
                 with phases("forward"):
                     loss = model(batch.to(w.device), h0)
+                    loss_value = loss.item()
+                _check_finite(loss_value, epoch, state.step, t)
                 if dense_opt is not None:
                     dense_opt.zero_grad()
                 with phases("backward"):
@@ -245,7 +253,7 @@ def train_loop(config: dict) -> None:
                         dense_opt.step()
                 with phases("sparse update"):
                     sparse_opt.step()
-                state.loss_sum += loss.item()
+                state.loss_sum += loss_value
                 state.loss_count += 1
                 state.step += 1
                 state.global_step += 1
@@ -323,13 +331,20 @@ def _all_sum(total: float, count: int) -> tuple[float, int]:
     return both[0].item(), int(both[1].item())
 
 
+def _check_finite(value: float, epoch: int, step: int, t, what: str = "the loss is") -> None:
+    """A diverged run stops here, before its non-finite values reach a checkpoint or an output."""
+    if not math.isfinite(value):
+        raise UserError(f"training diverged: {what} {value} at epoch {epoch + 1}, step {step + 1}; lower train.lr "
+                        f"(now {t.lr}) or train.dense_lr (now {t.dense_lr or t.lr})")
+
+
 def _early_stopping(state: TrainState, metrics: dict, t) -> None:
     """Track the best validation NDCG@K (its checkpoint becomes the output) and stop after `patience`
     validations without improvement."""
     score = metrics[f"ndcg@{t.validate_k}"]
     if state.best_score is None or score > state.best_score:
         state.best_score, state.bad_epochs = score, 0
-        state.best_checkpoint = f"step-{state.global_step:09d}"  # the checkpoint saved this epoch
+        state.best_checkpoint = checkpoint.step_name(state.global_step)  # the checkpoint saved this epoch
     else:
         state.bad_epochs += 1
         state.stopped = bool(t.patience) and state.bad_epochs >= t.patience

@@ -5,6 +5,7 @@ Node types are `user` and `item`; edge types are named by EDGE_TYPES.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -44,6 +45,19 @@ def _dgl():
     return dgl
 
 
+@contextlib.contextmanager
+def _written(path):
+    """DGL's C++ writers report a write the disk refused (full, a quota, a file-size limit) as a DGLError
+    with a C++ backtrace; here it is the OSError a Python write raises, naming the file."""
+    try:
+        yield
+    except _dgl().DGLError as e:
+        if "Write incomplete" not in str(e):
+            raise
+        raise OSError(errno.ENOSPC, "the disk refused more bytes (full, a quota or a file-size limit)",
+                      str(path)) from None
+
+
 def save_graph(path, num_users: int, num_items: int, user: np.ndarray, item: np.ndarray,
                edge_data: dict[str, np.ndarray], social: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Save the user–item graph (both directions, plus user→user when `social` is given) as a DGL file.
@@ -60,7 +74,8 @@ def save_graph(path, num_users: int, num_items: int, user: np.ndarray, item: np.
         t = torch.from_numpy(values)
         g.edges["interacts"].data[name] = t
         g.edges["interacted_by"].data[name] = t
-    dgl.save_graphs(str(path), [g])
+    with _written(path):
+        dgl.save_graphs(str(path), [g])
 
 
 def load_graph(path):
@@ -100,11 +115,12 @@ def save_partition(directory, num_nodes: int, src: np.ndarray, dst: np.ndarray, 
         g.ndata[name] = torch.from_numpy(values)
     for name, values in edata.items():
         g.edata[name] = torch.from_numpy(values)
-    dgl.save_graphs(str(directory / "graph.dgl"), [g])
-    save_tensors(str(directory / "node_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
-                                                   for k, v in node_feats.items()})
-    save_tensors(str(directory / "edge_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
-                                                   for k, v in edge_feats.items()})
+    with _written(directory):
+        dgl.save_graphs(str(directory / "graph.dgl"), [g])
+        save_tensors(str(directory / "node_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
+                                                       for k, v in node_feats.items()})
+        save_tensors(str(directory / "edge_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
+                                                       for k, v in edge_feats.items()})
 
 
 def partition_graph_metis(graph_path, out, parts: int) -> None:

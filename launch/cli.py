@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     except (UserError, JobFailed) as e:
         return _report(args.stage, e)
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM during a Ray session (launch/cluster.ray_session)
-        print(f"gnnrec {args.stage}: stopped by {e or 'SIGINT'}", file=sys.stderr)
+        print(f"gnnrec {args.stage}: stopped{f' by {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     except OSError as e:  # what the user can fix about where outputs go is theirs, not a traceback
         if e.errno not in OUTPUT_ERRORS:

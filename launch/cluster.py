@@ -48,7 +48,8 @@ def start_embedded(num_cpus) -> None:
     if pinned:
         os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
     try:
-        # no dashboard, and no metrics: their agent's Prometheus port would listen on every interface, unauthenticated
+        # no dashboard, and no metrics: the dashboard agent's Prometheus port would answer on every interface
+        # without Ray's token
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
                  _system_config={"enable_metrics_collection": False})
     except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for its start-up failures

@@ -167,6 +167,16 @@ def test_bad_config_file_exits_2(tmp_path, capsys):
     assert not (tmp_path / "synth").exists()
 
 
+def test_overrides_may_follow_the_flags(tmp_path, capsys):
+    assert cli.main(["recommend", "--checkpoint", str(tmp_path / "none"), f"workdir={tmp_path}", "--items", "a",
+                     "recommend.k=3"]) == 2
+    assert f"recommend.checkpoint={tmp_path / 'none'}: not a training output" in _one_error_line(
+        capsys.readouterr().err, "recommend")
+    with pytest.raises(SystemExit):
+        cli.main(["recommend", "--checkpoint", str(tmp_path / "none"), "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_format_table():
     text = cli.format_table("x summary", {"edges": 1234567, "ok": True, "rate": 0.5, "out": "/a"})
     assert text.splitlines() == ["x summary", "---------", "edges  1,234,567", "ok     True",

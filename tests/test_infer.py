@@ -54,7 +54,8 @@ def trained_social(trained):
     cfg = load_config(None, [f"workdir={work}", "train.model=socialgcn", "train.batch_size=512", "train.lr=0.05",
                              "train.layers=2", "train.fanouts=[5, 5]", "train.validate_split=none",
                              "train.out={workdir}/train-social", "train.checkpoints={workdir}/checkpoints-social",
-                             "infer.checkpoint={workdir}/train-social", "infer.out={workdir}/infer-social", "infer.users=30"])
+                             "infer.checkpoint={workdir}/train-social", "infer.out={workdir}/infer-social", "infer.users=30",
+                             "infer.k=1000"])  # above the catalog's 300 items
     train(cfg)
     infer_stage(cfg)
     return work
@@ -127,6 +128,7 @@ def test_infer_users_ranks_a_seeded_sample_and_embeds_every_node(trained_social)
     manifest = json.loads((work / "infer-social" / "manifest.json").read_text())
     top = _read(work / "infer-social" / "topk")
     assert manifest["topk_users"] == 30 and len(set(top["user_id"].to_pylist())) == 30
+    assert manifest["k"] == Dataset(work / "dataset").num_items == 300  # infer.k=1000, clipped to the catalog
     assert manifest["users"]["rows"] == Dataset(work / "dataset").num_users > 30
 
 

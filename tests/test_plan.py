@@ -10,15 +10,25 @@ from gnnrec.launch import cluster
 GB = 2**30
 
 
+def _one_part(path, edges: int) -> Partitions:
+    """A partition directory of one part of 70k nodes and `edges` edges (its DGL files empty)."""
+    (path / "part0").mkdir()
+    files = {kind: f"part0/{kind}.dgl" for kind in ("part_graph", "node_feats", "edge_feats")}
+    for name in files.values():
+        (path / name).write_bytes(b"")
+    (path / "gnnrec.json").write_text(json.dumps({"num_parts": 1, "num_nodes": 70_000, "part-0": files}))
+    (path / "partition_stats.json").write_text(json.dumps({"per_part": [{"nodes": 70_000, "edges": edges}]}))
+    return Partitions(path)
+
+
 @pytest.fixture
 def one_part(tmp_path):
-    (tmp_path / "gnnrec.json").write_text(json.dumps({"num_parts": 1, "num_nodes": 70_000}))
-    (tmp_path / "partition_stats.json").write_text(json.dumps({"per_part": [{"nodes": 70_000, "edges": 1_600_000}]}))
-    return Partitions(tmp_path)
+    return _one_part(tmp_path, 1_600_000)
 
 
-def machine(monkeypatch, memory_gb):
-    monkeypatch.setattr(cluster.ray, "nodes", lambda: [{"Alive": True, "Resources": {"memory": memory_gb * GB}}])
+def machine(monkeypatch, memory_gb, cpus=4):
+    monkeypatch.setattr(cluster.ray, "nodes", lambda: [{"Alive": True, "Resources": {"memory": memory_gb * GB,
+                                                                                     "CPU": cpus}}])
 
 
 def test_estimate_counts_servers_trainers_and_the_batch(one_part, monkeypatch):
@@ -41,6 +51,41 @@ def test_refuses_a_job_that_does_not_fit(one_part, monkeypatch):
     cluster.plan(one_part, 1, 64, False, batch_rows=8192 * 3)
     with pytest.raises(UserError, match="needs ~5.4 GB per machine but Ray offers 4.0 GB.*train.batch_size"):
         cluster.plan(one_part, 1, 64, False, batch_rows=65_536 * 18)
+
+
+def test_refuses_a_cluster_with_too_few_cpus_before_starting(one_part, monkeypatch):
+    """Before, Ray waited for the CPUs for launch.start_timeout_s, then restarted the job."""
+    machine(monkeypatch, 16, cpus=2)
+    assert cluster.plan(one_part, 1, 64, False)["trainers"] == 1
+    with pytest.raises(UserError, match=r"needs 3 CPUs per Ray node \(a graph server and 2 trainer\(s\)\), a node has "
+                                        r"2: raise launch.num_cpus"):
+        cluster.plan(one_part, 2, 64, False)
+
+
+def test_the_embedded_rays_dashboard_agent_serves_no_metrics_without_a_token():
+    """Ray's dashboard agent answered /metrics on every interface without Ray's token; embedded, it is off."""
+    import psutil
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.start_embedded(2)
+    try:
+        agents = [p for p in psutil.Process().children(recursive=True) if "DashboardAgent" in " ".join(p.cmdline())]
+        ports = {c.laddr.port for p in agents for c in p.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.ip in ("::", "0.0.0.0")}
+        assert len(agents) == 1 and ports
+        assert not [port for port in ports if _serves(f"http://127.0.0.1:{port}/metrics")]
+    finally:
+        ray.shutdown()
+
+
+def _serves(url: str) -> bool:
+    import http.client
+    import urllib.request
+    try:
+        return urllib.request.urlopen(url, timeout=5).status == 200
+    except (OSError, http.client.HTTPException):  # refused, unauthorized (HTTPError) or not HTTP at all
+        return False
 
 
 @pytest.mark.parametrize("where", ["launch.address", "RAY_ADDRESS"])
@@ -111,10 +156,8 @@ def test_plan_of_the_curves_own_size_on_one_machine_agrees_with_the_train_plan_l
     """`gnnrec plan` at the size the curve measured, on one machine: the estimate `gnnrec train` prints
     for partitions of that size (600k training edges, both directions; 70k nodes)."""
     plan = _plan(_curve(tmp_path), "plan.edges=1000000", "plan.users=50000", "plan.items=20000", "plan.machines=1")
-    (tmp_path / "gnnrec.json").write_text(json.dumps({"num_parts": 1}))
-    (tmp_path / "partition_stats.json").write_text(json.dumps({"per_part": [{"nodes": 70_000, "edges": 1_200_000}]}))
     machine(monkeypatch, 64)
-    train = cluster.plan(Partitions(tmp_path), 1, 64, False, batch_rows=8192 * 6)
+    train = cluster.plan(_one_part(tmp_path, 1_200_000), 1, 64, False, batch_rows=8192 * 6)
     assert plan["train_est_memory_per_machine_gb"] == train["est_memory_per_machine_gb"]
     assert plan["train_hours_per_epoch"] == round(600_000 / 1000 / 3600, 2)
 

@@ -164,6 +164,16 @@ def test_a_fresh_run_keeps_the_previous_checkpoints_until_it_has_its_own(local_r
     assert not (workdir / "checkpoints.previous").exists()
 
 
+def test_a_diverging_run_stops_in_one_line_and_writes_no_model(local_ray, workdir):
+    """Before, train.lr=1e30 ended with exit 0, loss nan and a model of NaN as the output."""
+    with pytest.raises(UserError, match=r"^training diverged: the loss is (nan|inf) at epoch 1, step \d+; lower "
+                                        r"train.lr \(now 1e\+30\)"):
+        train(_cfg(workdir, "train.model=lightgcn", "train.lr=1e30", "train.epochs=2", "train.validate_split=none",
+                   "train.out={workdir}/diverged", "train.checkpoints={workdir}/diverged-checkpoints"))
+    assert not (workdir / "diverged").exists()
+    assert not list((workdir / "diverged-checkpoints").glob("step-*"))
+
+
 def test_pinsage_trains_on_random_walk_blocks_through_the_cli(local_ray, workdir):
     """`gnnrec train train.model=pinsage` trains on random-walk blocks (pinsage's default sampler);
     validation (layer-wise, through the servers) and `gnnrec evaluate` (the whole graph in memory) infer

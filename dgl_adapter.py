@@ -37,6 +37,7 @@ EDGE_TYPES = {
     "follows": ("user", "follows", "user"),
     "followed_by": ("user", "followed_by", "user"),  # the reverse of follows (partitions only)
 }
+INTERACTS = EDGE_TYPES["interacts"]
 
 
 def _dgl():
@@ -54,16 +55,13 @@ def _written(path):
     except _dgl().DGLError as e:
         if "Write incomplete" not in str(e):
             raise
-        raise OSError(errno.ENOSPC, "the disk refused more bytes (full, a quota or a file-size limit)",
-                      str(path)) from None
+        raise OSError(errno.ENOSPC, "the disk refused more bytes (full, quota or size limit)", str(path)) from None
 
 
 def save_graph(path, num_users: int, num_items: int, user: np.ndarray, item: np.ndarray,
                edge_data: dict[str, np.ndarray], social: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Save the user–item graph (both directions, plus user→user when `social` is given) as a DGL file.
-
-    `edge_data` (e.g. weight, timestamp, count) is attached to both interaction directions.
-    """
+    """Save the user–item graph (both directions, plus user→user when `social` is given) as a DGL file,
+    `edge_data` (e.g. weight, timestamp, count) on both interaction directions."""
     dgl = _dgl()
     u, i = torch.from_numpy(user), torch.from_numpy(item)
     data = {EDGE_TYPES["interacts"]: (u, i), EDGE_TYPES["interacted_by"]: (i, u)}
@@ -71,17 +69,14 @@ def save_graph(path, num_users: int, num_items: int, user: np.ndarray, item: np.
         data[EDGE_TYPES["follows"]] = (torch.from_numpy(social[0]), torch.from_numpy(social[1]))
     g = dgl.heterograph(data, num_nodes_dict={"user": num_users, "item": num_items})
     for name, values in edge_data.items():
-        t = torch.from_numpy(values)
-        g.edges["interacts"].data[name] = t
-        g.edges["interacted_by"].data[name] = t
+        g.edges["interacts"].data[name] = g.edges["interacted_by"].data[name] = torch.from_numpy(values)
     with _written(path):
         dgl.save_graphs(str(path), [g])
 
 
 def load_graph(path):
     """Load a graph written by save_graph."""
-    graphs, _ = _dgl().load_graphs(str(path))
-    return graphs[0]
+    return _dgl().load_graphs(str(path))[0][0]
 
 
 def type_ids(edge_types) -> tuple[dict[str, int], dict[tuple, int]]:
@@ -89,8 +84,7 @@ def type_ids(edge_types) -> tuple[dict[str, int], dict[tuple, int]]:
     dgl = _dgl()
     empty = torch.zeros(0, dtype=torch.int64)
     g = dgl.heterograph({et: (empty, empty) for et in edge_types})
-    return ({nt: g.get_ntype_id(nt) for nt in g.ntypes},
-            {et: g.get_etype_id(et) for et in g.canonical_etypes})
+    return {nt: g.get_ntype_id(nt) for nt in g.ntypes}, {et: g.get_etype_id(et) for et in g.canonical_etypes}
 
 
 def metis_assignment(num_nodes: int, src: np.ndarray, dst: np.ndarray, node_type: np.ndarray, parts: int) -> np.ndarray:
@@ -99,9 +93,8 @@ def metis_assignment(num_nodes: int, src: np.ndarray, dst: np.ndarray, node_type
     duplicate edges (DGL's METIS corrupts the heap on them)."""
     dgl = _dgl()
     g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=num_nodes, idtype=torch.int64)
-    assignment = dgl.metis_partition_assignment(g, parts, balance_ntypes=torch.from_numpy(node_type),
-                                                balance_edges=True)
-    return assignment.numpy()
+    return dgl.metis_partition_assignment(g, parts, balance_ntypes=torch.from_numpy(node_type),
+                                          balance_edges=True).numpy()
 
 
 def save_partition(directory, num_nodes: int, src: np.ndarray, dst: np.ndarray, ndata: dict, edata: dict,
@@ -111,24 +104,19 @@ def save_partition(directory, num_nodes: int, src: np.ndarray, dst: np.ndarray, 
     dgl = _dgl()
     from dgl.data.utils import save_tensors
     g = dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=num_nodes, idtype=torch.int64)
-    for name, values in ndata.items():
-        g.ndata[name] = torch.from_numpy(values)
-    for name, values in edata.items():
-        g.edata[name] = torch.from_numpy(values)
+    g.ndata.update({name: torch.from_numpy(values) for name, values in ndata.items()})
+    g.edata.update({name: torch.from_numpy(values) for name, values in edata.items()})
     with _written(directory):
         dgl.save_graphs(str(directory / "graph.dgl"), [g])
-        save_tensors(str(directory / "node_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
-                                                       for k, v in node_feats.items()})
-        save_tensors(str(directory / "edge_feat.dgl"), {k: torch.from_numpy(np.ascontiguousarray(v))
-                                                       for k, v in edge_feats.items()})
+        for name, feats in (("node_feat", node_feats), ("edge_feat", edge_feats)):
+            save_tensors(str(directory / f"{name}.dgl"),
+                         {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feats.items()})
 
 
 def partition_graph_metis(graph_path, out, parts: int) -> None:
     """DGL's own whole-graph path (the memory baseline for bench/partition.py)."""
-    dgl = _dgl()
-    g = load_graph(graph_path)
-    dgl.distributed.partition_graph(g, "gnnrec", parts, str(out), num_hops=1, part_method="metis",
-                                    balance_edges=True)
+    _dgl().distributed.partition_graph(load_graph(graph_path), "gnnrec", parts, str(out), num_hops=1,
+                                       part_method="metis", balance_edges=True)
 
 
 # ---------------------------------------------------------------- DistDGL (servers and clients)
@@ -229,9 +217,6 @@ def _frontier_edges(frontier, canonical_etype: tuple) -> tuple[torch.Tensor, tor
     if canonical_etype not in frontier.canonical_etypes:
         return (torch.zeros(0, dtype=torch.int64),) * 3
     return (*frontier.edges(etype=canonical_etype), frontier.edges[canonical_etype].data[_dgl().EID])
-
-
-INTERACTS = ("user", "interacts", "item")
 
 
 def dist_train_edges(graph, rank: int, world: int) -> np.ndarray:
@@ -364,9 +349,8 @@ def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_wal
     """dgl.sampling.PinSAGESampler over items (item -> user -> item), or over users (user -> item -> user);
     call it with ids of that type (numpy)."""
     dgl = _dgl()
-    other = "user" if node_type == "item" else "item"
-    sampler = dgl.sampling.PinSAGESampler(graph, node_type, other, num_traversals, termination_prob, num_walks,
-                                          num_neighbors)
+    sampler = dgl.sampling.PinSAGESampler(graph, node_type, "user" if node_type == "item" else "item", num_traversals,
+                                          termination_prob, num_walks, num_neighbors)
     return lambda seeds: sampler(torch.from_numpy(np.asarray(seeds, np.int64)))
 
 

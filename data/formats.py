@@ -90,11 +90,13 @@ class Partitions:
 
     @functools.cached_property
     def meta(self) -> dict:
-        """DGL's partition config, its parts' files checked: each named file resolves inside this
-        directory and is there (a job fails on neither after it has started servers)."""
+        """DGL's partition config, its parts' files checked: each file it names (PART_FILES and any other)
+        resolves inside this directory and is there (a job fails on neither after it has started servers)."""
         try:
             meta = json.loads(self.config.read_text())
-            files = [meta[f"part-{i}"][kind] for i in range(meta["num_parts"]) for kind in PART_FILES]
+            parts = [meta[f"part-{i}"] for i in range(meta["num_parts"])]
+            files = [part[kind] for part in parts for kind in PART_FILES]
+            files += [name for part in parts for kind, name in part.items() if kind not in PART_FILES]
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{self.config}: damaged partition config ({type(e).__name__}: {e})") from None
         for name in files:

@@ -72,6 +72,20 @@ def test_evaluate_without_checkpoint_is_a_user_error(tmp_path):
         evaluate_stage(load_config(None, [f"workdir={tmp_path}"]))
 
 
+def test_a_model_of_partitions_made_again_is_one_line(checkpoint, tmp_path, capsys):
+    """Before: RuntimeError: shape mismatch, from evaluate and recommend."""
+    work, _ = checkpoint
+    again = tmp_path / "work"
+    shutil.copytree(work, again)
+    run(load_config(None, [f"workdir={again}", "synth.users=250", "synth.items=200", "synth.edges=4000",
+                           "run.stages=[synth, ingest, partition]"]))
+    load_config(again / "train" / "config.yaml", [f"workdir={again}"]).save(again / "train")
+    for stage in ("evaluate", "recommend"):
+        assert cli.main([stage, f"workdir={again}", "--items", "1"] if stage == "recommend" else
+                        [stage, f"workdir={again}"]) == 2
+        assert "a model of 300 users, its partitions" in capsys.readouterr().err
+
+
 def test_a_checkpoint_of_another_model_is_a_user_error(checkpoint, tmp_path):
     work, _ = checkpoint
     other = tmp_path / "train"

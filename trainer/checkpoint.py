@@ -230,7 +230,7 @@ def _load(path: Path):
 
 
 def _damaged(path: Path, error: Exception) -> UserError:
-    detail = " ".join(str(error).split())[-160:]  # torch's advice comes first, what it found last
+    detail = " ".join(str(error).split()).rpartition("WeightsUnpickler error: ")[2][-160:]  # not torch's advice
     return UserError(f"{path}: damaged or not a checkpoint file ({type(error).__name__}: {detail})")
 
 

@@ -6,11 +6,13 @@ and refuses a job that cannot fit.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import threading
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 
 import psutil
 import ray
@@ -107,7 +109,27 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0) -> dict:
+@dataclass(frozen=True)
+class JobPlan:
+    """Where a job runs and what it needs: printed before it starts, followed by the job runtime."""
+    machines: int
+    partitions: int
+    trainers: int
+    trainers_per_machine: int
+    gpus: int
+    backend: str  # of the process group: nccl with GPUs, gloo without
+    est_memory_per_machine_gb: float
+    ray_memory_per_machine_gb: float
+
+    def summary(self) -> dict:
+        """What a stage's summary shows of it."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "backend"}
+
+    def line(self) -> str:
+        return "plan: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
+
+
+def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0) -> JobPlan:
     """Machines, trainers, GPUs and estimated memory per machine of a job on `partitions`
     (data/formats.Partitions); UserError when it cannot fit.
     batch_rows: embedding rows one training batch scores (batch_size x (2 + num_negatives))."""
@@ -131,12 +153,12 @@ def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows:
     # Ray's memory resource is a scheduling quota (~70% of the machine); its object store's share lies
     # unused by these jobs, and Ray's monitor kills only at 95% of the machine
     have = min(n["Resources"].get("memory", 0) + n["Resources"].get("object_store_memory", 0) for n in nodes)
-    summary = {"machines": len(nodes), "partitions": parts, "trainers": parts * trainers_per_partition,
-               "trainers_per_machine": trainers_per_partition, "gpus": gpus if use_gpu else 0,
-               "backend": "nccl" if use_gpu else "gloo", "est_memory_per_machine_gb": round(need / 2**30, 2),
-               "ray_memory_per_machine_gb": round(have / 2**30, 2)}
+    job = JobPlan(machines=len(nodes), partitions=parts, trainers=parts * trainers_per_partition,
+                  trainers_per_machine=trainers_per_partition, gpus=gpus if use_gpu else 0,
+                  backend="nccl" if use_gpu else "gloo", est_memory_per_machine_gb=round(need / 2**30, 2),
+                  ray_memory_per_machine_gb=round(have / 2**30, 2))
     if have and need > have:
         raise UserError(f"the job needs ~{need / 2**30:.1f} GB per machine but Ray offers {have / 2**30:.1f} GB: "
                         "use more partitions, fewer trainers per partition, a smaller train.batch_size, "
                         "train.num_negatives or train.dim")
-    return summary
+    return job

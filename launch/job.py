@@ -1,9 +1,10 @@
 """The job runtime: DistDGL graph servers, Ray Train workers and their supervision, for every job kind.
 
-    driver:  run_workers(kind, cfg, partitions, plan, loop, loop_config, tmp)
+    driver:  run_workers(kind, cfg, partitions, plan, loop, job_args, tmp)
              -> GraphServers (one per partition) -> TorchTrainer.fit in a task, watched: a dead server
              or a silent worker fails the job with its name within launch.health_timeout_s, never a hang
-    worker:  with worker_session(config) as w:   # rank, world, device, DistDGL client, ID tables
+    worker:  loop(config): context = config["context"] (a WorkerContext)
+             with worker_session(context, ...) as w:   # rank, world, device, DistDGL client, ID tables
                  ... w.progress(desc, step, steps) ...
 
 Every worker beats once a second from the moment its session opens, with where it is and its pid; the
@@ -16,10 +17,10 @@ processes. The job fails, its error naming the job kind (train, infer, mine) and
     a worker inside a loop of steps has not moved for `launch.health_timeout_s` (its main thread is stuck:
         liveness is progress, which a heartbeat thread cannot fake),
     a graph server stops answering for `launch.health_timeout_s`;
-a worker's UserError is raised as it is. Restarts are the caller's (trainer/train.py), and only where one
-can help (`JobFailed.restartable`): not after an exception the workers' code raised, which would
-repeat; a restarted Ray Train worker could not rejoin, since DistDGL servers admit exactly
-`num_clients` clients.
+a worker's UserError is raised as it is. How the workers failed is `classify`'s (a `Failure`). Restarts
+are the caller's (trainer/train.py), and only where one can help (`JobFailed.restartable`): not after
+an exception the workers' code raised, which would repeat; a restarted Ray Train worker could not
+rejoin, since DistDGL servers admit exactly `num_clients` clients.
 """
 from __future__ import annotations
 
@@ -38,10 +39,33 @@ import torch
 from tqdm import tqdm
 
 from gnnrec import NODE_TYPES, JobFailed, UserError, faults
+from gnnrec.launch.cluster import JobPlan
 
 
-def format_plan(job: dict) -> str:
-    return "plan: " + ", ".join(f"{k}={v}" for k, v in job.items())
+@dataclass
+class WorkerContext:
+    """What every worker of a job receives: the config, the graph servers' client information, the
+    partitions, the driver's heartbeat actor, the fail points to arm, the job's (temporary) output
+    directory, and `job`: the job kind's own arguments (trainer/train.TrainArgs, trainer/model_job.ModelArgs)."""
+    cfg: object
+    client: dict
+    partitions: str
+    heartbeats: object
+    fail_points: str | None
+    out: str
+    job: object = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a job's workers failed, in one line: whether a restart from the last checkpoint may help,
+    and whether the failure is the user's (a worker's UserError, raised as it is)."""
+    message: str
+    restartable: bool
+    users: bool = False
+
+    def error(self, kind: str) -> Exception:
+        return UserError(self.message) if self.users else JobFailed(f"{kind} failed: {self.message}", self.restartable)
 
 
 def worker_noun(kind: str) -> str:
@@ -50,11 +74,11 @@ def worker_noun(kind: str) -> str:
 
 # ---------------------------------------------------------------- the driver
 
-def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, tmp: Path, progress=None) -> None:
-    """Graph servers for `partitions` (data/formats.Partitions) and `job["trainers"]` Ray Train workers
-    running `loop(config)` as DistDGL clients (config: loop_config + cfg, client info, partitions,
-    heartbeats); raises JobFailed naming `kind` when a server or worker dies, and a worker's UserError as
-    it is. Ray Train's own files go under `tmp` and are removed."""
+def run_workers(kind: str, cfg, partitions, plan: JobPlan, loop, job_args, tmp: Path, progress=None) -> None:
+    """Graph servers for `partitions` (data/formats.Partitions) and `plan.trainers` Ray Train workers
+    running `loop({"context": WorkerContext})` as DistDGL clients, writing into `tmp` (`job_args`: the
+    context's `job`); raises JobFailed naming `kind` when a server or worker dies, and a worker's UserError
+    as it is. Ray Train's own files go under `tmp` and are removed."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -62,36 +86,32 @@ def run_workers(kind: str, cfg, partitions, job: dict, loop, loop_config: dict, 
 
     tmp = Path(tmp).resolve()  # Ray Train wants an absolute storage path
     launch, fail_points = cfg.launch, faults.from_environment()
-    with GraphServers(partitions.config, num_clients=job["trainers"], start_timeout_s=launch.health_timeout_s,
+    with GraphServers(partitions.config, num_clients=plan.trainers, start_timeout_s=launch.health_timeout_s,
                       answer_timeout_s=launch.health_timeout_s) as servers:
         heartbeats = Heartbeats.remote()
+        context = WorkerContext(cfg, servers.client_info, str(partitions.path.resolve()), heartbeats, fail_points,
+                                str(tmp), job_args)
         trainer = TorchTrainer(
             loop,
-            train_loop_config={**loop_config, "cfg": cfg.model_dump(mode="json"), "client": servers.client_info,
-                               "partitions": str(partitions.path.resolve()), "heartbeats": heartbeats,
-                               "fail_points": fail_points},
-            scaling_config=ScalingConfig(num_workers=job["trainers"], use_gpu=job["gpus"] > 0,
+            train_loop_config={"context": context},  # Ray Train hands its workers a dict
+            scaling_config=ScalingConfig(num_workers=plan.trainers, use_gpu=plan.gpus > 0,
                                          resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
-            torch_config=TorchConfig(backend=job["backend"], timeout_s=int(launch.health_timeout_s)),
+            torch_config=TorchConfig(backend=plan.backend, timeout_s=int(launch.health_timeout_s)),
             run_config=RunConfig(storage_path=str(tmp / ".ray"), name="workers",
                                  failure_config=FailureConfig(max_failures=0)),
         )
         try:
-            error = _watch(kind, trainer, servers, heartbeats, launch, progress or Progress(), job["trainers"],
-                           tmp / "processes.json")
+            failure = _watch(kind, trainer, servers, heartbeats, launch, progress or Progress(), plan.trainers,
+                             tmp / "processes.json")
         finally:
             (tmp / "processes.json").unlink(missing_ok=True)
         ray.kill(heartbeats)
         shutil.rmtree(tmp / ".ray", ignore_errors=True)
-        if isinstance(error, UserError):  # bad input found by a worker: no restart would help
-            raise error
-        if error:
-            message, restartable = error
-            raise JobFailed(f"{kind} failed: {message}", restartable)
+        if failure:
+            raise failure.error(kind)
 
 
-def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int,
-           processes: Path) -> tuple[str, bool] | UserError | None:
+def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int, processes: Path) -> Failure | None:
     """Run TorchTrainer.fit in a task while checking the graph servers and the workers' heartbeats
     (Ray Train notices a dead worker too, but not always: a worker gone silent is a failure here);
     write `processes` once every worker has started; on a failure, stop the job and free what it held
@@ -121,11 +141,11 @@ def _watch(kind: str, trainer, servers, heartbeats, launch, progress, world: int
                 raise JobFailed(f"{kind} failed: {world - beating} of {world} {noun}s did not start within "
                                 f"launch.start_timeout_s={launch.start_timeout_s:.0f} s")
         progress.show()
-        error = ray.get(fit)
-        if isinstance(error, tuple) and not error[1]:  # a worker's exception: a symptom of a server lost meanwhile?
+        failure = ray.get(fit)
+        if failure and not failure.restartable and not failure.users:  # a symptom of a server lost meanwhile?
             ray.wait(servers.serving, num_returns=len(servers.serving), timeout=2.0)
             servers.check()
-        return error
+        return failure
     except BaseException:
         ray.kill(heartbeats)
         ray.cancel(fit, force=True)
@@ -141,8 +161,8 @@ def _out_of_memory(fit) -> str:
     if not ray.wait([fit], timeout=2.0)[0]:
         return ""
     try:
-        error = ray.get(fit)
-        memory = isinstance(error, tuple) and "memory" in error[0].lower()
+        failure = ray.get(fit)
+        memory = failure is not None and "memory" in failure.message.lower()
     except ray.exceptions.OutOfMemoryError:
         memory = True
     except Exception:  # noqa: BLE001 - any other end of `fit` says nothing of memory
@@ -151,32 +171,36 @@ def _out_of_memory(fit) -> str:
             "line's memory per machine; more partitions or machines, or a smaller train.batch_size)") if memory else ""
 
 
-def _fit(trainer, kind: str) -> tuple[str, bool] | UserError | None:
-    """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile; returns the
-    UserError a worker raised, or the failure in one line (naming the worker that died when Ray Train
-    says which) and whether a restart may help: not when every failed worker raised an exception of
-    its own code (not a lost peer's symptom), which a restart would raise again."""
+def _fit(trainer, kind: str) -> Failure | None:
+    """TorchTrainer.fit in a task, so the driver can watch the graph servers meanwhile."""
     # Ray Train's controller polls its workers every 2 s by default, passing on this process's setting:
     # at 0.5 s a 1-epoch job on this machine takes 24-32 s instead of 26-36 s
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     try:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - reported to the driver as the job's error
-        failures = getattr(e, "worker_failures", None) or {}  # rank -> the exception raised, or Ray's error for a death
-        user_error = next((f for f in failures.values() if isinstance(f, UserError)), None)
-        if user_error is not None:
-            return UserError(str(getattr(user_error, "cause", user_error)))  # a RayTaskError's cause: the message alone
-        if failures and all(_repeats(f) for f in failures.values()):
-            rank, raised = min(failures.items())
-            return (f"{worker_noun(kind)} rank {rank} raised {type(raised).__name__}: {_short(str(raised))} (not "
-                    f"restarted: an exception of the code repeats)"), False
-        text = " ".join(str(e).split())
-        rank, pid, ip = (re.search(p, text) for p in (r"Rank (\d+)", r"pid=(\d+)", r"node_ip='([^']+)'"))
-        if rank and "died" in text:
-            where = f" (pid {pid.group(1)} on {ip.group(1)})" if pid and ip else ""
-            return f"{worker_noun(kind)} rank {rank.group(1)}{where} died", True
-        return f"{type(e).__name__}: {_short(text)}", True
+        return classify(e, kind)
     return None
+
+
+def classify(error: Exception, kind: str) -> Failure:
+    """What TorchTrainer.fit raised, as one line: the UserError a worker raised (the user's); an exception
+    of the workers' own code (not a lost peer's symptom), which a restart would raise again; the worker
+    that died, when Ray Train says which; else Ray's error, shortened. Only the last two may restart."""
+    failures = getattr(error, "worker_failures", None) or {}  # rank -> the exception raised, or Ray's error for a death
+    user_error = next((f for f in failures.values() if isinstance(f, UserError)), None)
+    if user_error is not None:  # a RayTaskError's cause: the message alone
+        return Failure(str(getattr(user_error, "cause", user_error)), restartable=False, users=True)
+    if failures and all(_repeats(f) for f in failures.values()):
+        rank, raised = min(failures.items())
+        return Failure(f"{worker_noun(kind)} rank {rank} raised {type(raised).__name__}: {_short(str(raised))} (not "
+                       f"restarted: an exception of the code repeats)", restartable=False)
+    text = " ".join(str(error).split())
+    rank, pid, ip = (re.search(p, text) for p in (r"Rank (\d+)", r"pid=(\d+)", r"node_ip='([^']+)'"))
+    if rank and "died" in text:
+        where = f" (pid {pid.group(1)} on {ip.group(1)})" if pid and ip else ""
+        return Failure(f"{worker_noun(kind)} rank {rank.group(1)}{where} died", restartable=True)
+    return Failure(f"{type(error).__name__}: {_short(text)}", restartable=True)
 
 
 # what a worker raises when a peer (another trainer, a graph server) is lost: a restart can help
@@ -307,7 +331,7 @@ def _beat_forever(heartbeats, rank: int, where: dict) -> None:
 
 
 @contextlib.contextmanager
-def worker_session(config: dict, dim: int, torch_threads: int | None, seed: int):
+def worker_session(context: WorkerContext, dim: int, torch_threads: int | None, seed: int):
     """Open a worker: start its heartbeat, set torch's threads (Ray sets OMP_NUM_THREADS=1; None: the
     cores this machine's workers share, one left to each sampler thread) and seed,
     connect the DistDGL client, create the ID tables of `dim` in the servers; always disconnect."""
@@ -316,18 +340,17 @@ def worker_session(config: dict, dim: int, torch_threads: int | None, seed: int)
 
     from gnnrec import dgl_adapter
     from gnnrec.data.formats import Partitions
-    from gnnrec.launch.config import Config
     from gnnrec.launch.graph_servers import connect_client
 
     ctx = ray.train.get_context()
-    w = WorkerSession(Config.model_validate(config["cfg"]), ctx.get_world_rank(), ctx.get_world_size(), get_device(),
-                      Partitions(config["partitions"]))
-    faults.arm(config["fail_points"])
-    threading.Thread(target=_beat_forever, args=(config["heartbeats"], w.rank, w.where), daemon=True).start()
+    w = WorkerSession(context.cfg, ctx.get_world_rank(), ctx.get_world_size(), get_device(),
+                      Partitions(context.partitions))
+    faults.arm(context.fail_points)
+    threading.Thread(target=_beat_forever, args=(context.heartbeats, w.rank, w.where), daemon=True).start()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(torch_threads or max(1, cores // ctx.get_local_world_size() - 1))
     torch.manual_seed(seed)
-    w.graph = connect_client(config["client"])
+    w.graph = connect_client(context.client)
     try:
         w.tables = {n: dgl_adapter.dist_embedding(w.graph, n, dim, f"{n}_id", seed) for n in NODE_TYPES}
         yield w

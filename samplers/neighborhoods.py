@@ -42,6 +42,9 @@ class Neighborhoods(Protocol):
         """One uniform neighbour of each node (duplicates draw independently) for a random walk's
         `step`, "user->item" or "item->user"; -1 where a node has none (`Neighbors.sample_one`)."""
 
+    def remote_share(self) -> float | None:
+        """The share of sampled nodes whose neighbours came from another machine (None: not tracked)."""
+
 
 # ---------------------------------------------------------------- local CSR back-end
 
@@ -90,6 +93,9 @@ class CSRNeighborhoods:
         self.user_degree, self.item_degree = counts["user"], counts["item"]
 
     @classmethod
+    def remote_share(self) -> None:  # all local: not tracked
+        return None
+
     def from_edges(cls, user: np.ndarray, item: np.ndarray, num_users: int, num_items: int,
                    social: tuple[np.ndarray, np.ndarray] | None = None,
                    timestamp: np.ndarray | None = None) -> "CSRNeighborhoods":
@@ -148,6 +154,9 @@ class DistNeighborhoods:
         present = [r for r in RELATIONS if r in dist_edge_types(graph)]
         self.relations = [r for r in present if social or RELATIONS[r][0] != RELATIONS[r][1]]
         self.counted = None if self.relations == present else {}
+
+    def remote_share(self) -> None:  # all the servers': not tracked
+        return None
 
     def sample(self, users, items, fanout, rng):  # the servers draw; rng is unused
         from gnnrec.dgl_adapter import dist_values, dist_sample_in_edges

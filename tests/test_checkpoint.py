@@ -38,7 +38,7 @@ def test_rows_written_in_chunks_by_two_ranks_restore_exactly_on_any_number(tmp_p
     monkeypatch.setattr(checkpoint, "CHUNK_ROWS", 5)  # several chunks per rank, the last one short
     tables, opt = _job(0)
     path, _ = _ranks(monkeypatch, 2, lambda rank: checkpoint.save(tmp_path, TrainState(global_step=7), tables, opt,
-                                                                  {"model": {}} if rank == 0 else None, rank, 2))
+                                                                  checkpoint.DenseState({}) if rank == 0 else None, rank, 2))
     assert checkpoint.latest(tmp_path) == path
     assert np.load(path / "ids-rank1-user.npy").shape == (23 - 23 // 2, 4)
     assert np.load(path / "adam-rank0-item.npy").shape == (11 // 2, 1 + 2 * 4)
@@ -46,7 +46,7 @@ def test_rows_written_in_chunks_by_two_ranks_restore_exactly_on_any_number(tmp_p
     fresh, fresh_opt = _job(1)
     state, dense = _ranks(monkeypatch, restored_by, lambda rank: checkpoint.restore(path, fresh, fresh_opt, rank,
                                                                                     restored_by))[-1]
-    assert state.global_step == 7 and state.world == 2 and dense == {"model": {}}
+    assert state.global_step == 7 and state.world == 2 and dense == checkpoint.DenseState({})
     assert all(torch.equal(a, b) for a, b in zip(_values(fresh, fresh_opt), _values(tables, opt)))
     whole = checkpoint.load_tables(path)
     assert all(torch.equal(whole[n], tables[n]) for n in tables)
@@ -54,7 +54,7 @@ def test_rows_written_in_chunks_by_two_ranks_restore_exactly_on_any_number(tmp_p
 
 def test_a_row_file_of_another_shape_or_cut_short_is_one_clear_error(tmp_path):
     tables, opt = _job(0)
-    path = checkpoint.save(tmp_path, TrainState(), tables, opt, {}, 0, world=1)
+    path = checkpoint.save(tmp_path, TrainState(), tables, opt, checkpoint.DenseState({}), 0, world=1)
     wider, wider_opt = _job(0, dim=8)
     with pytest.raises(UserError, match=r"ids-rank0-user.npy: \[23, 4\] values where the checkpoint needs \[23, 8\]"):
         checkpoint.restore(path, wider, wider_opt, 0, 1)

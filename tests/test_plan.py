@@ -33,16 +33,16 @@ def machine(monkeypatch, memory_gb, cpus=4):
 
 def test_estimate_counts_servers_trainers_and_the_batch(one_part, monkeypatch):
     machine(monkeypatch, 16)
-    small = cluster.plan(one_part, 1, 64, False)["est_memory_per_machine_gb"]
+    small = cluster.plan(one_part, 1, 64, False).est_memory_per_machine_gb
     # graph (1.6M edges x 64 B) + ID rows with Adam moments (70k x 64 x 12 B) + Ray + a trainer (and
     # its 24 B per edge)
     want = (1_600_000 * (64 + 24) + 70_000 * (48 + 64 * 12)) / GB + 2 + 0.7
     assert small == pytest.approx(want, abs=0.01)
     # Gowalla's batch (65,536 edges x 18 rows): the trainer's peak measured 3.3 GB there
     batch = 65_536 * 18 * 64 * 36 / GB
-    gowalla = cluster.plan(one_part, 1, 64, False, batch_rows=65_536 * 18)["est_memory_per_machine_gb"]
+    gowalla = cluster.plan(one_part, 1, 64, False, batch_rows=65_536 * 18).est_memory_per_machine_gb
     assert gowalla - small == pytest.approx(batch, abs=0.01)
-    two = cluster.plan(one_part, 2, 64, False, batch_rows=65_536 * 18)["est_memory_per_machine_gb"]
+    two = cluster.plan(one_part, 2, 64, False, batch_rows=65_536 * 18).est_memory_per_machine_gb
     assert two - gowalla == pytest.approx(0.7 + batch, abs=0.01)  # one more trainer (half the edges each)
 
 
@@ -56,7 +56,7 @@ def test_refuses_a_job_that_does_not_fit(one_part, monkeypatch):
 def test_refuses_a_cluster_with_too_few_cpus_before_starting(one_part, monkeypatch):
     """Before, Ray waited for the CPUs for launch.start_timeout_s, then restarted the job."""
     machine(monkeypatch, 16, cpus=2)
-    assert cluster.plan(one_part, 1, 64, False)["trainers"] == 1
+    assert cluster.plan(one_part, 1, 64, False).trainers == 1
     with pytest.raises(UserError, match=r"needs 3 CPUs per Ray node \(a graph server and 2 trainer\(s\)\), a node has "
                                         r"2: raise launch.num_cpus"):
         cluster.plan(one_part, 2, 64, False)
@@ -158,7 +158,7 @@ def test_plan_of_the_curves_own_size_on_one_machine_agrees_with_the_train_plan_l
     plan = _plan(_curve(tmp_path), "plan.edges=1000000", "plan.users=50000", "plan.items=20000", "plan.machines=1")
     machine(monkeypatch, 64)
     train = cluster.plan(_one_part(tmp_path, 1_200_000), 1, 64, False, batch_rows=8192 * 6)
-    assert plan["train_est_memory_per_machine_gb"] == train["est_memory_per_machine_gb"]
+    assert plan["train_est_memory_per_machine_gb"] == train.est_memory_per_machine_gb
     assert plan["train_hours_per_epoch"] == round(600_000 / 1000 / 3600, 2)
 
 

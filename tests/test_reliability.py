@@ -35,7 +35,7 @@ def _checkpoints(tmp_path, steps=(3, 5), dense=None) -> object:
     rows = type("RowAdamState", (), {"state": {n: (torch.zeros(len(t)), torch.zeros_like(t), torch.zeros_like(t))
                                                for n, t in tables.items()}})
     for step in steps:
-        checkpoint.save(tmp_path, TrainState(global_step=step), tables, rows, dense or {"model": {}}, 0, 1)
+        checkpoint.save(tmp_path, TrainState(global_step=step), tables, rows, dense or checkpoint.DenseState({}), 0, 1)
     return tables, rows
 
 
@@ -104,7 +104,7 @@ def _damage(model, kind: str) -> str:
 @pytest.mark.parametrize("kind", ["dense: not a torch file", "dense: cut short", "dense: a link to another file",
                                   "state: not JSON", "state: an unknown key", "state: no trainers"])
 def test_a_damaged_checkpoint_file_is_one_line_naming_it(tmp_path, kind):
-    tables, rows = _checkpoints(tmp_path, steps=(1,), dense={"model": {"w": torch.randn(64, 64)}, "optimizer": None})
+    tables, rows = _checkpoints(tmp_path, steps=(1,), dense=checkpoint.DenseState({"w": torch.randn(64, 64)}))
     name = _damage(checkpoint.latest(tmp_path), kind)
     with pytest.raises(UserError, match=f"step-000000001/{name}: damaged") as refused:
         checkpoint.restore(checkpoint.latest(tmp_path), tables, rows, 0, 1)
@@ -165,7 +165,8 @@ def test_a_checkpoint_the_disk_refuses_is_one_line_and_leaves_nothing(tmp_path):
     code = ("import sys, torch\nfrom gnnrec import UserError\nfrom gnnrec.trainer import checkpoint\n"
             "tables = {'user': torch.randn(50_000, 16), 'item': torch.randn(10, 16)}\n"
             "rows = type('R', (), {'state': {n: (torch.zeros(len(t)), t, t) for n, t in tables.items()}})\n"
-            "try:\n    checkpoint.save(sys.argv[1], checkpoint.TrainState(global_step=9), tables, rows, {}, 0, 1)\n"
+            "try:\n    checkpoint.save(sys.argv[1], checkpoint.TrainState(global_step=9), tables, rows,\n"
+            "                    checkpoint.DenseState({}), 0, 1)\n"
             "except UserError as e:\n    print(e)\n    sys.exit(2)")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], preexec_fn=_limited(1_000_000),
                           capture_output=True, text=True, timeout=120)

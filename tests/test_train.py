@@ -117,7 +117,7 @@ def test_init_from_a_previous_model_keeps_its_rows_on_a_grown_dataset(local_ray,
 
 
 def test_replay_keeps_every_new_edge_and_a_share_of_the_old():
-    from gnnrec.trainer.train import _replayed
+    from gnnrec.trainer.recipe import _replayed
     older = np.arange(100) % 4 != 0  # 25 new, 75 old
     for seed in range(3):
         visit = _replayed(older, 0.2, np.random.default_rng(seed))
@@ -268,13 +268,14 @@ def test_a_silent_worker_killed_for_memory_is_named_so(local_ray):
     """Ray's memory monitor kills the job's newest tasks together, TorchTrainer.fit's task among them:
     what `ray.get` of that task raises then names the cause in the job's failure."""
     import ray
-    from gnnrec.launch.job import _out_of_memory
+    from gnnrec.launch.job import Failure, _out_of_memory
 
     def oom():
         raise ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
     assert "the machine ran out of memory" in _out_of_memory(ray.remote(oom).remote())
     assert _out_of_memory(ray.remote(lambda: None).remote()) == ""
-    assert _out_of_memory(ray.remote(lambda: ("trainer rank 0 died", True)).remote()) == ""
+    assert _out_of_memory(ray.remote(lambda: Failure("trainer rank 0 died", True)).remote()) == ""
+    assert "ran out of memory" in _out_of_memory(ray.remote(lambda: Failure("... out of memory ...", True)).remote())
 
 
 def test_a_stuck_trainer_fails_the_job_within_the_health_timeout(local_ray, workdir, monkeypatch):

@@ -102,6 +102,16 @@ class BatchMaker:
                                          time_decay=self.time_decay, negatives=self.negatives,
                                          num_negatives=t.num_negatives)
 
+    def start_epoch(self, round_epoch: int) -> None:
+        """PinSage's curriculum: epoch n of a hard-negative round (0-based) adds n mined negatives."""
+        if isinstance(self.negatives, WithHard):
+            self.negatives.num_hard = round_epoch
+
+    @property
+    def num_hard(self) -> int:
+        """Mined negatives per positive in the current epoch (0 without train.hard_negatives)."""
+        return self.negatives.num_hard if isinstance(self.negatives, WithHard) else 0
+
     def epoch_order(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The positions of a trainer's pairs (users: their users) in the order an epoch visits them:
         shuffled; with train.sampler=cluster, cluster by cluster (samplers/subgraph.epoch_order)."""

@@ -28,6 +28,7 @@ import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -74,6 +75,12 @@ class TrainState:
 
     def write(self, checkpoint: Path) -> None:
         (Path(checkpoint) / "state.json").write_text(json.dumps(dataclasses.asdict(self)))
+
+
+class DenseState(NamedTuple):
+    """dense.pt: the dense weights (GNN layers, heads: a state dict) and their Adam state (None without)."""
+    model: dict
+    optimizer: dict | None = None
 
 
 def _barrier() -> None:
@@ -149,7 +156,7 @@ def _array(path: Path) -> np.ndarray:
         raise UserError(f"{path}: not a complete array file ({e})") from None
 
 
-def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: dict | None, rank: int, world: int,
+def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: DenseState | None, rank: int, world: int,
          keep: int = 2, protect: str | None = None) -> Path:
     """Write one checkpoint from every rank (all ranks call this at the same step). The `keep` newest
     checkpoints and the one named `protect` (the best so far) are kept, older ones removed."""
@@ -167,7 +174,7 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
             _write(tmp / f"adam-rank{rank}-{node_type}.npy", rows, list(sparse_opt.state[node_type]))
         _save_torch(torch.get_rng_state(), tmp / f"rng-rank{rank}.pt")
         if rank == 0:
-            _save_torch(dense, tmp / "dense.pt")
+            _save_torch(dense._asdict(), tmp / "dense.pt")
     except OSError as e:  # a full disk or quota: the user's to fix, and a restart would meet it again
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno not in OUTPUT_ERRORS:
@@ -190,7 +197,7 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: di
     return directory / name
 
 
-def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tuple[TrainState, dict | None]:
+def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tuple[TrainState, DenseState]:
     """Load a checkpoint into the distributed tables and the sparse optimizer (None: inference only; all
     ranks call this); return (state, dense) for the caller to load into its dense modules. Rank r restores
     the row files r, r + world, ...: a checkpoint written by a different number of trainers loads too."""
@@ -206,7 +213,7 @@ def restore(path: Path, tables: dict, sparse_opt, rank: int, world: int) -> tupl
     if own_rng.exists():
         torch.set_rng_state(_load(own_rng))
     _barrier()
-    return state, _load(path / "dense.pt")
+    return state, _dense(path)
 
 
 def _missing(path: Path) -> UserError:
@@ -226,6 +233,14 @@ def _load(path: Path):
         raise UserError(f"{path}: holds objects other than tensors and plain containers (not a gnnrec "
                         "checkpoint file, or an unsafe one): refusing to load it") from None
     except Exception as e:  # noqa: BLE001 - truncated, not a torch file: torch raises a different type for each
+        raise _damaged(path, e) from None
+
+
+def _dense(checkpoint: Path) -> DenseState:
+    path = checkpoint / "dense.pt"
+    try:
+        return DenseState(**_load(path))
+    except TypeError as e:  # a torch file of something else
         raise _damaged(path, e) from None
 
 
@@ -280,7 +295,7 @@ def neighbour_means(model_dir: Path, rows: dict, dataset, partitions) -> dict:
     return means
 
 
-def warm_start(tables: dict, model_dir: Path, rows: dict, means: dict, rank: int, world: int) -> dict:
+def warm_start(tables: dict, model_dir: Path, rows: dict, means: dict, rank: int, world: int) -> DenseState:
     """A previous model's ID rows into the distributed tables (rows: `init_rows`, -1 keeps the fresh row),
     then the new nodes' `neighbour_means` ({} for none); all ranks call this, each for its own share.
     Returns the previous model's dense state for the caller."""
@@ -299,7 +314,7 @@ def warm_start(tables: dict, model_dir: Path, rows: dict, means: dict, rank: int
             if mine.any():
                 table[torch.from_numpy(nodes[mine])] = values[torch.from_numpy(mine)]
     _barrier()
-    return _load(Path(model_dir) / "dense.pt")
+    return _dense(Path(model_dir))
 
 
 def load_model(path: Path, t, name: str, feature_dims: dict | None = None):
@@ -309,7 +324,7 @@ def load_model(path: Path, t, name: str, feature_dims: dict | None = None):
 
     model = Recommender(t, feature_dims)
     try:
-        model.load_state_dict(_load(Path(path) / "dense.pt")["model"])
+        model.load_state_dict(_dense(Path(path)).model)
         fits = TrainState.read(path).dim in (None, t.dim)  # None: written before checkpoints said
     except RuntimeError:  # another shape or another set of weights
         fits = False

@@ -38,7 +38,7 @@ def infer_stage(cfg) -> dict:
     i = cfg.infer
     trained, out = TrainOutput(cfg.path(i.checkpoint), "infer.checkpoint"), cfg.path(i.out)
     trained.model()  # weights that do not fit the config: refused here, before any worker starts
-    with model_job("infer", cfg, trained, out, infer_loop, {}) as tmp:
+    with model_job("infer", cfg, trained, out, infer_loop) as tmp:
         manifest = {"checkpoint": str(trained.path), "model": trained.config.train.model, "k": i.k,
                     "topk_users": i.users}
         for table in TABLES:
@@ -56,12 +56,13 @@ def infer_stage(cfg) -> dict:
 
 
 def infer_loop(config: dict) -> None:
-    with model_session(config) as (w, inference):
-        i, out = w.cfg.infer, Path(config["out"])
+    context = config["context"]
+    with model_session(context) as (w, inference):
+        i, out = w.cfg.infer, Path(context.out)
         final = inference.run(w.progress)
         if w.rank == 0:
             (out / "layer_seconds.json").write_text(json.dumps(inference.layer_seconds))
-        dataset = Dataset(config["dataset"])
+        dataset = Dataset(context.job.dataset)
         raw = {n: w.partitions.raw_ids(dataset, n) for n in NODE_TYPES}
         for node_type in NODE_TYPES:
             ids = inference.shares[node_type]

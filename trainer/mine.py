@@ -42,15 +42,16 @@ def mine_stage(cfg) -> dict:
     trained, out = TrainOutput(cfg.path(m.checkpoint), "mine.checkpoint"), cfg.path(m.out)
     trained.model()  # weights that do not fit the config: refused here, before any worker starts
     lo, hi = window_ranks(m.window, trained.dataset.num_items)
-    with model_job("mine", cfg, trained, out, mine_loop, {"window": [lo, hi]}) as tmp:
+    with model_job("mine", cfg, trained, out, mine_loop) as tmp:
         rows = sum(pq.read_metadata(f).num_rows for f in tmp.glob("part-*.parquet"))
     return {"out": str(out), "window": [lo, hi], "per_user": m.per_user, "negatives": rows}
 
 
 def mine_loop(config: dict) -> None:
-    lo, hi = config["window"]
-    with model_session(config) as (w, inference):
+    context = config["context"]
+    with model_session(context) as (w, inference):
         m = w.cfg.mine
+        lo, hi = window_ranks(m.window, w.graph.num_nodes("item"))
         final = inference.run(w.progress)
         dataset_user, dataset_item = (w.partitions.orig_nids(n) for n in NODE_TYPES)
         users = inference.shares["user"]
@@ -73,8 +74,8 @@ def mine_loop(config: dict) -> None:
                 "rank": (lo + slots[keep]).astype(np.int32)}))
         table = pa.concat_tables(parts) if parts else pa.table(
             {"user": pa.array([], pa.int64()), "item": pa.array([], pa.int64()), "rank": pa.array([], pa.int32())})
-        Path(config["out"]).mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, Path(config["out"]) / f"part-{w.rank:05d}.parquet")
+        Path(context.out).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, Path(context.out) / f"part-{w.rank:05d}.parquet")
 
 
 def draw_slots(users: np.ndarray, width: int, k: int, seed: int) -> np.ndarray:

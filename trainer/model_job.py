@@ -1,40 +1,49 @@
 """Jobs over a trained model (infer, mine): the partitions it was trained on served again, its ID tables
 restored into the servers, and layer-wise inference in one worker per trainer of the training job.
 
-    driver:  with model_job("infer", cfg, trained, out, infer_loop, {...}) as tmp:  ... finish tmp ...
-    worker:  with model_session(config) as (w, inference):  ... inference.run(w.progress) ...
+    driver:  with model_job("infer", cfg, trained, out, infer_loop) as tmp:  ... finish tmp ...
+    worker:  infer_loop(config): context = config["context"]  (launch/job.WorkerContext; its job: ModelArgs)
+             with model_session(context) as (w, inference):  ... inference.run(w.progress) ... context.out ...
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from gnnrec import atomic_dir
 from gnnrec.trainer.checkpoint import TrainOutput
 
 
+@dataclass
+class ModelArgs:
+    """What a job over a trained model hands its workers (WorkerContext.job): absolute paths, since a Ray
+    worker's working directory is not the driver's."""
+    trained: str  # the `gnnrec train` output
+    dataset: str  # its dataset
+
+
 @contextlib.contextmanager
-def model_job(kind: str, cfg, trained: TrainOutput, out: Path, loop, loop_config: dict):
+def model_job(kind: str, cfg, trained: TrainOutput, out: Path, loop):
     """Start (or attach to) Ray, serve the partitions `trained` was trained on, run `loop` in its workers
     writing into a temporary `out`, then yield that temporary directory for the caller to finish.
     `out` appears complete or not at all."""
     from gnnrec.launch.cluster import plan, ray_session
-    from gnnrec.launch.job import format_plan, run_workers
+    from gnnrec.launch.job import run_workers
 
     t = trained.config.train
     with ray_session(cfg.launch):
         job = plan(trained.partitions, t.trainers_per_partition, t.dim, t.use_gpu)
-        print(format_plan(job))
+        print(job.line())
         with atomic_dir(out) as tmp:
             run_workers(kind, cfg, trained.partitions, job, loop,
-                        {**loop_config, "out": str(tmp.resolve()), "trained": str(trained.path.resolve()),
-                         "dataset": str(trained.dataset.path.resolve())}, tmp)  # workers have another cwd
+                        ModelArgs(str(trained.path.resolve()), str(trained.dataset.path.resolve())), tmp)
             yield tmp
             cfg.save(tmp)
 
 
 @contextlib.contextmanager
-def model_session(config: dict):
+def model_session(context):
     """Worker side of model_job: a worker session (launch/job.py) with the model's ID tables restored
     into the servers, and a LayerwiseInference of its GNN (in eval mode)."""
     from gnnrec.launch.job import worker_session
@@ -42,9 +51,9 @@ def model_session(config: dict):
     from gnnrec.trainer.batches import node_inputs, time_decay
     from gnnrec.trainer.layerwise import LayerwiseInference
 
-    trained = TrainOutput(config["trained"])
+    trained = TrainOutput(context.job.trained)
     t = trained.config.train
-    with worker_session(config, t.dim, t.torch_threads, t.seed) as w:
+    with worker_session(context, t.dim, t.torch_threads, t.seed) as w:
         checkpoint.restore(trained.model_dir, w.tables, None, w.rank, w.world)
         model = trained.model(w.partitions).eval()
         yield w, LayerwiseInference(w.graph, model.gnn, w.tables, t, w.rank, w.world, w.cfg.infer.batch_size,

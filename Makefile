@@ -7,7 +7,7 @@ VENV   ?= $(HOME)/.cache/gnnrec/venv-$(KEY)
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: demo test bench install
+.PHONY: demo test bench docs install
 install: $(VENV)/.deps
 	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
 
@@ -30,3 +30,8 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sampling.py --threads 1
 	$(BIN)/python bench/partition.py --synthetic 1000000
+
+# docs/configuration.md from the config's pydantic models, docs/benchmarks.md from bench/results/*.json
+docs: install
+	$(BIN)/python -m gnnrec.launch.reference > docs/configuration.md
+	$(BIN)/python bench/report.py > docs/benchmarks.md

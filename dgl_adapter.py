@@ -113,12 +113,6 @@ def save_partition(directory, num_nodes: int, src: np.ndarray, dst: np.ndarray, 
                          {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feats.items()})
 
 
-def partition_graph_metis(graph_path, out, parts: int) -> None:
-    """DGL's own whole-graph path (the memory baseline for bench/partition.py)."""
-    _dgl().distributed.partition_graph(load_graph(graph_path), "gnnrec", parts, str(out), num_hops=1,
-                                       part_method="metis", balance_edges=True)
-
-
 # ---------------------------------------------------------------- DistDGL (servers and clients)
 
 def dist_env(role: str, ip_config, part_config, num_servers: int, num_clients: int, server_id: int = 0,
@@ -323,35 +317,6 @@ def dist_node_in_degrees(graph, node_type: str, ids: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     homo = graph.get_partition_book().map_to_homo_nid(torch.from_numpy(np.asarray(ids, np.int64)), node_type)
     return graph.in_degrees(homo).numpy().astype(np.int64)
-
-
-def heterograph(num_users: int, num_items: int, user: np.ndarray, item: np.ndarray):
-    """The user-item graph (both directions) in memory, edge ids = pair order (as save_graph writes)."""
-    dgl = _dgl()
-    u, i = torch.from_numpy(user), torch.from_numpy(item)
-    return dgl.heterograph({EDGE_TYPES["interacts"]: (u, i), EDGE_TYPES["interacted_by"]: (i, u)},
-                           num_nodes_dict={"user": num_users, "item": num_items})
-
-
-def neighbor_blocks(graph, seeds: dict[str, np.ndarray], fanouts: list[int], exclude_eids: dict | None = None):
-    """Raw DGL edge-batch neighbour sampling (dgl.dataloading.NeighborSampler.sample_blocks: per layer
-    sample_neighbors + to_block), the anchor of bench/sampling.py: (input_nodes, blocks)."""
-    dgl = _dgl()
-    sampler = dgl.dataloading.NeighborSampler(fanouts)
-    exclude = None if exclude_eids is None else {EDGE_TYPES[k]: torch.from_numpy(v) for k, v in exclude_eids.items()}
-    input_nodes, _, blocks = sampler.sample_blocks(graph, {t: torch.from_numpy(v) for t, v in seeds.items()},
-                                                   exclude_eids=exclude)
-    return input_nodes, blocks
-
-
-def pinsage_sampler(graph, num_traversals: int, termination_prob: float, num_walks: int, num_neighbors: int,
-                    node_type: str = "item"):
-    """dgl.sampling.PinSAGESampler over items (item -> user -> item), or over users (user -> item -> user);
-    call it with ids of that type (numpy)."""
-    dgl = _dgl()
-    sampler = dgl.sampling.PinSAGESampler(graph, node_type, "user" if node_type == "item" else "item", num_traversals,
-                                          termination_prob, num_walks, num_neighbors)
-    return lambda seeds: sampler(torch.from_numpy(np.asarray(seeds, np.int64)))
 
 
 # ---------------------------------------------------------------- distributed tensors (trainer/)

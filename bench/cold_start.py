@@ -5,7 +5,7 @@
 
 Holds `--held-out` random users (seed 0) out of the log, trains on the other users (ingest, partition,
 train; the key=value overrides apply), then gives each held-out user some of their items and measures
-Recall@20 on the rest of their history (`gnnrec.trainer.recommend.held_out_recall`) against the most
+Recall@20 on the rest of their history (`gnnrec.inference.recommend.held_out_recall`) against the most
 popular items'.
 
 - Gowalla (default): the Gowalla config (configs/gowalla_lightgcn.yaml); 1-5 random items of each
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
-from gnnrec.trainer.recommend import ColdStart, held_out_recall
+from gnnrec.inference.recommend import ColdStart, held_out_recall
 from models import own_outputs
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gowalla_lightgcn.yaml"

@@ -25,7 +25,7 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 INGEST = """
 import json, sys, time
 from gnnrec.launch.config import load_config
-from gnnrec.data.ingest import ingest
+from gnnrec.data.ingest import run as ingest
 cfg = load_config(None, sys.argv[1:])
 t = time.perf_counter()
 stats = ingest(cfg)
@@ -50,7 +50,7 @@ def main():
     args = p.parse_args()
 
     from gnnrec.launch.config import load_config
-    from gnnrec.data.synth import synth
+    from gnnrec.data.synth import run as synth
 
     results = {"import_rss_mb": float(python(BASELINE))}
     for edges in args.sizes:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from gnnrec import dgl_adapter
+from dgl_anchors import heterograph, neighbor_blocks, pinsage_sampler
 from gnnrec.samplers.negatives import Positives, UniformNegatives
 from gnnrec.samplers.neighbor import NeighborSampler
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods
@@ -67,8 +67,7 @@ def bench_neighbor(user, item, nu, ni, graph, args) -> dict:
     def run_dgl(eids):
         neg = negatives.sample(user[eids], item[eids], 1, rng)
         seeds = {"user": np.unique(user[eids]), "item": np.unique(np.concatenate([item[eids], neg.ravel()]))}
-        _, blocks = dgl_adapter.neighbor_blocks(graph, seeds, args.fanouts,
-                                                {"interacts": eids, "interacted_by": eids})
+        _, blocks = neighbor_blocks(graph, seeds, args.fanouts, {"interacts": eids, "interacted_by": eids})
         edges["dgl"][0] += sum(b.num_edges() for b in blocks)
         edges["dgl"][1] += 1
 
@@ -90,8 +89,8 @@ def bench_neighbor(user, item, nu, ni, graph, args) -> dict:
 def bench_pinsage(user, item, nu, ni, graph, args) -> dict:
     params = dict(num_traversals=3, termination_prob=0.5, num_walks=100, num_neighbors=10)
     ours = PinSageSampler(CSRNeighbors.from_edges(user, item, nu, ni), ni, **params)
-    dgl_sampler = dgl_adapter.pinsage_sampler(graph, params["num_traversals"], params["termination_prob"],
-                                              params["num_walks"], params["num_neighbors"])
+    dgl_sampler = pinsage_sampler(graph, params["num_traversals"], params["termination_prob"], params["num_walks"],
+                                  params["num_neighbors"])
     rng = np.random.default_rng(2)
     seconds = {"ours": 0.0, "dgl": 0.0}
     for k in range(args.pinsage_batches + 1):
@@ -111,8 +110,8 @@ def bench_random_walk(user, item, nu, ni, graph, args) -> dict:
     negatives = UniformNegatives(ni, Positives(user, item, ni))
     ours = RandomWalkSampler(CSRNeighborhoods.from_edges(user, item, nu, ni), 2, nu, ni, negatives=negatives,
                              num_negatives=1, **params)
-    dgl_samplers = {t: dgl_adapter.pinsage_sampler(graph, params["length"], params["restart_prob"], params["walks"],
-                                                   params["neighbors"], node_type=t) for t in ("user", "item")}
+    dgl_samplers = {t: pinsage_sampler(graph, params["length"], params["restart_prob"], params["walks"],
+                                       params["neighbors"], node_type=t) for t in ("user", "item")}
     order = np.random.default_rng(3).permutation(len(user))
     seconds, dst_nodes = {"ours": 0.0, "dgl": 0.0}, 0
     for k in range(args.walk_batches + 1):
@@ -153,7 +152,7 @@ def main():
         return 0
     torch.set_num_threads(args.threads)
     user, item, nu, ni = load(args.data)
-    graph = dgl_adapter.heterograph(nu, ni, user, item)
+    graph = heterograph(nu, ni, user, item)
     result = {"dataset": str(args.data), "users": nu, "items": ni, "edges": len(user), "threads": args.threads,
               "neighbor": bench_neighbor(user, item, nu, ni, graph, args),
               "pinsage": bench_pinsage(user, item, nu, ni, graph, args),

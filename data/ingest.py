@@ -26,6 +26,8 @@ import json
 import resource
 import time
 from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -248,15 +250,19 @@ def _select(edges: dict[str, np.ndarray], mask: np.ndarray, in_place: bool = Fal
     return edges
 
 
-def ingest(cfg) -> dict:
-    """Turn the Parquet inputs of `cfg.ingest` into a dataset directory; return its summary."""
-    t0 = time.perf_counter()
-    # Arrow's default mimalloc pool keeps freed decode buffers, so RSS would grow with the input size;
-    # the system pool, released after every batch, keeps it flat.
-    pa.set_memory_pool(pa.system_memory_pool())
-    ic, stats = cfg.ingest, Counter()
-    out = cfg.path(ic.out)
-    inter = ic.interactions
+class Splits(NamedTuple):
+    """The deduplicated edges by role (new ids) and the training graph's degrees."""
+    train: dict[str, np.ndarray]
+    val: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    social: dict[str, np.ndarray] | None
+    user_degree: np.ndarray
+    item_degree: np.ndarray
+
+
+def edge_sources(cfg, stats: Counter) -> dict[str, EdgeSource]:
+    """The Parquet edge inputs by role: interactions, test (split.method=test_file), social."""
+    ic, inter = cfg.ingest, cfg.ingest.interactions
     min_weight = None if inter.min_weight is None else (inter.min_weight, "ingest.interactions.min_weight")
     sources = {"interactions": EdgeSource("interactions", str(cfg.path(inter.path)),
                                           _edge_columns(inter, "ingest.interactions"), ic.nulls, stats, min_weight)}
@@ -267,9 +273,12 @@ def ingest(cfg) -> dict:
     if ic.social:
         sources["social"] = EdgeSource("social", str(cfg.path(ic.social.path)),
                                        _edge_columns(ic.social, "ingest.social"), ic.nulls, stats)
+    return sources
 
-    # Pass 1: validate everything and collect the distinct raw IDs of each node type.
-    users, items = IdCollector("user"), IdCollector("item")
+
+def id_maps(cfg, sources: dict[str, EdgeSource], stats: Counter) -> tuple[IdMap, IdMap]:
+    """Pass 1: validate every input and collect the distinct raw IDs of each node type (after the base's)."""
+    ic, users, items = cfg.ingest, IdCollector("user"), IdCollector("item")
     for name, source in sources.items():
         for arrays in source.batches(ic.batch_rows, first_pass=True):
             users.add(arrays["src"], source.path)
@@ -283,29 +292,27 @@ def ingest(cfg) -> dict:
         item_map = item_map.extended(base.raw_ids("item").combine_chunks(), f"ingest.base={ic.base} (items)")
         stats["new_users"] = user_map.size - base.num_users
         stats["new_items"] = item_map.size - base.num_items
-    nu, ni = user_map.size, item_map.size
+    return user_map, item_map
 
-    # Pass 2: new ids, then duplicates collapsed.
+
+def mapped_edges(sources: dict[str, EdgeSource], user_map: IdMap, item_map: IdMap, ic, stats: Counter) -> dict:
+    """Pass 2: each input's edges in new ids, social self-loops dropped, duplicates collapsed."""
     edges = {}
     for name, source in sources.items():
-        raw = read_edges(source, user_map, user_map if name == "social" else item_map, ic.batch_rows)
+        dst_map = user_map if name == "social" else item_map
+        raw = read_edges(source, user_map, dst_map, ic.batch_rows)
         if name == "social":
             loops = raw["src"] == raw["dst"]
             stats["social_self_loops_dropped"] = int(loops.sum())
             raw = {k: v[~loops] for k, v in raw.items()}
         before = len(raw["src"])
-        edges[name] = deduplicate(raw, nu if name == "social" else ni, ic.duplicate_weight, ic.duplicate_timestamp)
+        edges[name] = deduplicate(raw, dst_map.size, ic.duplicate_weight, ic.duplicate_timestamp)
         stats[f"{name}_duplicates_collapsed"] = before - len(edges[name]["src"])
-    if ic.min_user_degree or ic.min_item_degree:
-        user_map, item_map = keep_core(edges, user_map, item_map, ic, stats)
-        nu, ni = user_map.size, item_map.size
-    if "social" in edges:  # users the log never mentions join through the social graph: say how many
-        interacting = np.zeros(nu, bool)
-        for name in ("interactions", "test"):
-            interacting[edges[name]["src"] if name in edges else []] = True
-        stats["social_only_users"] = int(nu - interacting.sum())
+    return edges
 
-    # Splits: held-out edges leave the training graph.
+
+def split_edges(edges: dict, nu: int, ni: int, cfg, stats: Counter) -> Splits:
+    """Held-out edges leave the training graph; the social ties pass the overlap filter. Consumes `edges`."""
     train = edges.pop("interactions")
     codes = split_codes(train, nu, cfg)
     test = edges.pop("test", None)
@@ -325,46 +332,69 @@ def ingest(cfg) -> dict:
         stats["test_only_users"] = int(np.count_nonzero(deg_u[np.unique(test["src"])] == 0))
         stats["test_only_items"] = int(np.count_nonzero(deg_i[np.unique(test["dst"])] == 0))
     social = edges.get("social")
-    if social is not None and ic.social.min_overlap:
-        social = keep_overlapping(social, train, deg_u, ni, ic.social, stats)
+    if social is not None and cfg.ingest.social.min_overlap:
+        social = keep_overlapping(social, train, deg_u, ni, cfg.ingest.social, stats)
+    return Splits(train, val, test, social, deg_u, deg_i)
 
+
+def write_dataset(tmp: Path, cfg, splits: Splits, user_map: IdMap, item_map: IdMap, stats: Counter,
+                  t0: float) -> None:
+    """Every file of the dataset directory into `tmp`, and the summary into `stats`."""
+    ic, nu, ni, train, social = cfg.ingest, user_map.size, item_map.size, splits.train, splits.social
+    for sub in ("edges", "ids"):
+        (tmp / sub).mkdir()
+    split_sizes = {}
+    for split, part in zip(SPLITS, (train, splits.val, splits.test)):
+        split_sizes[split] = len(part["src"])
+        pq.write_table(pa.table({{"src": "user", "dst": "item"}.get(k, k): v for k, v in part.items()}),
+                       tmp / "edges" / f"{split}.parquet")
+    if social is not None:
+        pq.write_table(pa.table({"src": social["src"], "dst": social["dst"]}), tmp / "edges" / "social.parquet")
+    pq.write_table(user_map.table(), tmp / "ids" / "user.parquet")
+    pq.write_table(item_map.table(), tmp / "ids" / "item.parquet")
+    feature_dims = {}
+    for node_type, spec, id_map in (("user", ic.user_features, user_map), ("item", ic.item_features, item_map)):
+        if spec is not None:
+            feats = read_features(str(cfg.path(spec.path)), spec, id_map, node_type, ic.batch_rows, stats)
+            (tmp / "features").mkdir(exist_ok=True)
+            np.save(tmp / "features" / f"{node_type}.npy", feats)
+            feature_dims[node_type] = feats.shape[1]
+    edge_data = {k: v for k, v in train.items() if k not in ("src", "dst")}
+    dgl_adapter.save_graph(tmp / "graph.dgl", nu, ni, train["src"], train["dst"], edge_data,
+                           None if social is None else (social["src"], social["dst"]))
+    meta = {"format": FORMAT, "version": VERSION, "num_users": nu, "num_items": ni, "edges": split_sizes,
+            "social_edges": 0 if social is None else len(social["src"]), "edge_columns": list(edge_data),
+            "id_types": {"user": "int" if user_map.is_int else "str", "item": "int" if item_map.is_int else "str"},
+            "feature_dims": feature_dims}
+    deg_u, deg_i = splits.user_degree, splits.item_degree
+    stats.update({"users": nu, "items": ni, **{f"{k}_edges": v for k, v in split_sizes.items()},
+                  "social_edges": meta["social_edges"], "users_without_train_edges": int(np.count_nonzero(deg_u == 0)),
+                  "items_without_train_edges": int(np.count_nonzero(deg_i == 0)),
+                  "max_user_degree": int(deg_u.max(initial=0)), "max_item_degree": int(deg_i.max(initial=0)),
+                  "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)})
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "stats.json").write_text(json.dumps(dict(stats), indent=2))
+    cfg.save(tmp)
+
+
+def run(cfg) -> dict:
+    """Turn the Parquet inputs of `cfg.ingest` into a dataset directory; return its summary."""
+    t0 = time.perf_counter()
+    # Arrow's default mimalloc pool keeps freed decode buffers, so RSS would grow with the input size;
+    # the system pool, released after every batch, keeps it flat.
+    pa.set_memory_pool(pa.system_memory_pool())
+    ic, stats, out = cfg.ingest, Counter(), cfg.path(cfg.ingest.out)
+    sources = edge_sources(cfg, stats)
+    user_map, item_map = id_maps(cfg, sources, stats)
+    edges = mapped_edges(sources, user_map, item_map, ic, stats)
+    if ic.min_user_degree or ic.min_item_degree:
+        user_map, item_map = keep_core(edges, user_map, item_map, ic, stats)
+    if "social" in edges:  # users the log never mentions join through the social graph: say how many
+        interacting = np.zeros(user_map.size, bool)
+        for name in ("interactions", "test"):
+            interacting[edges[name]["src"] if name in edges else []] = True
+        stats["social_only_users"] = int(user_map.size - interacting.sum())
+    splits = split_edges(edges, user_map.size, item_map.size, cfg, stats)
     with atomic_dir(out) as tmp:
-        for sub in ("edges", "ids"):
-            (tmp / sub).mkdir()
-        split_sizes = {}
-        for split, part in zip(SPLITS, (train, val, test)):
-            split_sizes[split] = len(part["src"])
-            pq.write_table(pa.table({{"src": "user", "dst": "item"}.get(k, k): v for k, v in part.items()}),
-                           tmp / "edges" / f"{split}.parquet")
-        if social is not None:
-            pq.write_table(pa.table({"src": social["src"], "dst": social["dst"]}), tmp / "edges" / "social.parquet")
-        pq.write_table(user_map.table(), tmp / "ids" / "user.parquet")
-        pq.write_table(item_map.table(), tmp / "ids" / "item.parquet")
-
-        feature_dims = {}
-        for node_type, spec, id_map in (("user", ic.user_features, user_map), ("item", ic.item_features, item_map)):
-            if spec is not None:
-                feats = read_features(str(cfg.path(spec.path)), spec, id_map, node_type, ic.batch_rows, stats)
-                (tmp / "features").mkdir(exist_ok=True)
-                np.save(tmp / "features" / f"{node_type}.npy", feats)
-                feature_dims[node_type] = feats.shape[1]
-
-        edge_data = {k: v for k, v in train.items() if k not in ("src", "dst")}
-        dgl_adapter.save_graph(tmp / "graph.dgl", nu, ni, train["src"], train["dst"], edge_data,
-                               None if social is None else (social["src"], social["dst"]))
-        meta = {"format": FORMAT, "version": VERSION, "num_users": nu, "num_items": ni,
-                "edges": split_sizes, "social_edges": 0 if social is None else len(social["src"]),
-                "edge_columns": list(edge_data),
-                "id_types": {"user": "int" if user_map.is_int else "str", "item": "int" if item_map.is_int else "str"},
-                "feature_dims": feature_dims}
-        stats.update({"users": nu, "items": ni, **{f"{k}_edges": v for k, v in split_sizes.items()},
-                      "social_edges": meta["social_edges"],
-                      "users_without_train_edges": int(np.count_nonzero(deg_u == 0)),
-                      "items_without_train_edges": int(np.count_nonzero(deg_i == 0)),
-                      "max_user_degree": int(deg_u.max(initial=0)),
-                      "max_item_degree": int(deg_i.max(initial=0)),
-                      "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)})
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        (tmp / "stats.json").write_text(json.dumps(dict(stats), indent=2))
-        cfg.save(tmp)
+        write_dataset(tmp, cfg, splits, user_map, item_map, stats, t0)
     return {"out": str(out), **stats}

@@ -147,7 +147,7 @@ def _write_features(path, cfg, node_type: str, n: int) -> None:
             writer.write_table(table)
 
 
-def synth(cfg) -> dict:
+def run(cfg) -> dict:
     """Generate the synthetic log of `cfg.synth` into its `out` directory; return its manifest."""
     s = cfg.synth
     out = cfg.path(s.out)

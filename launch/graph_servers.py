@@ -25,6 +25,7 @@ import socket
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -140,9 +141,8 @@ class GraphServers:
         return [{"partition": i, "pid": pid, "ip": ip} for i, ((ip, _), pid) in enumerate(zip(self.addresses, self.pids))]
 
     @property
-    def client_info(self) -> dict:
-        """What a client needs to connect (picklable: pass it to Ray workers)."""
-        return {"env": self._env("client"), "ip_config_text": self.ip_config_text, "graph_name": self.graph_name}
+    def client_info(self) -> ClientInfo:
+        return ClientInfo(self._env("client"), self.ip_config_text, self.graph_name)
 
     def check(self) -> None:
         """Raise GraphServerDied if a server process died, or has not answered a ping for
@@ -194,9 +194,17 @@ def _job_part_config(part_config: Path) -> tuple[str, str, int]:
     return str(path), name, meta["num_parts"]
 
 
-def connect_client(info: dict):
+@dataclass(frozen=True)
+class ClientInfo:
+    """What a DistDGL client needs to connect to a job's graph servers (picklable: Ray workers get it)."""
+    env: dict[str, str]  # DistDGL's environment (dgl_adapter.dist_env)
+    ip_config_text: str  # the servers' addresses, in partition order
+    graph_name: str  # the job's own (its shared memory is named after it)
+
+
+def connect_client(info: ClientInfo):
     """Connect the calling process to the graph servers; return the DistGraph."""
     with tempfile.TemporaryDirectory(prefix="gnnrec-client-") as tmp:  # read once, at connect
         ip_config = Path(tmp) / "ip_config.txt"
-        ip_config.write_text(info["ip_config_text"])
-        return dgl_adapter.connect(dict(info["env"], DGL_IP_CONFIG=str(ip_config)), info["graph_name"])
+        ip_config.write_text(info.ip_config_text)
+        return dgl_adapter.connect(dict(info.env, DGL_IP_CONFIG=str(ip_config)), info.graph_name)

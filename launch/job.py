@@ -46,9 +46,9 @@ from gnnrec.launch.cluster import JobPlan
 class WorkerContext:
     """What every worker of a job receives: the config, the graph servers' client information, the
     partitions, the driver's heartbeat actor, the fail points to arm, the job's (temporary) output
-    directory, and `job`: the job kind's own arguments (trainer/train.TrainArgs, trainer/model_job.ModelArgs)."""
-    cfg: object
-    client: dict
+    directory, and `job`: the job kind's own arguments (trainer/recipe.TrainArgs, inference/model_job.ModelArgs)."""
+    cfg: object  # launch/config.Config
+    client: object  # launch/graph_servers.ClientInfo
     partitions: str
     heartbeats: object
     fail_points: str | None

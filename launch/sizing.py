@@ -49,21 +49,21 @@ def _curve(path) -> dict:
         raise UserError(f"plan.curve={path}: not a bench/scale.py result ({e})") from None
 
 
-def plan_stage(cfg) -> dict:
+def run(cfg) -> dict:
     """`gnnrec plan`: machines, partitions, memory per machine and hours per stage for `plan.edges` rows."""
-    p, t = cfg.plan, cfg.train
+    p, train_cfg = cfg.plan, cfg.train
     at = _curve(cfg.path(p.curve) if p.curve else CURVE)
     stages, data, scale = at["stages"], at["dataset"], p.edges / at["edges"]
     users, items = p.users or p.edges // 20, p.items or p.edges // 50
     nodes, train_edges = users + items, round(data["train_edges"] * scale)  # the curve's share after dedup + split
     k4 = stages["partition_k4_random_walk"]
     halo = k4["max_part_nodes"] * 4 / (data["users"] + data["items"]) - 1  # a part's nodes beyond its 1/K share
-    trainers, batch_rows = t.trainers_per_partition, t.batch_size * (2 + t.num_negatives)
+    trainers, batch_rows = train_cfg.trainers_per_partition, train_cfg.batch_size * (2 + train_cfg.num_negatives)
     budget = p.machine_memory_gb * 2**30
 
     def need(machines: int) -> int:
         part_nodes = min(nodes, math.ceil(nodes / machines * (1 + halo))) if machines > 1 else nodes
-        return machine_bytes(math.ceil(2 * train_edges / machines), part_nodes, t.dim, batch_rows, trainers)
+        return machine_bytes(math.ceil(2 * train_edges / machines), part_nodes, train_cfg.dim, batch_rows, trainers)
 
     machines = p.machines or next((k for k in range(1, 100_001) if need(k) <= budget), None)
     if machines is None or need(machines) > budget:

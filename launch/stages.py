@@ -1,7 +1,7 @@
 """The table of stages, from which the CLI, `gnnrec run` and the config's list of stage names are derived.
 
-Each stage is a plain function of the config returning a summary dict, imported when it runs (so
-`gnnrec --help` stays fast).
+Each stage is a module whose `run(cfg)` returns a summary dict, imported when it runs (so `gnnrec
+--help` stays fast).
 """
 from __future__ import annotations
 
@@ -14,27 +14,27 @@ from gnnrec import UserError
 
 class Stage(NamedTuple):
     name: str
-    function: str  # "module:function"
+    module: str  # its entry point is `run(cfg)`
     help: str
     needs_ray: bool = False
     in_pipeline: bool = True  # may be listed in run.stages (recommend takes a new user's items instead)
 
 
 STAGES = (
-    Stage("synth", "gnnrec.data.synth:synth",
+    Stage("synth", "gnnrec.data.synth",
           "generate a synthetic interaction log (power-law degrees, planted communities)"),
-    Stage("ingest", "gnnrec.data.ingest:ingest", "Parquet edge lists -> validated dataset (ID maps, dedup, splits, stats)"),
-    Stage("partition", "gnnrec.partition.stage:partition",
+    Stage("ingest", "gnnrec.data.ingest", "Parquet edge lists -> validated dataset (ID maps, dedup, splits, stats)"),
+    Stage("partition", "gnnrec.partition.stage",
           "dataset -> K partitions in DGL's format (metis, random, random-walk)"),
-    Stage("train", "gnnrec.trainer.train:train", "mini-batch training across Ray workers with DDP and DistDGL",
+    Stage("train", "gnnrec.trainer.train", "mini-batch training across Ray workers with DDP and DistDGL",
           needs_ray=True),
-    Stage("mine", "gnnrec.trainer.mine:mine_stage", "hard-negative mining from a checkpoint", needs_ray=True),
-    Stage("infer", "gnnrec.trainer.infer:infer_stage", "embeddings and top-K recommendations over the full catalog",
+    Stage("mine", "gnnrec.inference.mine", "hard-negative mining from a checkpoint", needs_ray=True),
+    Stage("infer", "gnnrec.inference.infer", "embeddings and top-K recommendations over the full catalog",
           needs_ray=True),
-    Stage("evaluate", "gnnrec.trainer.evaluate:evaluate_stage", "full-ranking metrics on held-out edges"),
-    Stage("plan", "gnnrec.launch.sizing:plan_stage",
+    Stage("evaluate", "gnnrec.inference.evaluate", "full-ranking metrics on held-out edges"),
+    Stage("plan", "gnnrec.launch.sizing",
           "machines, memory and hours of a job of plan.edges rows, before its data exists", in_pipeline=False),
-    Stage("recommend", "gnnrec.trainer.recommend:recommend_stage",
+    Stage("recommend", "gnnrec.inference.recommend",
           "cold start: top-K for a new user from a few of their items", in_pipeline=False),
 )
 BY_NAME = {s.name: s for s in STAGES}
@@ -45,8 +45,7 @@ HELP = {**{s.name: s.help for s in STAGES}, "run": "run the stages listed in run
 def run_stage(name: str, cfg) -> dict:
     if name not in BY_NAME:
         raise UserError(f"unknown stage '{name}'")
-    module, function = BY_NAME[name].function.split(":")
-    return getattr(importlib.import_module(module), function)(cfg)
+    return importlib.import_module(BY_NAME[name].module).run(cfg)
 
 
 def run(cfg, report=None) -> dict[str, dict]:

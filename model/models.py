@@ -302,15 +302,16 @@ class Recommender(nn.Module):
     contrast, negative_mixing); feature_dims: {node type: feature width} of the data (for train.inputs).
     `inputs` (FeatureInputs, None for ID rows only) turns a type's ID rows and features into its h0."""
 
-    def __init__(self, t, feature_dims: Optional[dict] = None):
+    def __init__(self, train_cfg, feature_dims: Optional[dict] = None):
         super().__init__()
-        if t.inputs != "id" and not feature_dims:
-            raise ValueError(f"train.inputs={t.inputs}: the data has no node features (ingest.item_features, "
+        if train_cfg.inputs != "id" and not feature_dims:
+            raise ValueError(f"train.inputs={train_cfg.inputs}: the data has no node features (ingest.item_features, "
                              "ingest.user_features)")
-        self.inputs = None if t.inputs == "id" else FeatureInputs(feature_dims, t.dim, use_id=t.inputs == "id+features")
-        self.gnn = build_model(t.model, t.dim, t.layers, t.model_options)
-        self.loss, self.loss_options, self.l2 = LOSSES[t.loss], t.loss_options, t.l2
-        self.contrast, self.negative_mixing = t.contrast, t.negative_mixing
+        self.inputs = None if train_cfg.inputs == "id" else FeatureInputs(
+            feature_dims, train_cfg.dim, use_id=train_cfg.inputs == "id+features")
+        self.gnn = build_model(train_cfg.model, train_cfg.dim, train_cfg.layers, train_cfg.model_options)
+        self.loss, self.loss_options, self.l2 = LOSSES[train_cfg.loss], train_cfg.loss_options, train_cfg.l2
+        self.contrast, self.negative_mixing = train_cfg.contrast, train_cfg.negative_mixing
 
     def forward(self, batch: Batch, h0: Tensor) -> Tensor:
         c = self.contrast
@@ -332,8 +333,10 @@ class Recommender(nn.Module):
         return loss
 
 
-def dense_optimizer(module: nn.Module, t) -> Optional[torch.optim.Optimizer]:
+def dense_optimizer(module: nn.Module, train_cfg) -> Optional[torch.optim.Optimizer]:
     """Adam over a module's dense weights (None when it has none) at train.dense_lr (null: train.lr),
     with train.dense_l2 as its weight decay."""
     params = list(module.parameters())
-    return torch.optim.Adam(params, lr=t.dense_lr or t.lr, weight_decay=t.dense_l2) if params else None
+    if not params:
+        return None
+    return torch.optim.Adam(params, lr=train_cfg.dense_lr or train_cfg.lr, weight_decay=train_cfg.dense_l2)

@@ -98,7 +98,7 @@ def write_clusters(out: Path, assignment: tuple[np.ndarray, np.ndarray]) -> None
         np.save(out / "clusters" / f"{node_type}.npy", cluster[np.load(out / "orig_nids" / f"{node_type}.npy")])
 
 
-def partition(cfg) -> dict:
+def run(cfg) -> dict:
     """Partition cfg.partition.dataset into cfg.partition.out; return the summary (also in partition_stats.json)."""
     t0 = time.perf_counter()
     p = cfg.partition

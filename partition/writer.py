@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -200,6 +201,102 @@ def _halo(layout: Layout, csrs: dict, p: int, inner: dict, halo_hops: int):
     return halo, halo_edges
 
 
+class PartNodes(NamedTuple):
+    """Partition p's nodes: inner nodes (dataset ids per type) from global id `start` on, then the halo
+    nodes in global-id order (`halo_homo`, with their type and part)."""
+    p: int
+    inner: dict[str, np.ndarray]
+    halo: dict[str, np.ndarray]
+    start: int
+    n_inner: int
+    halo_homo: np.ndarray
+    halo_type: np.ndarray
+    halo_part: np.ndarray
+
+    def local(self, layout: Layout, ntype: str, ids: np.ndarray) -> np.ndarray:
+        """Local node ids in the partition of nodes of `ntype` (dataset ids, inner or halo)."""
+        h = layout.node_homo(ntype, ids)
+        is_inner = layout.node_part[ntype][ids] == self.p
+        h[is_inner] -= self.start
+        h[~is_inner] = self.n_inner + np.searchsorted(self.halo_homo, h[~is_inner])
+        return h
+
+
+class PartEdges(NamedTuple):
+    """Partition p's edges in local order: endpoints (local node ids), global id, edge type id."""
+    src: np.ndarray
+    dst: np.ndarray
+    eid: np.ndarray
+    etype: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> PartEdges:
+        return cls(np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int32))
+
+
+def _part_nodes(layout: Layout, inner: dict, halo: dict, p: int) -> PartNodes:
+    """The nodes of partition p, halo nodes sorted by global id."""
+    n_inner = sum(len(v) for v in inner.values())
+    start = min(layout.node_homo_start[t][p] for t in layout.ntypes)
+    halo_homo = np.concatenate([layout.node_homo(t, halo[t]) for t in layout.ntypes])
+    halo_type = np.concatenate([np.full(len(halo[t]), layout.ntype_ids[t], np.int32) for t in layout.ntypes])
+    halo_part = np.concatenate([layout.node_part[t][halo[t]] for t in layout.ntypes]).astype(np.int64)
+    order = np.argsort(halo_homo)
+    return PartNodes(p, inner, halo, start, n_inner, halo_homo[order], halo_type[order], halo_part[order])
+
+
+def _fill_inner_edges(g, layout: Layout, et: tuple, csr_in: tuple, nodes: PartNodes, edges: PartEdges, o: int,
+                      orig_eids: Path) -> tuple[int, dict]:
+    """The inner edges of type `et` into `edges` from position `o` on, in in-CSR order, and their dataset
+    ids into `orig_eids`; the position after them and their data columns."""
+    ptr, sources, eids = csr_in
+    p, begin = nodes.p, o
+    typed_start = int(layout.edge_typed_start[et][p])
+    columns = [] if et[0] == et[2] else g.edge_columns  # user-user edges carry no data
+    feats = {c: [] for c in columns}
+    for rows in row_chunks(ptr, nodes.inner[et[2]]):
+        pos = csr.gather_rows(ptr, rows)
+        n = len(pos)
+        edges.src[o:o + n] = nodes.local(layout, et[0], np.asarray(sources[pos], np.int64))
+        edges.dst[o:o + n] = nodes.local(layout, et[2], csr.row_ids(ptr, rows))
+        orig = pos if eids is None else np.asarray(eids[pos], np.int64)
+        _write_npy_slice(orig_eids, typed_start + o - begin, orig)
+        for c in columns:
+            path = g.directory / f"edge_{c}.npy"
+            feats[c].append(csr.read_sorted(path, orig) if eids is None else np.load(path, mmap_mode="r")[orig])
+        o += n
+    edges.eid[begin:o] = layout.edge_homo_start[et][p] + np.arange(o - begin)
+    edges.etype[begin:o] = layout.etype_ids[et]
+    return o, {c: np.concatenate(feats[c]) if feats[c] else np.zeros(0) for c in columns}
+
+
+def _fill_halo_edges(layout: Layout, nodes: PartNodes, edges: PartEdges, halo_edges: list, new_ids,
+                     n_inner_edges: int) -> None:
+    """The halo edges into `edges` after the inner ones, by global id."""
+    o = n_inner_edges
+    for et, s, d, pos in sorted(halo_edges, key=lambda e: layout.etype_ids[e[0]]):
+        n = len(pos)
+        new, owner = new_ids[et][0][pos], new_ids[et][1][pos]
+        edges.src[o:o + n], edges.dst[o:o + n] = nodes.local(layout, et[0], s), nodes.local(layout, et[2], d)
+        edges.eid[o:o + n] = layout.edge_homo_start[et][owner] + new - layout.edge_typed_start[et][owner]
+        edges.etype[o:o + n] = layout.etype_ids[et]
+        o += n
+    if o > n_inner_edges:
+        order = n_inner_edges + np.argsort(edges.eid[n_inner_edges:], kind="stable")
+        for a in edges:
+            a[n_inner_edges:] = a[order]
+
+
+def _node_data(layout: Layout, nodes: PartNodes) -> dict[str, np.ndarray]:
+    """The partition graph's _ID, _TYPE, inner_node and part_id of its nodes in local order."""
+    n_inner, n_halo = nodes.n_inner, len(nodes.halo_homo)
+    inner_type = np.concatenate([np.full(len(nodes.inner[t]), layout.ntype_ids[t], np.int32) for t in layout.ntypes])
+    return {"_ID": np.r_[np.arange(nodes.start, nodes.start + n_inner, dtype=np.int64), nodes.halo_homo],
+            "_TYPE": np.r_[inner_type, nodes.halo_type],
+            "inner_node": np.r_[np.ones(n_inner, np.uint8), np.zeros(n_halo, np.uint8)],
+            "part_id": np.r_[np.full(n_inner, nodes.p, np.int64), nodes.halo_part]}
+
+
 def _write_one(g, layout: Layout, csrs: dict, p: int, halo_hops: int, new_ids, part_dir: Path, features,
                names, out) -> dict:
     """Build partition p into preallocated arrays, a chunk of destination rows at a time, and save it.
@@ -208,72 +305,24 @@ def _write_one(g, layout: Layout, csrs: dict, p: int, halo_hops: int, new_ids, p
     order: inner edges by global id (edge type, then in-CSR order), then halo edges by global id."""
     inner = {t: np.flatnonzero(layout.node_part[t] == p) for t in NODE_TYPES}
     halo, halo_edges = _halo(layout, csrs, p, inner, halo_hops)
-    n_inner = sum(len(v) for v in inner.values())
-    start = min(layout.node_homo_start[t][p] for t in layout.ntypes)
-    halo_homo = np.concatenate([layout.node_homo(t, halo[t]) for t in layout.ntypes])
-    halo_type = np.concatenate([np.full(len(halo[t]), layout.ntype_ids[t], np.int32) for t in layout.ntypes])
-    halo_part = np.concatenate([layout.node_part[t][halo[t]] for t in layout.ntypes]).astype(np.int64)
-    order = np.argsort(halo_homo)
-    halo_homo, halo_type, halo_part = halo_homo[order], halo_type[order], halo_part[order]
-    del order
-
-    def local(ntype, ids):
-        h = layout.node_homo(ntype, ids)
-        is_inner = layout.node_part[ntype][ids] == p
-        h[is_inner] -= start
-        h[~is_inner] = n_inner + np.searchsorted(halo_homo, h[~is_inner])
-        return h
-
+    nodes = _part_nodes(layout, inner, halo, p)
     n_inner_edges = int(sum(layout.edge_count[et][p] for et in layout.etypes))
     n_edges = n_inner_edges + sum(len(e[1]) for e in halo_edges)
-    src, dst = np.empty(n_edges, np.int64), np.empty(n_edges, np.int64)
-    eid, etype = np.empty(n_edges, np.int64), np.empty(n_edges, np.int32)
+    edges = PartEdges.empty(n_edges)
     edge_feats, edge_stats, o = {}, {}, 0
     for et in layout.etypes:  # etype-id order == global edge id order within the part
-        ptr, sources, eids = csrs[et]
         begin = o
-        typed_start = int(layout.edge_typed_start[et][p])
-        columns = [] if et[0] == et[2] else g.edge_columns  # user-user edges carry no data
-        feats = {c: [] for c in columns}
-        for rows in row_chunks(ptr, inner[et[2]]):
-            pos = csr.gather_rows(ptr, rows)
-            n = len(pos)
-            src[o:o + n] = local(et[0], np.asarray(sources[pos], np.int64))
-            dst[o:o + n] = local(et[2], csr.row_ids(ptr, rows))
-            orig = pos if eids is None else np.asarray(eids[pos], np.int64)
-            _write_npy_slice(out / "orig_eids" / f"{names[et]}.npy", typed_start + o - begin, orig)
-            for c in columns:
-                path = g.directory / f"edge_{c}.npy"
-                feats[c].append(csr.read_sorted(path, orig) if eids is None else np.load(path, mmap_mode="r")[orig])
-            o += n
-        eid[begin:o] = layout.edge_homo_start[et][p] + np.arange(o - begin)
-        etype[begin:o] = layout.etype_ids[et]
-        for c in columns:
-            edge_feats[f"{names[et]}/{c}"] = np.concatenate(feats[c]) if feats[c] else np.zeros(0)
-        del feats
+        o, columns = _fill_inner_edges(g, layout, et, csrs[et], nodes, edges, o, out / "orig_eids" / f"{names[et]}.npy")
+        edge_feats.update({f"{names[et]}/{c}": values for c, values in columns.items()})
         edge_stats[f"inner_edges_{et[1]}"] = o - begin
     assert o == n_inner_edges
-    for et, s, d, pos in sorted(halo_edges, key=lambda e: layout.etype_ids[e[0]]):
-        n = len(pos)
-        new, owner = new_ids[et][0][pos], new_ids[et][1][pos]
-        src[o:o + n], dst[o:o + n] = local(et[0], s), local(et[2], d)
-        eid[o:o + n] = layout.edge_homo_start[et][owner] + new - layout.edge_typed_start[et][owner]
-        etype[o:o + n] = layout.etype_ids[et]
-        o += n
-    if o > n_inner_edges:  # halo edges by global id
-        order = n_inner_edges + np.argsort(eid[n_inner_edges:], kind="stable")
-        for a in (src, dst, eid, etype):
-            a[n_inner_edges:] = a[order]
+    _fill_halo_edges(layout, nodes, edges, halo_edges, new_ids, n_inner_edges)
     inner_edge = np.zeros(n_edges, np.uint8)
     inner_edge[:n_inner_edges] = 1
-    num_nodes = n_inner + len(halo_homo)
-    inner_type = np.concatenate([np.full(len(inner[t]), layout.ntype_ids[t], np.int32) for t in layout.ntypes])
-    ndata = {"_ID": np.r_[np.arange(start, start + n_inner, dtype=np.int64), halo_homo],
-             "_TYPE": np.r_[inner_type, halo_type],
-             "inner_node": np.r_[np.ones(n_inner, np.uint8), np.zeros(len(halo_homo), np.uint8)],
-             "part_id": np.r_[np.full(n_inner, p, np.int64), halo_part]}
+    num_nodes = nodes.n_inner + len(nodes.halo_homo)
     node_feats = {f"{t}/feat": np.asarray(features[t][inner[t]]) for t in features}
-    dgl_adapter.save_partition(part_dir, num_nodes, src, dst, ndata, {"_ID": eid, "_TYPE": etype, "inner_edge": inner_edge},
+    dgl_adapter.save_partition(part_dir, num_nodes, edges.src, edges.dst, _node_data(layout, nodes),
+                               {"_ID": edges.eid, "_TYPE": edges.etype, "inner_edge": inner_edge},
                                node_feats, edge_feats)
     return {"part": p, "inner_users": len(inner["user"]), "inner_items": len(inner["item"]),
             "halo_users": len(halo["user"]), "halo_items": len(halo["item"]),

@@ -10,7 +10,7 @@ another order for another matrix shape). Runs on the device of U and I.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -40,6 +40,83 @@ def csr_rows(indptr: Tensor, indices: Tensor, rows: Tensor):
     return pos, indices[starts[pos] + offsets]
 
 
+class Cuts(NamedTuple):
+    """How top_k cuts the work: `shard` items a shard, `candidates` kept of each, `users` a chunk."""
+    shard: int
+    candidates: int
+    users: int
+
+
+def cuts(num_items: int, k: int, user_chunk: int, item_chunk: Optional[int], max_scores: int) -> Cuts:
+    """Shards of `item_chunk` items (one for the whole catalog by default), and chunks of fewer users
+    where `user_chunk` x a shard's items would exceed `max_scores`."""
+    shard = max(1, num_items if not item_chunk or item_chunk >= num_items else int(item_chunk))
+    return Cuts(shard, min(k, shard), max(1, min(user_chunk, max_scores // shard)))
+
+
+def user_chunks(U: Tensor, users: Optional[Tensor], chunk: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(user ids, their rows of U) per chunk of `chunk` users of `users` (default: every row of U)."""
+    device = U.device
+    n_users = U.shape[0] if users is None else users.numel()
+    users = None if users is None else users.to(device)
+    for start in range(0, n_users, chunk):
+        if users is None:  # contiguous rows: a view, no gather
+            end = min(start + chunk, n_users)
+            yield torch.arange(start, end, device=device), U[start:end]
+        else:
+            uc = users[start:start + chunk]
+            yield uc, U[uc]
+
+
+def shard_tops(Uc: Tensor, I: Tensor, buf: Tensor, excluded: Optional[tuple[Tensor, Tensor]],
+               cut: Cuts) -> tuple[list[Tensor], list[Tensor]]:
+    """(scores, item ids) of each shard's best candidates for the users of the rows Uc, scored in `buf`;
+    `excluded`: the (position in Uc, item) cells that score -inf."""
+    n, num_items, shard = Uc.shape[0], I.shape[0], cut.shard
+    if excluded is not None:
+        rows, cols = excluded
+    vals, ids = [], []
+    for s in range(0, num_items, shard):
+        Is = I[s:s + shard]
+        m = Is.shape[0]
+        scores = buf.view(-1)[:n * m].view(n, m)  # a contiguous [n, m] prefix of the buffer
+        torch.mm(Uc, Is.T, out=scores)
+        if excluded is not None:  # -inf into the excluded (row, item) cells, in place
+            r, c = rows, cols
+            if shard < num_items:
+                keep = (cols >= s) & (cols < s + m)
+                r, c = rows[keep], cols[keep] - s
+            scores.view(-1).index_fill_(0, r * m + c, float("-inf"))
+        v, i = torch.topk(scores, min(cut.candidates, m), dim=1, sorted=shard == num_items)
+        vals.append(v)
+        ids.append(i + s if s else i)
+    return vals, ids
+
+
+def merge_shards(vals: list[Tensor], ids: list[Tensor], k: int, U: Tensor, uc: Tensor) -> tuple[Tensor, Tensor]:
+    """(item ids, scores) of the best k of the shards' candidates, best first."""
+    n = uc.numel()
+    if not vals:  # empty catalog
+        return uc.new_empty(n, 0), U.new_empty(n, 0)
+    if len(vals) == 1:
+        return ids[0], vals[0]
+    cand_val, cand_ids = torch.cat(vals, 1), torch.cat(ids, 1)
+    val, pos = torch.topk(cand_val, min(k, cand_val.shape[1]), dim=1)
+    return cand_ids.gather(1, pos), val
+
+
+def k_columns(top: Tensor, val: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(item ids, float32 scores), k columns each: item -1 with score -inf where no item is left."""
+    n = top.shape[0]
+    top = top.masked_fill(torch.isneginf(val), -1)  # masked items: fewer than k candidates left
+    val = val.float()
+    if top.shape[1] < k:
+        pad = k - top.shape[1]
+        top = torch.cat([top, top.new_full((n, pad), -1)], 1)
+        val = torch.cat([val, val.new_full((n, pad), float("-inf"))], 1)
+    return top, val
+
+
 @torch.no_grad()
 def top_k(U: Tensor, I: Tensor, k: int, exclude=None, users: Optional[Tensor] = None,
           user_chunk: int = 4096, item_chunk: Optional[int] = None,
@@ -52,53 +129,13 @@ def top_k(U: Tensor, I: Tensor, k: int, exclude=None, users: Optional[Tensor] = 
     that many items and merge the shards' top k (the same lists, a [user_chunk, item_chunk] score buffer).
     Chunks hold fewer users where `user_chunk` x the shard's items would exceed `max_scores`.
     """
-    device, num_items = U.device, I.shape[0]
-    shard = max(1, num_items if not item_chunk or item_chunk >= num_items else int(item_chunk))
-    kk = min(k, shard)  # per-shard candidates
-    user_chunk = max(1, min(user_chunk, max_scores // shard))
-    excl = None if exclude is None else tuple(t.to(device) for t in to_csr(exclude, U.shape[0]))
+    cut = cuts(I.shape[0], k, user_chunk, item_chunk, max_scores)
+    excl = None if exclude is None else tuple(t.to(U.device) for t in to_csr(exclude, U.shape[0]))
     n_users = U.shape[0] if users is None else users.numel()
-    users = None if users is None else users.to(device)
     buf = None
-    for start in range(0, n_users, user_chunk):
-        if users is None:  # contiguous rows: a view, no gather
-            end = min(start + user_chunk, n_users)
-            uc, Uc = torch.arange(start, end, device=device), U[start:end]
-        else:
-            uc = users[start:start + user_chunk]
-            Uc = U[uc]
-        n = uc.numel()
+    for uc, Uc in user_chunks(U, users, cut.users):
         if buf is None:
-            buf = torch.empty(min(user_chunk, n_users), shard, dtype=torch.result_type(U, I), device=device)
-        if excl is not None:
-            rows, cols = csr_rows(*excl, uc)
-        vals, ids = [], []
-        for s in range(0, num_items, shard):
-            Is = I[s:s + shard]
-            m = Is.shape[0]
-            scores = buf.view(-1)[:n * m].view(n, m)  # a contiguous [n, m] prefix of the buffer
-            torch.mm(Uc, Is.T, out=scores)
-            if excl is not None:  # -inf into the excluded (row, item) cells, in place
-                r, c = rows, cols
-                if shard < num_items:
-                    keep = (cols >= s) & (cols < s + m)
-                    r, c = rows[keep], cols[keep] - s
-                scores.view(-1).index_fill_(0, r * m + c, float("-inf"))
-            v, i = torch.topk(scores, min(kk, m), dim=1, sorted=shard == num_items)
-            vals.append(v)
-            ids.append(i + s if s else i)
-        if not vals:  # empty catalog
-            val, top = U.new_empty(n, 0), uc.new_empty(n, 0)
-        elif len(vals) == 1:
-            val, top = vals[0], ids[0]
-        else:  # merge the shards' candidates
-            cand_val, cand_ids = torch.cat(vals, 1), torch.cat(ids, 1)
-            val, pos = torch.topk(cand_val, min(k, cand_val.shape[1]), dim=1)
-            top = cand_ids.gather(1, pos)
-        top = top.masked_fill(torch.isneginf(val), -1)  # masked items: fewer than k candidates left
-        val = val.float()
-        if top.shape[1] < k:
-            pad = k - top.shape[1]
-            top = torch.cat([top, top.new_full((n, pad), -1)], 1)
-            val = torch.cat([val, val.new_full((n, pad), float("-inf"))], 1)
+            buf = torch.empty(min(cut.users, n_users), cut.shard, dtype=torch.result_type(U, I), device=U.device)
+        vals, ids = shard_tops(Uc, I, buf, None if excl is None else csr_rows(*excl, uc), cut)
+        top, val = k_columns(*merge_shards(vals, ids, k, U, uc), k)
         yield uc, top, val

@@ -1,1 +1,1 @@
-"""Samplers: neighbour (GraphSAGE) and random-walk (PinSage) neighbourhoods, negatives; hard negatives are mined by trainer/mine.py."""
+"""Samplers: neighbour (GraphSAGE) and random-walk (PinSage) neighbourhoods, negatives; hard negatives are mined by inference/mine.py."""

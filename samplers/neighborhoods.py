@@ -92,10 +92,10 @@ class CSRNeighborhoods:
             counts[RELATIONS[relation][1]] += np.diff(np.asarray(indptr, np.int64))
         self.user_degree, self.item_degree = counts["user"], counts["item"]
 
-    @classmethod
     def remote_share(self) -> None:  # all local: not tracked
         return None
 
+    @classmethod
     def from_edges(cls, user: np.ndarray, item: np.ndarray, num_users: int, num_items: int,
                    social: tuple[np.ndarray, np.ndarray] | None = None,
                    timestamp: np.ndarray | None = None) -> "CSRNeighborhoods":

@@ -109,8 +109,8 @@ SMALL_SYNTH = ["synth.users=2000", "synth.items=1000", "synth.edges=60000", "syn
 @pytest.fixture(scope="session")
 def small_synth(tmp_path_factory):
     """One small synthetic run + its ingest (ratio split), shared by the read-only tests."""
-    from gnnrec.data.ingest import ingest
-    from gnnrec.data.synth import synth
+    from gnnrec.data.ingest import run as ingest
+    from gnnrec.data.synth import run as synth
     work = tmp_path_factory.mktemp("small")
     cfg = make_cfg(work, *SMALL_SYNTH)
     summary = synth(cfg)

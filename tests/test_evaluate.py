@@ -13,7 +13,8 @@ from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
 from gnnrec.model.models import Popularity, Recommender
 from gnnrec.ranking.metrics import evaluate
-from gnnrec.trainer.evaluate import evaluate_stage, input_embeddings, propagate_all
+from gnnrec.inference.evaluate import run as evaluate_stage
+from gnnrec.inference.trained import input_embeddings, propagate_all
 
 
 def test_embeddings_follow_partition_renumbering():

@@ -126,7 +126,7 @@ def test_servers_load_gnnrec_partitions(local_ray, tmp_path):
         graph = connect_client(info)
         counts = graph.num_nodes("user"), graph.num_nodes("item")
         steps = dist_sample_one(graph, users, "user", "interacts")
-        served = list(Path("/dev/shm").glob(f"*{info['graph_name']}*"))  # DistDGL shares the graph there
+        served = list(Path("/dev/shm").glob(f"*{info.graph_name}*"))  # DistDGL shares the graph there
         disconnect()
         return counts, steps, served
 

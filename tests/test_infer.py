@@ -13,10 +13,11 @@ import torch
 from gnnrec import UserError
 from gnnrec.launch.config import load_config
 from gnnrec.data.formats import Dataset
-from gnnrec.trainer.evaluate import TrainedModel, evaluate_stage
-from gnnrec.trainer.infer import infer_stage
-from gnnrec.trainer.mine import draw_slots, mine_stage, window_ranks
-from gnnrec.trainer.train import train
+from gnnrec.inference.evaluate import run as evaluate_stage
+from gnnrec.inference.trained import TrainedModel
+from gnnrec.inference.infer import run as infer_stage
+from gnnrec.inference.mine import draw_slots, run as mine_stage, window_ranks
+from gnnrec.trainer.train import run as train
 from conftest import partitioned_dataset, watch_processes
 
 K = 20

@@ -12,7 +12,7 @@ from gnnrec.launch import cli
 from gnnrec.launch.config import load_config
 from gnnrec.dgl_adapter import load_graph
 from gnnrec.data.formats import Dataset
-from gnnrec.data.ingest import ingest, shared_items
+from gnnrec.data.ingest import run as ingest, shared_items
 
 from conftest import (BARE, DATASETS, edge_cfg, leftovers, make_cfg, raw_pairs, read_ids, read_json,
                       read_split, write_parquet)
@@ -184,7 +184,7 @@ def test_string_ids_round_trip(tmp_path):
 
 
 def test_string_ids_from_synth_with_social_and_features(tmp_path):
-    from gnnrec.data.synth import synth
+    from gnnrec.data.synth import run as synth
     cfg = make_cfg(tmp_path, "synth.users=200", "synth.items=100", "synth.edges=3000", "synth.social_edges=300",
                    "synth.item_feature_dim=2", "synth.string_ids=true")
     synth(cfg)

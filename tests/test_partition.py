@@ -16,8 +16,8 @@ from gnnrec import UserError
 from gnnrec.launch.cli import main
 from gnnrec.launch.config import load_config
 from gnnrec.data.formats import Dataset
-from gnnrec.data.ingest import ingest
-from gnnrec.data.synth import synth
+from gnnrec.data.ingest import run as ingest
+from gnnrec.data.synth import run as synth
 
 METHODS = ("metis", "random", "random-walk")
 
@@ -51,7 +51,7 @@ _cache = {}
 @pytest.fixture
 def partitioned(dataset, request):
     """Partition once per (method, parts); the summary and output directory."""
-    from gnnrec.partition.stage import partition
+    from gnnrec.partition.stage import run as partition
     method, parts = request.param
     if (method, parts) not in _cache:
         out = dataset / f"parts-{method}-{parts}"
@@ -156,7 +156,7 @@ def test_id_maps_resolve_raw_ids_and_held_out_edges_follow_users(dataset, partit
 
 
 def test_halo_hops_two_adds_halo_edges(dataset):
-    from gnnrec.partition.stage import partition
+    from gnnrec.partition.stage import run as partition
     out = dataset / "parts-halo2"
     summary = partition(load_config(None, overrides(dataset, "random", 2, out, "partition.halo_hops=2")))
     one = _cache.get(("random", 2))
@@ -183,7 +183,7 @@ def test_halo_hops_two_adds_halo_edges(dataset):
 
 
 def test_random_walk_over_ray_workers(dataset):
-    from gnnrec.partition.stage import partition
+    from gnnrec.partition.stage import run as partition
     out = dataset / "parts-ray"
     summary = partition(load_config(None, overrides(dataset, "random-walk", 2, out, "partition.workers=2",
                                                     "partition.mmap=true")))
@@ -221,7 +221,7 @@ def test_clusters_are_saved_per_partition_id_and_keep_edges_inside(dataset, meth
     """partition.clusters: every node's cluster by partition id; most training edges stay inside a
     cluster (METIS and the random-walk partitioner; random hashing: about 1/8), so the ids line up."""
     from gnnrec.data.formats import Partitions
-    from gnnrec.partition.stage import partition
+    from gnnrec.partition.stage import run as partition
     out = dataset / f"clusters-{method}"
     summary = partition(load_config(None, overrides(dataset, method, 2, out, "partition.clusters=8")))
     parts, meta = Partitions(out), Dataset(dataset / "dataset").meta
@@ -244,7 +244,7 @@ def test_a_grown_dataset_keeps_the_base_parts_and_places_its_new_users_by_their_
     """partition.base: old users and items stay in their part; a new user joins the part of most of its
     items; DGL loads the result; a base with another number of parts is refused naming partition.base."""
     from gnnrec.data.formats import Partitions
-    from gnnrec.partition.stage import partition
+    from gnnrec.partition.stage import run as partition
     partition(load_config(None, overrides(dataset, "metis", 2, dataset / "p-base")))
     log = pq.read_table(dataset / "synth" / "interactions")
     new = []  # 3 new users, each with 6 rows of an existing user's
@@ -327,7 +327,7 @@ def test_crash_mid_write_leaves_no_partition_directory(dataset, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(writer.dgl_adapter, "save_partition", boom)
     with pytest.raises(RuntimeError):
-        stage.partition(load_config(None, overrides(dataset, "random", 2, out)))
+        stage.run(load_config(None, overrides(dataset, "random", 2, out)))
     assert not out.exists() and not list(dataset.glob(".crash-out.tmp-*"))
 
 

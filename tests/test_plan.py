@@ -147,7 +147,7 @@ def _curve(tmp_path, train_loop_edges_per_s=1000):
 
 def _plan(curve, *overrides):
     from gnnrec.launch.config import load_config
-    from gnnrec.launch.sizing import plan_stage
+    from gnnrec.launch.sizing import run as plan_stage
     return plan_stage(load_config(None, [f"plan.curve={curve}", "train.batch_size=8192", "train.num_negatives=4",
                                          "train.dim=64", *overrides]))
 

@@ -8,7 +8,7 @@ from gnnrec import UserError
 from gnnrec.launch import cli
 from gnnrec.launch.config import load_config
 from gnnrec.launch.stages import run
-from gnnrec.trainer.recommend import ColdStart, held_out_recall
+from gnnrec.inference.recommend import ColdStart, held_out_recall
 from conftest import BARE, write_parquet
 
 HELD_OUT = 60

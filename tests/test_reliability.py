@@ -195,7 +195,7 @@ def test_timestamps_of_any_unit_are_read_as_seconds_floored(tmp_path, unit, scal
     stamps = seconds * scale + (scale // 2 if scale > 1 else 0)  # half a second more: floored away
     path = write_parquet(tmp_path / "in.parquet", pa.table({
         "user_id": [1, 2, 3], "item_id": [7, 8, 9], "ts": pa.array(stamps, pa.timestamp(unit))}))
-    from gnnrec.data.ingest import ingest
+    from gnnrec.data.ingest import run as ingest
     ingest(edge_cfg(tmp_path, path, "split.ratios=[1.0, 0.0, 0.0]", timestamp="ts"))
     train = read_split(tmp_path / "dataset", "train")
     assert sorted(train["timestamp"]) == sorted(seconds)

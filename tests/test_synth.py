@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gnnrec.data.ingest import ingest
-from gnnrec.data.synth import item_community, scramble, synth, unscramble, user_community
+from gnnrec.data.ingest import run as ingest
+from gnnrec.data.synth import item_community, scramble, run as synth, unscramble, user_community
 
 from conftest import make_cfg, read_ids, read_json, read_split
 

@@ -14,13 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gnnrec import JobFailed, UserError
 from gnnrec.launch.cluster import loopback_interface
 from gnnrec.launch.config import load_config
 from gnnrec.launch.graph_servers import RUNS, GraphServerDied, reclaim
 from conftest import partitioned_dataset
-from gnnrec.trainer.train import train
+from gnnrec.trainer.train import run as train
 
 
 SHARED_MEMORY = Path("/dev/shm")  # where DistDGL's servers put the graph (Linux)
@@ -66,9 +67,10 @@ def test_init_from_a_previous_model_keeps_its_rows_on_a_grown_dataset(local_ray,
     at its old row (a step of lr 1e-9 leaves it there), a new user at its old items' mean, a new user or
     item with no old neighbour fresh; the dense weights carry over. A dataset that renumbered the old IDs is
     refused, naming train.init_from."""
-    from gnnrec.data.ingest import ingest
-    from gnnrec.partition.stage import partition
-    from gnnrec.trainer.checkpoint import TrainOutput, load_tables
+    from gnnrec.data.ingest import run as ingest
+    from gnnrec.partition.stage import run as partition
+    from gnnrec.inference.trained import TrainOutput
+    from gnnrec.trainer.checkpoint import load_tables
 
     one_step = ["train.model=gcn", "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=1",
                 "train.max_steps_per_epoch=1", "train.validate_split=none"]
@@ -130,12 +132,19 @@ def test_validation_early_stopping_and_resume(local_ray, workdir):
     best epoch's checkpoint, curves.png; a resumed run continues the step count where it stopped (its
     epoch cut at train.max_steps_per_epoch)."""
     cfg = _cfg(workdir, "train.model=lightgcn", "train.layers=2", "train.fanouts=[5, 5]", "train.epochs=2",
-               "train.out={workdir}/first")
+               "train.out={workdir}/first", "train.tensorboard=true")
     first = train(cfg)
     history = [json.loads(line) for line in (workdir / "first" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in history] == [0, 1] and all(0 < m["recall@20"] <= 1 for m in history)
     assert history[1]["recall@20"] > history[0]["recall@20"]  # it learns, as validation sees it
     assert (workdir / "first" / "curves.png").stat().st_size > 1000
+    board = EventAccumulator(str(workdir / "first" / "tensorboard"))  # train.tensorboard: the same numbers
+    board.Reload()
+    expected = {"loss": [m["loss"] for m in history], "ndcg@20": [m["ndcg@20"] for m in history],
+                "phases/forward": [m["phases"]["forward"] for m in history]}
+    for tag, values in expected.items():
+        assert [(e.step, e.value) for e in board.Scalars(tag)] == [(1, pytest.approx(values[0], rel=1e-6)),
+                                                                    (2, pytest.approx(values[1], rel=1e-6))]
     again = train(_cfg(workdir, "train.model=lightgcn", "train.layers=2", "train.fanouts=[5, 5]",
                        "train.epochs=3", "train.resume=true", "train.validate_users=20", "train.max_steps_per_epoch=2",
                        "train.out={workdir}/resumed"))

@@ -75,7 +75,7 @@ def _partition_edge_ranges(workdir) -> list[tuple[int, int]]:
 
 def test_two_partitions_two_trainers_each_on_two_hosts(two_hosts, workdir, server_addresses):
     from gnnrec.launch.cluster import start_ray
-    from gnnrec.trainer.train import train
+    from gnnrec.trainer.train import run as train
 
     cfg = load_config(None, [f"workdir={workdir}", f"launch.address={two_hosts.address}",
                              "train.trainers_per_partition=2", "train.record_visits=true",

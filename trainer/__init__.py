@@ -1,1 +1,2 @@
-"""The model stages: the training loop, checkpoints, layer-wise inference, infer, mine, evaluate, recommend."""
+"""Training: the stage's driver, the training recipe (the worker), batches, the row-wise sparse Adam,
+the checkpoint format and warm start, phases, curves."""

@@ -35,21 +35,22 @@ def node_inputs(model, graph):
     return inputs
 
 
-def time_decay(t, partitions) -> TimeDecay | None:
+def time_decay(train_cfg, partitions) -> TimeDecay | None:
     """`train.time_decay` per timestamp second (timestamps are seconds), from the partitions' newest
     training timestamp; None when off. A UserError when the training edges have no timestamps."""
-    if not t.time_decay.rate:
+    if not train_cfg.time_decay.rate:
         return None
-    if t.sampler in ("random_walk", "none"):
-        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: weighs the edges of sampled blocks, not "
-                        f"train.sampler={t.sampler}")
+    if train_cfg.sampler in ("random_walk", "none"):
+        raise UserError(f"train.time_decay.rate={train_cfg.time_decay.rate}: weighs the edges of sampled blocks, not "
+                        f"train.sampler={train_cfg.sampler}")
     if "newest_timestamp" not in partitions.stats:
-        raise UserError(f"train.time_decay.rate={t.time_decay.rate}: the training edges of {partitions.path} have "
-                        "no timestamps (ingest.interactions.timestamp_column, then partition again)")
-    return TimeDecay(t.time_decay.rate / SECONDS[t.time_decay.unit], partitions.stats["newest_timestamp"])
+        raise UserError(f"train.time_decay.rate={train_cfg.time_decay.rate}: the training edges of {partitions.path} "
+                        "have no timestamps (ingest.interactions.timestamp_column, then partition again)")
+    decay = train_cfg.time_decay
+    return TimeDecay(decay.rate / SECONDS[decay.unit], partitions.stats["newest_timestamp"])
 
 
-def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = False, clusters=None, **options):
+def block_sampler(train_cfg, graph, num_users: int, num_items: int, inference: bool = False, clusters=None, **options):
     """The block sampler `train.sampler` names, over a `Neighborhoods` graph: `train.fanouts` uniform
     neighbours per layer, random-walk blocks (`train.random_walk`; with `inference`, the sampler of
     layer-wise inference and evaluation: `inference_walks` walks per node), FastGCN's importance-sampled
@@ -57,20 +58,22 @@ def block_sampler(t, graph, num_users: int, num_items: int, inference: bool = Fa
     GraphSAINT's node-sampled subgraph (`train.saint`); with `inference`, the last three draw whole
     neighbourhoods. options: the sampler's negatives, num_negatives, exclude_batch_edges, time_decay
     (not random walks)."""
-    if t.sampler == "random_walk":
-        w = t.random_walk
+    if train_cfg.sampler == "random_walk":
+        w = train_cfg.random_walk
         walks = w.inference_walks if inference else w.walks
-        return RandomWalkSampler(graph, t.layers, num_users, num_items, walks=walks, length=w.length,
-                                 restart_prob=w.restart_prob, neighbors=w.neighbors, seed=t.seed, **options)
-    if t.sampler in ("node", "cluster", "saint") and inference:  # the exact layers the samples estimate
-        return NeighborSampler(graph, [-1] * t.layers, num_users, num_items, seed=t.seed, **options)
-    if t.sampler == "node":
-        return NodeSampler(graph, [t.node_sampling.nodes] * t.layers, num_users, num_items, seed=t.seed, **options)
-    if t.sampler == "cluster":
-        return ClusterSampler(graph, t.layers, num_users, num_items, clusters, seed=t.seed, **options)
-    if t.sampler == "saint":
-        return SaintSampler(graph, t.layers, num_users, num_items, t.saint.nodes, seed=t.seed, **options)
-    return NeighborSampler(graph, t.fanouts, num_users, num_items, seed=t.seed, **options)
+        return RandomWalkSampler(graph, train_cfg.layers, num_users, num_items, walks=walks, length=w.length,
+                                 restart_prob=w.restart_prob, neighbors=w.neighbors, seed=train_cfg.seed, **options)
+    if train_cfg.sampler in ("node", "cluster", "saint") and inference:  # the exact layers the samples estimate
+        return NeighborSampler(graph, [-1] * train_cfg.layers, num_users, num_items, seed=train_cfg.seed, **options)
+    if train_cfg.sampler == "node":
+        return NodeSampler(graph, [train_cfg.node_sampling.nodes] * train_cfg.layers, num_users, num_items,
+                           seed=train_cfg.seed, **options)
+    if train_cfg.sampler == "cluster":
+        return ClusterSampler(graph, train_cfg.layers, num_users, num_items, clusters, seed=train_cfg.seed, **options)
+    if train_cfg.sampler == "saint":
+        return SaintSampler(graph, train_cfg.layers, num_users, num_items, train_cfg.saint.nodes, seed=train_cfg.seed,
+                            **options)
+    return NeighborSampler(graph, train_cfg.fanouts, num_users, num_items, seed=train_cfg.seed, **options)
 
 
 class BatchMaker:
@@ -78,29 +81,30 @@ class BatchMaker:
 
     partitions: data/formats.Partitions (mined negatives are in dataset ids, the graph in partition ids)."""
 
-    def __init__(self, graph, t, partitions, hard_negatives=None, social: bool = False):
-        self.graph, self.t, self.phases = graph, t, Phases()
+    def __init__(self, graph, train_cfg, partitions, hard_negatives=None, social: bool = False):
+        self.graph, self.train_cfg, self.phases = graph, train_cfg, Phases()
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
-        if t.negatives == "popularity":
+        if train_cfg.negatives == "popularity":
             degree = dgl_adapter.dist_node_in_degrees(graph, "item", np.arange(self.num_items))
             self.negatives = NEGATIVES["popularity"](degree)
         else:
-            self.negatives = NEGATIVES[t.negatives](self.num_items)
+            self.negatives = NEGATIVES[train_cfg.negatives](self.num_items)
         if hard_negatives is not None:
             id_maps = (partitions.partition_ids("user"), partitions.partition_ids("item"))
             self.negatives = WithHard(self.negatives, HardNegatives(hard_negatives, self.num_users, self.num_items,
                                                                     id_maps=id_maps))
         self.sampler = self.neighborhoods = None
-        self.clusters = partitions.clusters() if t.sampler == "cluster" else None
+        self.clusters = partitions.clusters() if train_cfg.sampler == "cluster" else None
         self.num_clusters = partitions.stats.get("clusters", 0)
-        blocks = t.sampler != "none" and t.layers
-        self.time_decay = time_decay(t, partitions) if blocks else None
-        if blocks or t.exclude_positives:
+        blocks = train_cfg.sampler != "none" and train_cfg.layers
+        self.time_decay = time_decay(train_cfg, partitions) if blocks else None
+        if blocks or train_cfg.exclude_positives:
             self.neighborhoods = served(graph, social, times=self.time_decay is not None)
         if blocks:
-            self.sampler = block_sampler(t, self.neighborhoods, self.num_users, self.num_items, clusters=self.clusters,
+            self.sampler = block_sampler(train_cfg, self.neighborhoods, self.num_users, self.num_items,
+                                         clusters=self.clusters,
                                          time_decay=self.time_decay, negatives=self.negatives,
-                                         num_negatives=t.num_negatives)
+                                         num_negatives=train_cfg.num_negatives)
 
     def start_epoch(self, round_epoch: int) -> None:
         """PinSage's curriculum: epoch n of a hard-negative round (0-based) adds n mined negatives."""
@@ -121,7 +125,7 @@ class BatchMaker:
 
     def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
         """The batch of positive pairs (users[j], items[j])."""
-        if self.t.exclude_positives:
+        if self.train_cfg.exclude_positives:
             with self.phases("positives"):
                 their_users, their_items = self.neighborhoods.items_of(np.unique(users))
                 self.negatives.positives = Positives(their_users, their_items, self.num_items)
@@ -130,7 +134,7 @@ class BatchMaker:
             with self.phases("negatives and blocks"):
                 return self.sampler.sample(users, items)
         with self.phases("negatives"):
-            neg = self.negatives.sample(users, items, self.t.num_negatives, rng)
+            neg = self.negatives.sample(users, items, self.train_cfg.num_negatives, rng)
         nodes, inverse = np.unique(np.concatenate([users, self.num_users + items, self.num_users + neg.ravel()]),
                                    return_inverse=True)
         b = len(users)
@@ -141,4 +145,4 @@ class BatchMaker:
         """Batches of the pairs at each chunk's positions in (users, items), one random generator each,
         sampled `prefetch` ahead of the consumer in a background thread."""
         made = (self.make(users[c], items[c], rng) for c, rng in zip(chunks, rngs))
-        return Prefetcher(made, depth=self.t.prefetch) if self.t.prefetch else made
+        return Prefetcher(made, depth=self.train_cfg.prefetch) if self.train_cfg.prefetch else made

@@ -9,8 +9,8 @@
         rng-rank{r}.pt           rank r: torch's random state (dropout)
     {train.checkpoints}/latest   the name of the newest complete checkpoint
 
-`TrainState` is state.json; `TrainOutput` reads a `gnnrec train` output directory, whose model/ is one
-of these checkpoints.
+`TrainState` is state.json (inference/trained.TrainOutput reads a `gnnrec train` output directory,
+whose model/ is one of these checkpoints).
 
 Every rank writes into `step-N.tmp`; after a barrier rank 0 adds state.json, renames the directory and
 then points `latest` at it (temp file + rename), so a crash at any moment leaves the previous checkpoint
@@ -20,7 +20,6 @@ range `CHUNK_ROWS` rows at a time (at 100M edges a rank's rows and their Adam st
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import os
@@ -261,8 +260,8 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
             for node_type in NODE_TYPES}
 
 
-def init_rows(init: "TrainOutput", dataset, partitions, key: str) -> dict[str, np.ndarray]:
-    """train.init_from: per node type, the row of `init`'s tables that holds each partition id of
+def init_rows(init, dataset, partitions, key: str) -> dict[str, np.ndarray]:
+    """train.init_from (`init`: inference/trained.TrainOutput): per node type, the row of `init`'s tables that holds each partition id of
     `partitions` (the same dataset id), -1 for users and items `init`'s dataset did not have. UserError
     naming `key` unless `init`'s dataset is where this `dataset` started (ingest.base)."""
     rows = {}
@@ -317,63 +316,18 @@ def warm_start(tables: dict, model_dir: Path, rows: dict, means: dict, rank: int
     return _dense(Path(model_dir))
 
 
-def load_model(path: Path, t, name: str, feature_dims: dict | None = None):
+def load_model(path: Path, train_cfg, name: str, feature_dims: dict | None = None):
     """The Recommender of train config `t` (over features of `feature_dims`) with checkpoint `path`'s dense
     weights; UserError naming `name` when the checkpoint does not fit `t` (another model, layers or dim)."""
     from gnnrec.model.models import Recommender
 
-    model = Recommender(t, feature_dims)
+    model = Recommender(train_cfg, feature_dims)
     try:
         model.load_state_dict(_dense(Path(path)).model)
-        fits = TrainState.read(path).dim in (None, t.dim)  # None: written before checkpoints said
+        fits = TrainState.read(path).dim in (None, train_cfg.dim)  # None: written before checkpoints said
     except RuntimeError:  # another shape or another set of weights
         fits = False
     if not fits:
-        raise UserError(f"{name}: its weights do not fit train.model={t.model}, train.dim={t.dim} and the rest "
-                        f"of the config (a checkpoint of another model?)")
+        raise UserError(f"{name}: its weights do not fit train.model={train_cfg.model}, train.dim={train_cfg.dim} "
+                        "and the rest of the config (a checkpoint of another model?)")
     return model
-
-
-class TrainOutput:
-    """A `gnnrec train` output directory: config.yaml (the training config), model/ (the checkpoint the
-    run chose), metrics.jsonl, curves.png, ranks/. `key` names the config key that pointed here."""
-
-    def __init__(self, path, key: str = "checkpoint"):
-        from gnnrec.launch.config import load_config
-
-        self.path = Path(path)
-        self.model_dir = self.path / "model"
-        if not (self.model_dir / "state.json").exists() or not (self.path / "config.yaml").exists():
-            raise UserError(f"{key}={self.path}: not a training output (no model/ and config.yaml; run `gnnrec train`)")
-        self.config = load_config(self.path / "config.yaml")
-
-    @functools.cached_property
-    def partitions(self):
-        from gnnrec.data.formats import Partitions
-        return Partitions(self.config.path(self.config.train.partitions))
-
-    @functools.cached_property
-    def dataset(self):
-        from gnnrec.data.formats import Dataset
-        return Dataset(self.config.path(self.config.partition.dataset))
-
-    def model(self, partitions=None):
-        """The Recommender its config describes, with the dense weights; UserError if they do not fit.
-        `partitions`: its partitions where this process has them resolved (a Ray worker's working directory
-        is not the driver's, so the config's relative paths do not hold there)."""
-        stats = (partitions or self.partitions).stats
-        return load_model(self.model_dir, self.config.train, f"{self.path}", stats.get("feature_dims"))
-
-    def tables(self) -> dict[str, torch.Tensor]:
-        """The whole ID tables in partition ids, in this process; UserError if their dim is not the config's
-        or their rows are not the partitions' nodes (partitions made again after training)."""
-        tables = load_tables(self.model_dir)
-        if tables["user"].shape[1] != self.config.train.dim:
-            raise UserError(f"{self.path}: ID tables of dim {tables['user'].shape[1]}, config says "
-                            f"{self.config.train.dim}")
-        for node_type, table in tables.items():
-            nodes = len(self.partitions.orig_nids(node_type))
-            if len(table) != nodes:
-                raise UserError(f"{self.path}: a model of {len(table)} {node_type}s, its partitions "
-                                f"{self.partitions.path} have {nodes} (made again since it was trained? train again)")
-        return tables

@@ -26,6 +26,7 @@ import ray
 import torch
 from ray.train import report
 from ray.train.torch import prepare_model
+from torch.utils.tensorboard import SummaryWriter
 
 from gnnrec import UserError, dgl_adapter
 from gnnrec.data.ingest import peak_rss_mb
@@ -36,7 +37,7 @@ from gnnrec.ranking.metrics import sample_truth
 from gnnrec.trainer import checkpoint
 from gnnrec.trainer.batches import BatchMaker, node_inputs
 from gnnrec.trainer.checkpoint import DenseState, TrainState
-from gnnrec.trainer.layerwise import LayerwiseInference, sharded_metrics
+from gnnrec.inference.layerwise import LayerwiseInference, sharded_metrics
 from gnnrec.trainer.phases import Phases
 from gnnrec.trainer.row_adam import RowAdam
 
@@ -59,6 +60,7 @@ class TrainArgs:
     resume: bool  # from the latest checkpoint in `checkpoints`
     hard_negatives: str | None  # mined negatives of this round
     init_from: WarmStart | None
+    tensorboard: str | None = None  # the directory of rank 0's event files (train.tensorboard)
 
 
 def train_loop(config: dict) -> None:
@@ -70,6 +72,8 @@ def train_loop(config: dict) -> None:
         while recipe.state.epoch < train_cfg.epochs and not recipe.state.stopped:
             recipe.train_epoch()
         recipe.write_record()
+        if recipe.board is not None:
+            recipe.board.close()
 
 
 class TrainingRecipe:
@@ -87,6 +91,7 @@ class TrainingRecipe:
             w, self.module.gnn, self.train_cfg, self.batches, self.inputs)
         if args.hard_negatives is not None and self.state.hard_negatives != args.hard_negatives:  # a new round
             self.state.hard_negatives, self.state.round_start_epoch = args.hard_negatives, self.state.epoch
+        self.board = SummaryWriter(args.tensorboard) if args.tensorboard and w.rank == 0 else None
 
     def _setup_model(self) -> None:
         w, train_cfg = self.w, self.train_cfg
@@ -142,7 +147,8 @@ class TrainingRecipe:
         rngs = (np.random.default_rng([train_cfg.seed, epoch, rank, step]) for step in range(first, self.steps))
         self.batches.start_epoch(epoch - state.round_start_epoch)
         self.w.progress(f"epoch {epoch + 1}", first, self.steps, epoch=epoch)
-        for batch in self.phases.timed("wait for batch", self.batches.ahead(self.my_users, self.my_items, chunks, rngs)):
+        batches = self.batches.ahead(self.my_users, self.my_items, chunks, rngs)
+        for batch in self.phases.timed("wait for batch", batches):
             rows += self._step(batch, epoch)
         self._end_epoch(chunks, rows, time.perf_counter() - started)
 
@@ -197,6 +203,8 @@ class TrainingRecipe:
         if self.w.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        if self.board is not None:
+            _add_epoch(self.board, metrics)
         if train_cfg.record_visits:
             (self.out / "visits").mkdir(exist_ok=True)
             np.save(self.out / "visits" / f"rank{self.w.rank}_epoch{epoch}.npy", self.my_edges[np.concatenate(chunks)])
@@ -224,6 +232,18 @@ class TrainingRecipe:
              "losses": [m["loss"] for m in state.history], "param_checksum": checksum, "device": str(w.device),
              "node_ip": ray.util.get_node_ip_address(), "local_partition": int(w.graph.get_partition_book().partid),
              "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
+def _add_epoch(board: SummaryWriter, metrics: dict) -> None:
+    """An epoch's line of metrics.jsonl as TensorBoard scalars at step epoch + 1, a phase's seconds per
+    step as phases/<name>."""
+    for name, value in metrics.items():
+        if name == "phases":
+            for phase, seconds in value.items():
+                board.add_scalar(f"phases/{phase}", seconds, metrics["epoch"] + 1)
+        elif name not in ("epoch", "step"):
+            board.add_scalar(name, value, metrics["epoch"] + 1)
+    board.flush()
 
 
 def _agreed_steps(num_edges: int, batch_size: int) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gnnrec import JobFailed, UserError, atomic_dir, exclusive
 from gnnrec.data.formats import Dataset, Partitions
+from gnnrec.inference.trained import TrainOutput
 from gnnrec.launch.cluster import plan, ray_session
 from gnnrec.launch.job import Progress, run_workers
 from gnnrec.model.models import MODELS
@@ -32,47 +33,49 @@ from gnnrec.trainer.curves import plot_curves
 from gnnrec.trainer.recipe import TrainArgs, WarmStart, train_loop
 
 
-def train(cfg) -> dict:
+def run(cfg) -> dict:
     """The stage: validate, start (or attach to) Ray, plan, train; an embedded Ray is stopped after."""
-    t = cfg.train
-    if t.model not in MODELS or t.model == "popularity":
-        raise UserError(f"train.model={t.model}: unknown (trainable: {', '.join(m for m in MODELS if m != 'popularity')})")
-    partitions = Partitions(cfg.path(t.partitions))
+    train_cfg = cfg.train
+    if train_cfg.model not in MODELS or train_cfg.model == "popularity":
+        trainable = ", ".join(m for m in MODELS if m != "popularity")
+        raise UserError(f"train.model={train_cfg.model}: unknown (trainable: {trainable})")
+    partitions = Partitions(cfg.path(train_cfg.partitions))
     with ray_session(cfg.launch):
         return _train(cfg, partitions)
 
 
 def _train(cfg, partitions: Partitions) -> dict:
-    t = cfg.train
-    job = plan(partitions, t.trainers_per_partition, t.dim, t.use_gpu, t.batch_size * (2 + t.num_negatives))
+    train_cfg = cfg.train
+    job = plan(partitions, train_cfg.trainers_per_partition, train_cfg.dim, train_cfg.use_gpu,
+               train_cfg.batch_size * (2 + train_cfg.num_negatives))
     print(job.line())
-    out, checkpoints = cfg.path(t.out), cfg.path(t.checkpoints)
+    out, checkpoints = cfg.path(train_cfg.out), cfg.path(train_cfg.checkpoints)
     _check_inputs(cfg, partitions, checkpoints)
-    hard = str(cfg.path(t.hard_negatives).resolve()) if t.hard_negatives else None
+    hard = str(cfg.path(train_cfg.hard_negatives).resolve()) if train_cfg.hard_negatives else None
     init = _init_from(cfg, partitions)
     t0 = time.perf_counter()
-    with _fresh_checkpoints(checkpoints, keep=t.resume), atomic_dir(out) as tmp_dir:
+    with _fresh_checkpoints(checkpoints, keep=train_cfg.resume), atomic_dir(out) as tmp_dir:
         tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
-        seen = len(TrainState.read(checkpoint.latest(checkpoints)).history) if t.resume else 0  # not news
+        seen = len(TrainState.read(checkpoint.latest(checkpoints)).history) if train_cfg.resume else 0  # not news
         progress = Progress(tmp / "metrics.jsonl", seen)
-        for attempt in range(t.max_failures + 1):
-            args = TrainArgs(str(checkpoints.resolve()), t.resume or checkpoint.latest(checkpoints) is not None,
-                             hard, init)
+        for attempt in range(train_cfg.max_failures + 1):
+            args = TrainArgs(str(checkpoints.resolve()), train_cfg.resume or checkpoint.latest(checkpoints) is not None,
+                             hard, init, _tensorboard(cfg, tmp))
             try:
                 run_workers("train", cfg, partitions, job, train_loop, args, tmp, progress)
                 break
             except JobFailed as e:
-                if attempt == t.max_failures or not e.restartable:
+                if attempt == train_cfg.max_failures or not e.restartable:
                     raise
                 print(f"{e}\nrestarting from {checkpoint.latest(checkpoints) or 'the start'} "
-                      f"(restart {attempt + 1} of {t.max_failures})", flush=True)
+                      f"(restart {attempt + 1} of {train_cfg.max_failures})", flush=True)
         state, final = TrainState.read(checkpoint.latest(checkpoints)), checkpoint.best(checkpoints)
         shutil.copytree(final, tmp / "model", copy_function=os.link)
         cfg.save(tmp)
         plot_curves(state.history, tmp / "curves.png")
         ranks = [json.loads(p.read_text()) for p in sorted((tmp / "ranks").glob("rank*.json"))]
     last = state.history[-1] if state.history else {}
-    chosen = next((m for m in state.history if checkpoint.step_name(m["step"]) == final.name), last)  # the output's epoch
+    chosen = next((m for m in state.history if checkpoint.step_name(m["step"]) == final.name), last)  # output's epoch
     return {"out": str(out), **job.summary(), "epochs": state.epoch,
             "steps": state.global_step, "restarts": attempt, "model": final.name,
             "model_epoch": chosen.get("epoch", -1) + 1,
@@ -81,6 +84,14 @@ def _train(cfg, partitions: Partitions) -> dict:
             "final_loss": round(last.get("loss", float("nan")), 4),
             **{k: round(v, 4) for k, v in chosen.items() if k.startswith(("recall@", "ndcg@"))},
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _tensorboard(cfg, out: Path) -> str | None:
+    """train.tensorboard's directory, absolute (workers run elsewhere): true is beside metrics.jsonl."""
+    setting = cfg.train.tensorboard
+    if not setting:
+        return None
+    return str(out / "tensorboard" if setting is True else cfg.path(setting).resolve())
 
 
 @contextlib.contextmanager
@@ -108,43 +119,46 @@ def _fresh_checkpoints(checkpoints: Path, keep: bool):
 
 
 def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
-    t = cfg.train
-    if t.hard_negatives and not any(cfg.path(t.hard_negatives).glob("part-*.parquet")):
-        raise UserError(f"train.hard_negatives={t.hard_negatives}: no mined negatives there (run `gnnrec mine`)")
-    if t.resume and checkpoint.latest(checkpoints) is None:
+    train_cfg = cfg.train
+    if train_cfg.hard_negatives and not any(cfg.path(train_cfg.hard_negatives).glob("part-*.parquet")):
+        raise UserError(f"train.hard_negatives={train_cfg.hard_negatives}: no mined negatives there "
+                        "(run `gnnrec mine`)")
+    if train_cfg.resume and checkpoint.latest(checkpoints) is None:
         raise UserError(f"train.resume=true: no checkpoint in train.checkpoints={checkpoints}")
-    if t.resume:  # refused here: a worker failing on it would be restarted for nothing
+    if train_cfg.resume:  # refused here: a worker failing on it would be restarted for nothing
         checkpoint.best(checkpoints)  # a name in state.json that leads out of the checkpoints is refused
-        checkpoint.load_model(checkpoint.latest(checkpoints), t, f"train.resume=true: {checkpoint.latest(checkpoints)}",
-                              partitions.stats.get("feature_dims"))
-    time_decay(t, partitions)  # refused here, not in every worker
-    if t.sampler == "cluster":
+        latest = checkpoint.latest(checkpoints)
+        checkpoint.load_model(latest, train_cfg, f"train.resume=true: {latest}", partitions.stats.get("feature_dims"))
+    time_decay(train_cfg, partitions)  # refused here, not in every worker
+    if train_cfg.sampler == "cluster":
         partitions.clusters()
-    if t.inputs != "id" and not partitions.stats.get("feature_dims"):
-        raise UserError(f"train.inputs={t.inputs}: the partitions {partitions.path} have no node features "
+    if train_cfg.inputs != "id" and not partitions.stats.get("feature_dims"):
+        raise UserError(f"train.inputs={train_cfg.inputs}: the partitions {partitions.path} have no node features "
                         "(ingest.item_features or ingest.user_features, then partition again)")
-    if t.validate_split != "none" and not partitions.split_edges(t.validate_split):
-        raise UserError(f"train.validate_split={t.validate_split}: the partitions have no "
-                        f"{t.validate_split} edges (choose another split, or none)")
+    if train_cfg.validate_split != "none" and not partitions.split_edges(train_cfg.validate_split):
+        raise UserError(f"train.validate_split={train_cfg.validate_split}: the partitions have no "
+                        f"{train_cfg.validate_split} edges (choose another split, or none)")
 
 
 def _init_from(cfg, partitions: Partitions) -> WarmStart | None:
     """train.init_from, checked here (its weights fit this config, its ids are this dataset's first):
     its model directory, the rows of its tables for this job's (checkpoint.init_rows) and the new nodes'
     first rows (checkpoint.neighbour_means, with train.init_new_from_neighbours)."""
-    t = cfg.train
-    if not t.init_from:
-        if t.replay < 1:
-            raise UserError(f"train.replay={t.replay}: replays the edges a previous model saw (set train.init_from)")
+    train_cfg = cfg.train
+    if not train_cfg.init_from:
+        if train_cfg.replay < 1:
+            raise UserError(f"train.replay={train_cfg.replay}: replays the edges a previous model saw "
+                            "(set train.init_from)")
         return None
-    key = f"train.init_from={t.init_from}"
-    init = checkpoint.TrainOutput(cfg.path(t.init_from), key="train.init_from")
-    checkpoint.load_model(init.model_dir, t, key, partitions.stats.get("feature_dims"))
+    key = f"train.init_from={train_cfg.init_from}"
+    init = TrainOutput(cfg.path(train_cfg.init_from), key="train.init_from")
+    checkpoint.load_model(init.model_dir, train_cfg, key, partitions.stats.get("feature_dims"))
     dataset = Dataset(cfg.path(cfg.partition.dataset))
     rows = checkpoint.init_rows(init, dataset, partitions, key)
-    means = checkpoint.neighbour_means(init.model_dir, rows, dataset, partitions) if t.init_new_from_neighbours else {}
+    means = (checkpoint.neighbour_means(init.model_dir, rows, dataset, partitions)
+             if train_cfg.init_new_from_neighbours else {})
     since = init.partitions.stats.get("newest_timestamp")
-    if t.replay < 1 and (since is None or "newest_timestamp" not in partitions.stats):
-        raise UserError(f"train.replay={t.replay}: tells new edges from old by their timestamps, and {key} or "
+    if train_cfg.replay < 1 and (since is None or "newest_timestamp" not in partitions.stats):
+        raise UserError(f"train.replay={train_cfg.replay}: tells new edges from old by their timestamps, and {key} or "
                         f"{partitions.path} has none (ingest.interactions.timestamp_column)")
     return WarmStart(str(init.model_dir.resolve()), rows, means, since)

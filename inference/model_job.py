@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gnnrec import atomic_dir
-from gnnrec.trainer.checkpoint import TrainOutput
+from gnnrec.inference.trained import TrainOutput
 
 
 @dataclass
@@ -31,9 +31,9 @@ def model_job(kind: str, cfg, trained: TrainOutput, out: Path, loop):
     from gnnrec.launch.cluster import plan, ray_session
     from gnnrec.launch.job import run_workers
 
-    t = trained.config.train
+    train_cfg = trained.config.train
     with ray_session(cfg.launch):
-        job = plan(trained.partitions, t.trainers_per_partition, t.dim, t.use_gpu)
+        job = plan(trained.partitions, train_cfg.trainers_per_partition, train_cfg.dim, train_cfg.use_gpu)
         print(job.line())
         with atomic_dir(out) as tmp:
             run_workers(kind, cfg, trained.partitions, job, loop,
@@ -49,12 +49,12 @@ def model_session(context):
     from gnnrec.launch.job import worker_session
     from gnnrec.trainer import checkpoint
     from gnnrec.trainer.batches import node_inputs, time_decay
-    from gnnrec.trainer.layerwise import LayerwiseInference
+    from gnnrec.inference.layerwise import LayerwiseInference
 
     trained = TrainOutput(context.job.trained)
-    t = trained.config.train
-    with worker_session(context, t.dim, t.torch_threads, t.seed) as w:
+    train_cfg = trained.config.train
+    with worker_session(context, train_cfg.dim, train_cfg.torch_threads, train_cfg.seed) as w:
         checkpoint.restore(trained.model_dir, w.tables, None, w.rank, w.world)
         model = trained.model(w.partitions).eval()
-        yield w, LayerwiseInference(w.graph, model.gnn, w.tables, t, w.rank, w.world, w.cfg.infer.batch_size,
-                                    time_decay=time_decay(t, w.partitions), inputs=node_inputs(model, w.graph))
+        yield w, LayerwiseInference(w.graph, model.gnn, w.tables, train_cfg, w.rank, w.world, w.cfg.infer.batch_size,
+                                    time_decay=time_decay(train_cfg, w.partitions), inputs=node_inputs(model, w.graph))

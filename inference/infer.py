@@ -2,7 +2,7 @@
 
 From a `gnnrec train` output and the partitions it was trained on: graph servers serve the partitions,
 one worker per trainer of the training job restores the ID tables into them, runs layer-wise inference
-(trainer/layerwise.py: layer by layer over whole neighbourhoods, intermediate layers in distributed
+(inference/layerwise.py: layer by layer over whole neighbourhoods, intermediate layers in distributed
 tensors) and writes its share of the nodes — its own partition's first:
 
     {infer.out}/users/part-{r}.parquet   id (raw), embedding (fixed-size list of float32)
@@ -27,14 +27,14 @@ from gnnrec import NODE_TYPES
 from gnnrec.data.formats import Dataset
 from gnnrec.ranking.metrics import sample_users
 from gnnrec.ranking.topk import top_k
-from gnnrec.trainer.checkpoint import TrainOutput
-from gnnrec.trainer.layerwise import known_items
-from gnnrec.trainer.model_job import model_job, model_session
+from gnnrec.inference.trained import TrainOutput
+from gnnrec.inference.layerwise import known_items
+from gnnrec.inference.model_job import model_job, model_session
 
 TABLES = ("users", "items", "topk")
 
 
-def infer_stage(cfg) -> dict:
+def run(cfg) -> dict:
     i = cfg.infer
     trained, out = TrainOutput(cfg.path(i.checkpoint), "infer.checkpoint"), cfg.path(i.out)
     trained.model()  # weights that do not fit the config: refused here, before any worker starts

@@ -1,7 +1,7 @@
 """The mine stage: hard negatives from a trained model, a stage of its own between training rounds.
 
 For every user with training items, the model ranks the whole catalog with the user's training items
-masked (layer-wise inference, then chunked scoring: trainer/layerwise.py, ranking/topk.py), and
+masked (layer-wise inference, then chunked scoring: inference/layerwise.py, ranking/topk.py), and
 `mine.per_user` items are drawn without replacement from ranks [lo, hi] of that ranking (0 = top;
 PinSage used ranks 2000-5000 of 3B items). A window value below 1 is a fraction of the catalog. The
 draw for a user depends only on (mine.seed, the user's dataset id): the same file for any number of
@@ -24,9 +24,9 @@ import torch
 from gnnrec import NODE_TYPES, UserError
 from gnnrec.arrays import splitmix64
 from gnnrec.ranking.topk import top_k
-from gnnrec.trainer.checkpoint import TrainOutput
-from gnnrec.trainer.layerwise import known_items
-from gnnrec.trainer.model_job import model_job, model_session
+from gnnrec.inference.trained import TrainOutput
+from gnnrec.inference.layerwise import known_items
+from gnnrec.inference.model_job import model_job, model_session
 
 
 def window_ranks(window, num_items: int) -> tuple[int, int]:
@@ -37,7 +37,7 @@ def window_ranks(window, num_items: int) -> tuple[int, int]:
     return lo, hi
 
 
-def mine_stage(cfg) -> dict:
+def run(cfg) -> dict:
     m = cfg.mine
     trained, out = TrainOutput(cfg.path(m.checkpoint), "mine.checkpoint"), cfg.path(m.out)
     trained.model()  # weights that do not fit the config: refused here, before any worker starts

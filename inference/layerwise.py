@@ -30,7 +30,7 @@ from gnnrec.trainer.batches import block_sampler
 class LayerwiseInference:
     """Final representations of all nodes in distributed tensors `self.final[node type]`.
 
-    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistTensor}; t: the
+    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistTensor}; train_cfg: the
     training config (the blocks it trained on: train.sampler); neighborhoods: the graph back-end
     (default: this machine's partition from local memory, the rest through the servers); time_decay:
     the edge weights it trained with (trainer/batches.time_decay); inputs: the model's h0 from ID rows and
@@ -39,23 +39,23 @@ class LayerwiseInference:
     The distributed tensors are created once (collectively, by every trainer) and reused per call.
     """
 
-    def __init__(self, graph, gnn, tables: dict, t, rank: int, world: int, batch_size: int = 4096,
+    def __init__(self, graph, gnn, tables: dict, train_cfg, rank: int, world: int, batch_size: int = 4096,
                  neighborhoods=None, time_decay=None, inputs=None):
         self.graph, self.gnn, self.batch_size, self.tables, self.inputs = graph, gnn, batch_size, tables, inputs
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
         neighborhoods = neighborhoods or served(graph, uses_social(gnn), times=time_decay is not None)
-        self.sampler = block_sampler(t, neighborhoods, self.num_users, self.num_items, inference=True,
+        self.sampler = block_sampler(train_cfg, neighborhoods, self.num_users, self.num_items, inference=True,
                                      time_decay=time_decay)
-        self.shares = {t: dgl_adapter.dist_node_split(graph, t, rank, world) for t in NODE_TYPES}
+        self.shares = {n: dgl_adapter.dist_node_split(graph, n, rank, world) for n in NODE_TYPES}
         dim = tables["user"].shape[1]
         num_layers = len(gnn.convs)
         with torch.no_grad():
             out_dim = gnn.output([torch.zeros(1, dim)] * (num_layers + 1)).shape[1]
-        self.layers = [{t: tables[t] if inputs is None else dgl_adapter.dist_tensor(graph, t, dim, f"layer0_{t}")
-                        for t in NODE_TYPES}] + [
-            {t: dgl_adapter.dist_tensor(graph, t, dim, f"layer{l}_{t}") for t in NODE_TYPES}
+        self.layers = [{n: tables[n] if inputs is None else dgl_adapter.dist_tensor(graph, n, dim, f"layer0_{n}")
+                        for n in NODE_TYPES}] + [
+            {n: dgl_adapter.dist_tensor(graph, n, dim, f"layer{l}_{n}") for n in NODE_TYPES}
             for l in range(1, num_layers + 1)]
-        self.final = {t: dgl_adapter.dist_tensor(graph, t, out_dim, f"final_{t}") for t in NODE_TYPES}
+        self.final = {n: dgl_adapter.dist_tensor(graph, n, out_dim, f"final_{n}") for n in NODE_TYPES}
 
     def _rows(self, layer: dict, nodes: np.ndarray) -> torch.Tensor:
         """Rows of homogeneous node ids (users, then items offset by num_users) from a layer's tensors."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gnnrec import UserError
-from gnnrec.trainer.evaluate import TrainedModel, propagate_all
+from gnnrec.inference.trained import TrainedModel, propagate_all
 from gnnrec.ranking.topk import top_k
 
 
@@ -42,8 +42,8 @@ class ColdStart:
         self.user_features = trained.dataset.features("user") if "user" in dims else None
         self.similar_users = similar_users
         self.time_decay, self.timestamp = trained.time_decay, trained.timestamp
-        self.t = trained.config.train
-        self.num_layers = self.t.layers
+        self.train_cfg = trained.config.train
+        self.num_layers = self.train_cfg.layers
         self.num_users, self.num_items = trained.dataset.num_users, trained.dataset.num_items
         self.raw_items = trained.dataset.raw_ids("item")
 
@@ -100,7 +100,7 @@ class ColdStart:
         timestamp = None if self.time_decay is None else np.concatenate(  # the new users' items: now
             [self.timestamp, np.full(len(new_items), self.time_decay.newest)])
         h = propagate_all(self.model, h0, torch.cat([self.train[0], new_users]), torch.cat([self.train[1], new_items]),
-                          nu + n, self.num_layers, self.social, self.t, timestamp, self.time_decay)
+                          nu + n, self.num_layers, self.social, self.train_cfg, timestamp, self.time_decay)
         given = torch.stack([new_users - nu, new_items])
         (_, items, scores), = top_k(h[nu:nu + n], h[nu + n:], k, given, user_chunk=max(n, 1))
         return items.numpy(), scores.numpy()
@@ -133,7 +133,7 @@ def held_out_recall(cold: ColdStart, histories, k: int = 20, seed: int = 0, feat
     return {"users": len(shown), "k": k, "recall": recall(top.tolist()), "popularity_recall": recall(by_popularity)}
 
 
-def recommend_stage(cfg) -> dict:
+def run(cfg) -> dict:
     r = cfg.recommend
     if not r.items and not r.features:
         raise UserError("recommend.items: give the new user's items (--items a,b,c) or features (recommend.features)")

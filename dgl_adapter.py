@@ -1,6 +1,6 @@
 """The one place that imports dgl (DGL is frozen at 2.1.0; keep the rest of gnnrec engine-agnostic).
 
-Node types are `user` and `item`; edge types are named by EDGE_TYPES.
+Node types are `user` and `item`; edge types are gnnrec/relations.py's (EDGE_TYPES: their canonical form).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from gnnrec.arrays import group_by
+from gnnrec.relations import RELATIONS, canonical
 
 # DistDGL's RPC client is not thread-safe (two threads take each other's replies: KeyError in recv_responses):
 # every call to the servers holds this lock, so a sampler thread and the training thread share one client.
@@ -31,12 +32,7 @@ def _serialized(fn):
             return fn(*args, **kwargs)
     return call
 
-EDGE_TYPES = {
-    "interacts": ("user", "interacts", "item"),
-    "interacted_by": ("item", "interacted_by", "user"),
-    "follows": ("user", "follows", "user"),
-    "followed_by": ("user", "followed_by", "user"),  # the reverse of follows (partitions only)
-}
+EDGE_TYPES = {relation: canonical(relation) for relation in RELATIONS}
 INTERACTS = EDGE_TYPES["interacts"]
 
 

@@ -32,7 +32,7 @@ from dgl_anchors import heterograph, neighbor_blocks, pinsage_sampler
 from gnnrec.samplers.negatives import Positives, UniformNegatives
 from gnnrec.samplers.neighbor import NeighborSampler
 from gnnrec.samplers.neighborhoods import CSRNeighborhoods
-from gnnrec.samplers.pinsage import CSRNeighbors, PinSageSampler
+from gnnrec.samplers.pinsage import PinSageSampler
 from gnnrec.samplers.random_walk import RandomWalkSampler
 
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla" / "train.parquet"
@@ -88,7 +88,7 @@ def bench_neighbor(user, item, nu, ni, graph, args) -> dict:
 
 def bench_pinsage(user, item, nu, ni, graph, args) -> dict:
     params = dict(num_traversals=3, termination_prob=0.5, num_walks=100, num_neighbors=10)
-    ours = PinSageSampler(CSRNeighbors.from_edges(user, item, nu, ni), ni, **params)
+    ours = PinSageSampler(CSRNeighborhoods.from_edges(user, item, nu, ni), ni, **params)
     dgl_sampler = pinsage_sampler(graph, params["num_traversals"], params["termination_prob"], params["num_walks"],
                                   params["num_neighbors"])
     rng = np.random.default_rng(2)

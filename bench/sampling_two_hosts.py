@@ -6,7 +6,7 @@ Needs root: the two hosts are simulated as in tests/hosts.py (root network names
 namespace joined by a veth, 10.77.0.1 / 10.77.0.2, one Ray node and one /dev/shm each). The graph is
 ingested (split: test_file, the Gowalla test set held out, no validation) and partitioned with METIS
 into 1 and 2 parts under a temporary directory. Sampler: samplers/pinsage.py, PinSageSampler over
-DistNeighbors (every hop of all walkers is one batched sample_etype_neighbors call answered by the
+DistNeighborhoods (every hop of all walkers is one batched sample_etype_neighbors call answered by the
 servers of the partitions the nodes live in), 3 traversals, 100 walks, top-10, batches of seed items.
 Cases, each after one warm-up batch:
   one_partition:      1 server, 1 client on the server's host
@@ -39,9 +39,10 @@ PARAMS = dict(num_traversals=3, termination_prob=0.5, num_walks=100, num_neighbo
 class Client:
     def connect(self, info, num_items):
         from gnnrec.launch.graph_servers import connect_client
-        from gnnrec.samplers.pinsage import DistNeighbors, PinSageSampler
+        from gnnrec.samplers.neighborhoods import DistNeighborhoods
+        from gnnrec.samplers.pinsage import PinSageSampler
         self.graph = connect_client(info)
-        self.sampler = PinSageSampler(DistNeighbors(self.graph), num_items, **PARAMS)
+        self.sampler = PinSageSampler(DistNeighborhoods(self.graph), num_items, **PARAMS)
         return self.graph.num_nodes("item")
 
     def run(self, batches: list[np.ndarray]) -> tuple[float, int]:

@@ -30,17 +30,18 @@ from gnnrec.trainer.batches import block_sampler
 class LayerwiseInference:
     """Final representations of all nodes in distributed tensors `self.final[node type]`.
 
-    graph: a DistGraph; gnn: a model of model/models.py; tables: {node type: DistTensor}; train_cfg: the
-    training config (the blocks it trained on: train.sampler); neighborhoods: the graph back-end
-    (default: this machine's partition from local memory, the rest through the servers); time_decay:
+    w: the worker (launch/job.WorkerSession: its DistGraph, ID tables, rank and world); gnn: a model of
+    model/models.py; train_cfg: the training config (the blocks it trained on: train.sampler);
+    neighborhoods: the graph back-end (default: this machine's partition from local memory, the rest
+    through the servers); time_decay:
     the edge weights it trained with (trainer/batches.time_decay); inputs: the model's h0 from ID rows and
     features (trainer/batches.node_inputs; None: layer 0 is the ID tables themselves).
     `run(progress)` reports (desc, batch, batches) of each layer to `progress` (WorkerSession.progress).
     The distributed tensors are created once (collectively, by every trainer) and reused per call.
     """
 
-    def __init__(self, graph, gnn, tables: dict, train_cfg, rank: int, world: int, batch_size: int = 4096,
-                 neighborhoods=None, time_decay=None, inputs=None):
+    def __init__(self, w, gnn, train_cfg, batch_size: int = 4096, neighborhoods=None, time_decay=None, inputs=None):
+        graph, tables, rank, world = w.graph, w.tables, w.rank, w.world
         self.graph, self.gnn, self.batch_size, self.tables, self.inputs = graph, gnn, batch_size, tables, inputs
         self.num_users, self.num_items = graph.num_nodes("user"), graph.num_nodes("item")
         neighborhoods = neighborhoods or served(graph, uses_social(gnn), times=time_decay is not None)

@@ -56,5 +56,5 @@ def model_session(context):
     with worker_session(context, train_cfg.dim, train_cfg.torch_threads, train_cfg.seed) as w:
         checkpoint.restore(trained.model_dir, w.tables, None, w.rank, w.world)
         model = trained.model(w.partitions).eval()
-        yield w, LayerwiseInference(w.graph, model.gnn, w.tables, train_cfg, w.rank, w.world, w.cfg.infer.batch_size,
+        yield w, LayerwiseInference(w, model.gnn, train_cfg, w.cfg.infer.batch_size,
                                     time_decay=time_decay(train_cfg, w.partitions), inputs=node_inputs(model, w.graph))

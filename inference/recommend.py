@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gnnrec import UserError
-from gnnrec.inference.trained import TrainedModel, propagate_all
+from gnnrec.inference.trained import Interactions, TrainedModel, propagate_all
 from gnnrec.ranking.topk import top_k
 
 
@@ -99,8 +99,9 @@ class ColdStart:
         h0 = torch.cat([self.h0[:nu], self.new_user_inputs(item_lists, features), self.h0[nu:]])  # known, new, items
         timestamp = None if self.time_decay is None else np.concatenate(  # the new users' items: now
             [self.timestamp, np.full(len(new_items), self.time_decay.newest)])
-        h = propagate_all(self.model, h0, torch.cat([self.train[0], new_users]), torch.cat([self.train[1], new_items]),
-                          nu + n, self.num_layers, self.social, self.train_cfg, timestamp, self.time_decay)
+        graph = Interactions(torch.cat([self.train[0], new_users]), torch.cat([self.train[1], new_items]), nu + n,
+                             self.social, timestamp)
+        h = propagate_all(self.model, h0, graph, self.num_layers, self.train_cfg, self.time_decay)
         given = torch.stack([new_users - nu, new_items])
         (_, items, scores), = top_k(h[nu:nu + n], h[nu + n:], k, given, user_chunk=max(n, 1))
         return items.numpy(), scores.numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -74,18 +75,28 @@ def social_edges(dataset: Dataset, model: Recommender):
     return dataset.social() if uses_social(model.gnn) else None
 
 
-def propagate_all(model: Recommender, h0: torch.Tensor, users: torch.Tensor, items: torch.Tensor, num_users: int,
-                  num_layers: int, social=None, train_cfg=None, timestamp=None, time_decay=None) -> torch.Tensor:
-    """Final representations of all nodes: the model's GNN over the whole graph of (user, item) pairs
-    and, given, (follower, followee) pairs, every pair both ways; for a model trained on random-walk
-    blocks (`train_cfg`, the training config: train.sampler), over random-walk blocks of that graph, and with
-    `time_decay` (trainer/batches.time_decay), the pairs weighted by the age of their `timestamp`."""
-    num_nodes = h0.shape[0]
+class Interactions(NamedTuple):
+    """The graph a model propagates over, in dataset ids: (user, item) pairs, the number of users (item
+    rows follow theirs), and, when used, (follower, followee) pairs and the pairs' timestamps."""
+    users: torch.Tensor
+    items: torch.Tensor
+    num_users: int
+    social: tuple[torch.Tensor, torch.Tensor] | None = None
+    timestamp: np.ndarray | None = None
+
+
+def propagate_all(model: Recommender, h0: torch.Tensor, graph: Interactions, num_layers: int, train_cfg=None,
+                  time_decay=None) -> torch.Tensor:
+    """Final representations of all nodes: the model's GNN over the whole graph, every pair both ways;
+    for a model trained on random-walk blocks (`train_cfg`, the training config: train.sampler), over
+    random-walk blocks of that graph, and with `time_decay` (trainer/batches.time_decay), the pairs
+    weighted by the age of their timestamp."""
+    num_nodes, (users, items, num_users, social, timestamp) = h0.shape[0], graph
     if train_cfg is not None and (train_cfg.sampler == "random_walk" or time_decay is not None) and num_layers:
         num_items = num_nodes - num_users
-        graph = CSRNeighborhoods.from_edges(users.numpy(), items.numpy(), num_users, num_items,
-                                            None if social is None else tuple(x.numpy() for x in social), timestamp)
-        sampler = block_sampler(train_cfg, graph, num_users, num_items, inference=True, time_decay=time_decay)
+        csr = CSRNeighborhoods.from_edges(users.numpy(), items.numpy(), num_users, num_items,
+                                          None if social is None else tuple(x.numpy() for x in social), timestamp)
+        sampler = block_sampler(train_cfg, csr, num_users, num_items, inference=True, time_decay=time_decay)
         blocks = [sampler.graph_block(num_nodes) for _ in range(num_layers)]
     else:
         src, dst, etype = graph_edges(users, items, num_users, *(social or ()))
@@ -122,6 +133,6 @@ class TrainedModel:
         """(U, I) in dataset ids: h0 propagated over the training graph."""
         nu = self.dataset.num_users
         train_cfg = self.config.train
-        h = propagate_all(self.model, self.h0, self.train[0], self.train[1], nu, train_cfg.layers, self.social,
-                          train_cfg, self.timestamp, self.time_decay)
+        graph = Interactions(self.train[0], self.train[1], nu, self.social, self.timestamp)
+        h = propagate_all(self.model, self.h0, graph, train_cfg.layers, train_cfg, self.time_decay)
         return h[:nu], h[nu:]

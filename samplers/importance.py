@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gnnrec.relations import RELATIONS
 from gnnrec.samplers.neighbor import NeighborSampler
-from gnnrec.samplers.neighborhoods import RELATIONS
-
-REVERSE = {"interacted_by": "interacts", "interacts": "interacted_by", "follows": "followed_by",
-           "followed_by": "follows"}
 
 
 def importance(graph, num_users: int, num_items: int, chunk: int = 65536) -> np.ndarray:
@@ -44,7 +41,7 @@ def importance(graph, num_users: int, num_items: int, chunk: int = 65536) -> np.
         users = np.arange(start, min(start + chunk, num_users))
         items = np.arange(start, min(start + chunk, num_items))
         for relation, src, at, _ in graph.sample(users, items, -1, np.random.default_rng(0)):
-            src_type, dst_type = RELATIONS[relation]
+            src_type, dst_type = RELATIONS[relation].ends
             dst = (users if dst_type == "user" else items)[at] + offset[dst_type]
             heard += np.bincount(dst, weights=inverse[src + offset[src_type]], minlength=len(heard))
     q = inverse * heard
@@ -74,8 +71,8 @@ class NodeSampler(NeighborSampler):
         sorted_targets = {"user": users[order["user"]], "item": items[order["item"]]}
         # the drawn nodes' in-edges, reversed: drawn -> neighbour, kept where the neighbour is a dst node
         for relation, neighbour, at, time in self.graph.sample(ids["user"], ids["item"], -1, self.rng):
-            back = REVERSE[relation]
-            drawn_type, dst_type = RELATIONS[back]
+            back = RELATIONS[relation].reverse
+            drawn_type, dst_type = RELATIONS[back].ends
             targets = sorted_targets[dst_type]
             slot = np.minimum(np.searchsorted(targets, neighbour), max(len(targets) - 1, 0))
             hit = np.flatnonzero(targets[slot] == neighbour) if len(targets) else slot[:0]

@@ -37,7 +37,8 @@ import torch
 
 from gnnrec.arrays import KeySet, ranges
 from gnnrec.model.blocks import INTERACTION, SOCIAL, Batch, Block, time_decay
-from gnnrec.samplers.neighborhoods import RELATIONS, Neighborhoods
+from gnnrec.relations import RELATIONS
+from gnnrec.samplers.neighborhoods import Neighborhoods
 
 # A batch whose whole neighbourhoods (fanouts all -1) hold this share of the graph's nodes makes every later
 # batch train on the whole graph: one block built once (WholeGraph), not the same neighbourhoods drawn again.
@@ -172,7 +173,7 @@ class NeighborSampler:
 
         def unbatched(relation, src, dst_index, *more):
             """(src, dst_index, *more) without the batch's positive pairs."""
-            src_type, dst_type = RELATIONS[relation]
+            src_type, dst_type = RELATIONS[relation].ends
             if excluded is None or src_type == dst_type:
                 return src, dst_index, *more
             keep = ~self._batch_edges(excluded, src_type, src, at[dst_type][1], dst_index)
@@ -180,7 +181,7 @@ class NeighborSampler:
 
         srcs, dsts, etypes, weights = [], [], [], []
         for relation, src, dst_index, weight in self._draw(users, items, fanout, unbatched):
-            src_type, dst_type = RELATIONS[relation]
+            src_type, dst_type = RELATIONS[relation].ends
             srcs.append(src + (self.num_users if src_type == "item" else 0))
             dsts.append(at[dst_type][0][dst_index])
             etypes.append(np.full(len(src), INTERACTION if src_type != dst_type else SOCIAL, np.int64))

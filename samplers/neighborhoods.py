@@ -4,49 +4,54 @@
 `fanout` edges gives them all, a longer row a uniform `fanout`-subset by Floyd's algorithm), and
 `DistNeighborhoods` over a DistDGL DistGraph (one server round per layer), and `LocalFirstNeighborhoods`:
 a trainer's own machine's partition from local memory, the rest from the servers. Node ids are 0-based
-per type. Each is also a random walker's graph (`sample_one`, samplers/pinsage.py's `Neighbors`).
+per type. Each is also a random walker's graph (`sample_one`: samplers/pinsage.py walks on it).
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from gnnrec.arrays import group_by, ranges
-from gnnrec.samplers.pinsage import DistNeighbors, one_neighbor
+from gnnrec.relations import RELATIONS, WALK_STEPS
 
-# relation name -> (src node type, dst node type); named after the DGL edge type that carries it
-RELATIONS = {
-    "interacted_by": ("item", "user"),
-    "interacts": ("user", "item"),
-    "follows": ("user", "user"),
-    "followed_by": ("user", "user"),
-}
-# a random walk's step (samplers/pinsage.py) -> the relation whose in-edges it follows backwards
-WALK_STEPS = {"user->item": "interacted_by", "item->user": "interacts"}
-TIMED = ("interacted_by", "interacts")  # the relations whose edges carry the interactions' timestamps
+
+class Drawn(NamedTuple):
+    """In-edges drawn over one relation (gnnrec/relations.py)."""
+    relation: str
+    src: np.ndarray  # the neighbours' per-type ids
+    dst: np.ndarray  # the position of each edge's dst node among the users or items asked for
+    times: np.ndarray | None  # the edges' timestamps, for timed relations when the back-end has them
 
 
 class Neighborhoods(Protocol):
-    """A graph the sampler can ask for in-neighbours. Node ids are 0-based per type."""
+    """A graph the samplers ask for in-neighbours (and a random walker for one neighbour). Node ids are
+    0-based per type."""
 
-    def sample(self, users: np.ndarray, items: np.ndarray, fanout: int, rng: np.random.Generator):
-        """Up to `fanout` in-neighbours (-1: all) of each of the (unique) `users` and `items` per
-        relation: a list of (relation, src ids, position of the dst node in users or items, the edges'
-        timestamps or None: when the back-end was built with them, for the TIMED relations)."""
+    def sample(self, users: np.ndarray, items: np.ndarray, fanout: int, rng: np.random.Generator) -> list[Drawn]:
+        """Up to `fanout` in-neighbours (-1: all) of each of the (unique) `users` and `items`, per relation."""
 
     def degree(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whole-graph in-degrees of users and items over the relations `sample` draws from."""
 
     def sample_one(self, nodes: np.ndarray, step: str, rng: np.random.Generator) -> np.ndarray:
         """One uniform neighbour of each node (duplicates draw independently) for a random walk's
-        `step`, "user->item" or "item->user"; -1 where a node has none (`Neighbors.sample_one`)."""
+        `step`, "user->item" or "item->user" (WALK_STEPS); -1 where a node has none."""
 
     def remote_share(self) -> float | None:
         """The share of sampled nodes whose neighbours came from another machine (None: not tracked)."""
 
 
 # ---------------------------------------------------------------- local CSR back-end
+
+def one_neighbor(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniformly random entry of each CSR row `nodes` (duplicates draw independently), -1 for an
+    empty row."""
+    start = indptr[nodes]
+    deg = indptr[nodes + 1] - start
+    pick = start + (rng.random(len(nodes)) * deg).astype(np.int64)
+    return np.where(deg > 0, indices[np.minimum(pick, len(indices) - 1)], -1)
+
 
 def _distinct_offsets(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """[len(deg), k]: k distinct uniform offsets in [0, d) for each d > k (Floyd's algorithm, vectorized:
@@ -89,7 +94,7 @@ class CSRNeighborhoods:
         self.csr, self.times = csr, times or {}
         counts = {"user": np.zeros(num_users, np.int64), "item": np.zeros(num_items, np.int64)}
         for relation, (indptr, _) in csr.items():
-            counts[RELATIONS[relation][1]] += np.diff(np.asarray(indptr, np.int64))
+            counts[RELATIONS[relation].dst] += np.diff(np.asarray(indptr, np.int64))
         self.user_degree, self.item_degree = counts["user"], counts["item"]
 
     def remote_share(self) -> None:  # all local: not tracked
@@ -115,16 +120,16 @@ class CSRNeighborhoods:
     def sample(self, users, items, fanout, rng):
         dst, out = {"user": users, "item": items}, []
         for relation, (indptr, indices) in self.csr.items():
-            positions, row_of = sample_positions(indptr, dst[RELATIONS[relation][1]], fanout, rng)
+            positions, row_of = sample_positions(indptr, dst[RELATIONS[relation].dst], fanout, rng)
             time = self.times[relation][positions] if relation in self.times else None
-            out.append((relation, np.asarray(indices[positions], np.int64), row_of, time))
+            out.append(Drawn(relation, np.asarray(indices[positions], np.int64), row_of, time))
         return out
 
     def degree(self, users, items):
         return self.user_degree[users], self.item_degree[items]
 
     def sample_one(self, nodes, step, rng):
-        return one_neighbor(*self.csr[WALK_STEPS[step]], nodes, rng)
+        return one_neighbor(*self.csr[RELATIONS[WALK_STEPS[step]].reverse], nodes, rng)  # in-edges, backwards
 
 
 # ---------------------------------------------------------------- DistGraph back-end
@@ -152,7 +157,7 @@ class DistNeighborhoods:
         from gnnrec.dgl_adapter import dist_edge_types
         self.graph, self.times = graph, times
         present = [r for r in RELATIONS if r in dist_edge_types(graph)]
-        self.relations = [r for r in present if social or RELATIONS[r][0] != RELATIONS[r][1]]
+        self.relations = [r for r in present if social or RELATIONS[r].src != RELATIONS[r].dst]
         self.counted = None if self.relations == present else {}
 
     def remote_share(self) -> None:  # all the servers': not tracked
@@ -165,12 +170,15 @@ class DistNeighborhoods:
                                      {r: fanout for r in self.relations})
         out = []
         for relation, (src, dst, eid) in edges.items():
-            time = dist_values(self.graph, relation, "timestamp", eid) if self.times and relation in TIMED else None
-            out.append((relation, src, _positions(dst_ids[RELATIONS[relation][1]], dst), time))
+            timed = self.times and RELATIONS[relation].timed
+            time = dist_values(self.graph, relation, "timestamp", eid) if timed else None
+            out.append(Drawn(relation, src, _positions(dst_ids[RELATIONS[relation].dst], dst), time))
         return out
 
-    def sample_one(self, nodes, step, rng):  # the servers draw; rng is unused
-        return DistNeighbors(self.graph).sample_one(nodes, step, rng)
+    def sample_one(self, nodes, step, rng):  # the servers draw, over the partitions the nodes live in; rng is unused
+        from gnnrec.dgl_adapter import dist_sample_one
+        relation = WALK_STEPS[step]
+        return dist_sample_one(self.graph, nodes, RELATIONS[relation].src, relation)
 
     def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (user, item) training pair of the (unique) `users`."""
@@ -215,7 +223,7 @@ class LocalFirstNeighborhoods:
         self.remote, self.own = remote, own
         relations = [r for r in remote.relations if r in csr]
         times = {r: dist_values(remote.graph, r, "timestamp", csr[r][2])
-                 for r in relations if remote.times and r in TIMED}
+                 for r in relations if remote.times and RELATIONS[r].timed}
         self.local = CSRNeighborhoods({r: csr[r][:2] for r in relations}, own["user"][1], own["item"][1], times)
         self.sampled = np.zeros(2, np.int64)  # nodes whose neighbours were sampled here, by the servers
 
@@ -233,10 +241,10 @@ class LocalFirstNeighborhoods:
         self.sampled += (here, len(users) + len(items) - here)
         at = {"user": (np.flatnonzero(mine_u), np.flatnonzero(~mine_u)),
               "item": (np.flatnonzero(mine_i), np.flatnonzero(~mine_i))}
-        out = [(relation, src, at[RELATIONS[relation][1]][0][dst], time) for relation, src, dst, time in
+        out = [Drawn(relation, src, at[RELATIONS[relation].dst][0][dst], time) for relation, src, dst, time in
                self.local.sample(users[mine_u] - self.own["user"][0], items[mine_i] - self.own["item"][0], fanout, rng)]
         if not (mine_u.all() and mine_i.all()):
-            out += [(relation, src, at[RELATIONS[relation][1]][1][dst], time) for relation, src, dst, time in
+            out += [Drawn(relation, src, at[RELATIONS[relation].dst][1][dst], time) for relation, src, dst, time in
                     self.remote.sample(users[~mine_u], items[~mine_i], fanout, rng)]
         return out
 

@@ -6,8 +6,8 @@ item → user → item; before every traversal but the first it stops with proba
 are counted, and the `num_neighbors` most visited items become i's neighbours, their visit counts
 the importance weights (Ying et al., 2018). This is the distribution of
 `dgl.sampling.PinSAGESampler`, but the walk only asks a graph for one random neighbour of many nodes
-at once (`Neighbors.sample_one`), so the same code runs on a local CSR or across the partitions of a
-distributed graph (DistDGL has no random walks: DGL issues #2693, #7881).
+at once (`sample_one` of samplers/neighborhoods.py's `Neighborhoods`), so the same code runs on a local CSR
+or across the partitions of a distributed graph (DistDGL has no random walks: DGL issues #2693, #7881).
 
 The walker starts at users as well as items, and counts either the nodes of the seed's type (the
 above) or, one hop shifted, those of the other type: the users an item's walks reach (item → user,
@@ -15,46 +15,15 @@ above) or, one hop shifted, those of the other type: the users an item's walks r
 """
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
-from gnnrec.arrays import group_by
-
-
-class Neighbors(Protocol):
-    def sample_one(self, nodes: np.ndarray, relation: str, rng: np.random.Generator) -> np.ndarray:
-        """One uniformly random out-neighbour of each node over `relation` ("item->user" or
-        "user->item"); -1 where a node has none. Duplicate nodes draw independently."""
-
-
-def one_neighbor(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One uniformly random entry of each CSR row `nodes` (duplicates draw independently), -1 for an
-    empty row."""
-    start = indptr[nodes]
-    deg = indptr[nodes + 1] - start
-    pick = start + (rng.random(len(nodes)) * deg).astype(np.int64)
-    return np.where(deg > 0, indices[np.minimum(pick, len(indices) - 1)], -1)
-
-
-class CSRNeighbors:
-    """`Neighbors` over local CSR arrays (numpy or memory-mapped): {relation: (indptr, indices)}."""
-
-    def __init__(self, csr: dict[str, tuple[np.ndarray, np.ndarray]]):
-        self.csr = csr
-
-    @classmethod
-    def from_edges(cls, user: np.ndarray, item: np.ndarray, num_users: int, num_items: int) -> "CSRNeighbors":
-        return cls({"user->item": group_by(user, item, num_users), "item->user": group_by(item, user, num_items)})
-
-    def sample_one(self, nodes, relation, rng):
-        return one_neighbor(*self.csr[relation], nodes, rng)
+from gnnrec.samplers.neighborhoods import Neighborhoods
 
 
 OTHER = {"user": "item", "item": "user"}
 
 
-def random_walk_visits(neighbors: Neighbors, seeds: np.ndarray, num_walks: int, num_traversals: int,
+def random_walk_visits(neighbors: Neighborhoods, seeds: np.ndarray, num_walks: int, num_traversals: int,
                        termination_prob: float, rng: np.random.Generator, start: str = "item",
                        visit: str = "same"):
     """(seed position, visited node) for every node a walk from `seeds` (nodes of type `start`) reached.
@@ -103,7 +72,7 @@ def top_visited(origin: np.ndarray, node: np.ndarray, num_seeds: int, num_nodes:
 class PinSageSampler:
     """Importance-based neighbourhoods of seed items: `sample(seeds)` → (seed position, neighbour, weight)."""
 
-    def __init__(self, neighbors: Neighbors, num_items: int, num_traversals: int = 3,
+    def __init__(self, neighbors: Neighborhoods, num_items: int, num_traversals: int = 3,
                  termination_prob: float = 0.5, num_walks: int = 100, num_neighbors: int = 10, seed: int = 0):
         self.neighbors, self.num_items = neighbors, num_items
         self.num_traversals, self.termination_prob = num_traversals, termination_prob
@@ -115,18 +84,3 @@ class PinSageSampler:
         origin, item = random_walk_visits(self.neighbors, seeds, self.num_walks, self.num_traversals,
                                           self.termination_prob, self.rng)
         return top_visited(origin, item, len(seeds), self.num_items, self.num_neighbors, self.rng)
-
-
-class DistNeighbors:
-    """`Neighbors` over a DistDGL DistGraph: each hop of all walkers is one batched sample_neighbors
-    call, answered by the servers of the partitions the nodes live in, so walks cross partitions."""
-
-    RELATIONS = {"item->user": ("item", "interacted_by"), "user->item": ("user", "interacts")}
-
-    def __init__(self, graph):
-        self.graph = graph
-
-    def sample_one(self, nodes, relation, rng):  # the servers draw; rng is unused
-        from gnnrec.dgl_adapter import dist_sample_one
-        node_type, etype = self.RELATIONS[relation]
-        return dist_sample_one(self.graph, nodes, node_type, etype)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from gnnrec.samplers.neighbor import NeighborSampler
-from gnnrec.samplers.neighborhoods import RELATIONS, Neighborhoods
+from gnnrec.relations import RELATIONS
+from gnnrec.samplers.neighborhoods import Neighborhoods
 from gnnrec.samplers.pinsage import random_walk_visits, top_visited
 
 
@@ -52,7 +53,7 @@ class RandomWalkSampler(NeighborSampler):
         """The `fanout` nodes of the other type that the walks from each user and item reach most often,
         with weights of mean 1 per dst node."""
         for relation, seeds in (("interacted_by", users), ("interacts", items)):
-            src_type, dst_type = RELATIONS[relation]
+            src_type, dst_type = RELATIONS[relation].ends
             origin, visited = random_walk_visits(self.graph, seeds, self.walks, self.length, self.restart_prob,
                                                  self.rng, start=dst_type, visit="other")
             visited, origin = unbatched(relation, visited, origin)

@@ -32,7 +32,7 @@ import numpy as np
 from gnnrec.arrays import KeySet
 from gnnrec.samplers.importance import importance
 from gnnrec.samplers.neighbor import NeighborSampler
-from gnnrec.samplers.neighborhoods import RELATIONS
+from gnnrec.relations import RELATIONS
 
 
 def epoch_order(user_clusters: np.ndarray, num_clusters: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,7 +78,7 @@ class SubgraphSampler(NeighborSampler):
             self.seeds = KeySet(np.concatenate(list(dst_nodes.values())))
         offset = {"user": 0, "item": self.num_users}
         for relation, src, dst_index, weight in super()._draw(users, items, fanout, unbatched):
-            src_type, dst_type = RELATIONS[relation]
+            src_type, dst_type = RELATIONS[relation].ends
             node = src + offset[src_type]
             seed = self.seeds.contains(node)
             keep = self._inside(node) | seed

@@ -14,7 +14,7 @@ from gnnrec.launch.stages import run
 from gnnrec.model.models import Popularity, Recommender
 from gnnrec.ranking.metrics import evaluate
 from gnnrec.inference.evaluate import run as evaluate_stage
-from gnnrec.inference.trained import input_embeddings, propagate_all
+from gnnrec.inference.trained import Interactions, input_embeddings, propagate_all
 
 
 def test_embeddings_follow_partition_renumbering():
@@ -22,7 +22,8 @@ def test_embeddings_follow_partition_renumbering():
     tables = {"user": torch.randn(3, 4), "item": torch.randn(2, 4)}  # rows in partition ids
     orig_user, orig_item = np.array([2, 0, 1]), np.array([1, 0])  # partition id -> dataset id
     none = torch.zeros(0, dtype=torch.long)
-    h = propagate_all(Recommender(cfg.train), input_embeddings(tables, orig_user, orig_item), none, none, 3, 0)
+    h0 = input_embeddings(tables, orig_user, orig_item)
+    h = propagate_all(Recommender(cfg.train), h0, Interactions(none, none, 3), 0)
     U, I = h[:3], h[3:]
     assert torch.equal(U[2], tables["user"][0]) and torch.equal(U[0], tables["user"][1])
     assert torch.equal(U[1], tables["user"][2])

@@ -37,9 +37,10 @@ def _client_class():
 
         def pinsage(self, info, seeds):
             from gnnrec.launch.graph_servers import connect_client
-            from gnnrec.samplers.pinsage import DistNeighbors, PinSageSampler
+            from gnnrec.samplers.neighborhoods import DistNeighborhoods
+            from gnnrec.samplers.pinsage import PinSageSampler
             self.graph = connect_client(info)
-            return PinSageSampler(DistNeighbors(self.graph), 30, num_walks=400, num_neighbors=5).sample(seeds)
+            return PinSageSampler(DistNeighborhoods(self.graph), 30, num_walks=400, num_neighbors=5).sample(seeds)
 
         def in_edges(self, nodes, fanouts):  # after sample: connected
             from gnnrec.dgl_adapter import dist_sample_in_edges
@@ -89,11 +90,12 @@ def test_dead_server_is_reported_by_partition(local_ray, partitions):
 
 
 def test_pinsage_walks_through_graph_servers_match_local_walks(local_ray, partitions):
-    from gnnrec.samplers.pinsage import CSRNeighbors, PinSageSampler
+    from gnnrec.samplers.neighborhoods import CSRNeighborhoods
+    from gnnrec.samplers.pinsage import PinSageSampler
     config, edges = partitions
     user, item = (np.array(x) for x in zip(*sorted(edges)))
     seeds = np.arange(30)
-    local = PinSageSampler(CSRNeighbors.from_edges(user, item, 61, 30), 30, num_walks=400, num_neighbors=5,
+    local = PinSageSampler(CSRNeighborhoods.from_edges(user, item, 61, 30), 30, num_walks=400, num_neighbors=5,
                            seed=1).sample(seeds)
     Client = _client_class()
     with GraphServers(config, num_clients=1) as servers:

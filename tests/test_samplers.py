@@ -10,7 +10,8 @@ import torch
 from gnnrec import UserError
 from gnnrec.arrays import KeySet
 from gnnrec.samplers.negatives import NEGATIVES, Positives
-from gnnrec.samplers.pinsage import CSRNeighbors, PinSageSampler
+from gnnrec.samplers.neighborhoods import CSRNeighborhoods
+from gnnrec.samplers.pinsage import PinSageSampler
 
 GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla" / "train.parquet"
 
@@ -28,7 +29,7 @@ def _pinsage_agreement(user, item, seeds, walks=2000, k=10):
         src, dst = ng.edges()
         return {(int(d), int(s)): int(c) for s, d, c in zip(src, dst, ng.edata["weights"])}
 
-    sampler = PinSageSampler(CSRNeighbors.from_edges(user, item, num_users, num_items), num_items,
+    sampler = PinSageSampler(CSRNeighborhoods.from_edges(user, item, num_users, num_items), num_items,
                              num_traversals=3, termination_prob=0.5, num_walks=walks, num_neighbors=k, seed=3)
     pos, nb, counts = sampler.sample(seeds)
     ours = {(int(seeds[p]), int(n)): int(c) for p, n, c in zip(pos, nb, counts)}
@@ -73,7 +74,7 @@ def test_pinsage_neighbours_stay_in_community_and_respect_k():
     rng = np.random.default_rng(1)
     user = rng.integers(0, 300, 5000)
     item = (user % 3) * 30 + rng.integers(0, 30, 5000)
-    sampler = PinSageSampler(CSRNeighbors.from_edges(user, item, 300, 90), 90, num_walks=50, num_neighbors=5)
+    sampler = PinSageSampler(CSRNeighborhoods.from_edges(user, item, 300, 90), 90, num_walks=50, num_neighbors=5)
     seeds = np.array([0, 31, 89])
     pos, nb, counts = sampler.sample(seeds)
     assert np.all(np.bincount(pos, minlength=3) == 5)

@@ -298,8 +298,8 @@ def _validator(w, gnn, train_cfg, batches, inputs):
     """A function computing this epoch's validation metrics (the same numbers on every trainer), over
     the graph back-end of the trainer's BatchMaker when it has one, with its edge weights and the model's
     `inputs` (trainer/batches.node_inputs)."""
-    inference = LayerwiseInference(w.graph, gnn, w.tables, train_cfg, w.rank, w.world,
-                                   neighborhoods=batches.neighborhoods, time_decay=batches.time_decay, inputs=inputs)
+    inference = LayerwiseInference(w, gnn, train_cfg, neighborhoods=batches.neighborhoods,
+                                   time_decay=batches.time_decay, inputs=inputs)
     held_out = sample_truth(*w.partitions.held_out(train_cfg.validate_split), train_cfg.validate_users,
                             train_cfg.seed)  # the same on every rank
     k = train_cfg.validate_k

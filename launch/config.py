@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from gnnrec import UserError
 from gnnrec.launch.sections import (EvaluateConfig, InferConfig, IngestConfig, LaunchConfig, MineConfig,
@@ -23,7 +23,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.ya
 
 
 class Config(Section):
-    workdir: str = "runs/quickstart"
+    workdir: str = Field("runs/quickstart", description="the directory `{workdir}` stands for in every path")
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
     split: SplitConfig = SplitConfig()

@@ -14,7 +14,7 @@ class ContrastConfig(Section):
     output of the batch's users (and of its items), every layer's output perturbed by `noise`."""
     weight: float = Field(0.0, ge=0, description="0: off; XSimGCL uses 0.05-0.2")
     noise: float = Field(0.1, ge=0, description="eps, the perturbation's norm")
-    temperature: float = Field(0.2, gt=0)
+    temperature: float = Field(0.2, gt=0, description="the InfoNCE temperature")
     layer: int = Field(1, ge=1, description="the layer whose output is the second view")
     sample: int = Field(4096, ge=2, description="users (and items) of a batch in the InfoNCE, at most")
 
@@ -47,16 +47,19 @@ class TimeDecayConfig(Section):
     (Block.weight, multiplied into every model's coefficients), its age the time from its timestamp to the
     newest training timestamp, in `unit`s. Needs timestamps (ingest.interactions.timestamp_column)."""
     rate: float = Field(0.0, ge=0, description="lambda per unit of age; 0: off")
-    unit: Literal["second", "hour", "day", "week"] = "day"
+    unit: Literal["second", "hour", "day", "week"] = Field("day", description="unit of an edge's age (`rate` "
+                                                           "is per unit)")
 
 
 class TrainConfig(Section):
     """Mini-batch training: Ray Train workers are DistDGL clients and DDP ranks."""
-    out: str = "{workdir}/train"
-    partitions: str = "{workdir}/partitions"
-    model: str = "lightgcn"
-    dim: int = Field(64, ge=1)
-    layers: int = Field(2, ge=0)
+    out: str = Field("{workdir}/train", description="output directory: model/, metrics.jsonl, curves.png, "
+                     "config.yaml")
+    partitions: str = Field("{workdir}/partitions", description="the `gnnrec partition` output to train on")
+    model: str = Field("lightgcn", description="lightgcn, ngcf, graphsage, pinsage, gat, gcn, socialgcn or mf "
+                       "(model/models.py)")
+    dim: int = Field(64, ge=1, description="embedding dimension")
+    layers: int = Field(2, ge=0, description="message-passing layers (0 for mf)")
     model_options: dict[str, Any] = Field({}, description="the model's own options, e.g. residual, edge_dropout, "
                                           "node_dropout, combine, aggr, normalize, heads, attn_dropout, attention, "
                                           "dropout")
@@ -71,21 +74,24 @@ class TrainConfig(Section):
     node_sampling: NodeSamplingConfig = NodeSamplingConfig()
     saint: SaintConfig = SaintConfig()
     time_decay: TimeDecayConfig = TimeDecayConfig()
-    fanouts: list[int] = [10, 5]
-    batch_size: int = Field(1024, ge=1)
-    epochs: int = Field(1, ge=1)
+    fanouts: list[int] = Field([10, 5], description="sampler=neighbor: neighbours drawn per relation, per layer "
+                               "(first layer first); -1: all")
+    batch_size: int = Field(1024, ge=1, description="positive (user, item) pairs per step of each trainer")
+    epochs: int = Field(1, ge=1, description="epochs in all (a resumed run continues up to this)")
     max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="end each epoch after N steps (null: every "
                                                "edge once); for benchmarks and smoke runs on large logs")
     lr: float = Field(1e-3, gt=0, description="learning rate of the ID embeddings (and of dense weights)")
     dense_lr: Optional[float] = Field(None, gt=0, description="learning rate of dense weights (null: lr)")
-    l2: float = Field(1e-4, ge=0)
+    l2: float = Field(1e-4, ge=0, description="L2 penalty on the batch's input (layer-0) embeddings, in every loss")
     dense_l2: float = Field(0.0, ge=0, description="L2 penalty on dense weights (Adam's weight_decay)")
-    loss: Literal["bpr", "max_margin", "cosine_contrastive", "softmax", "alignment_uniformity"] = "bpr"
+    loss: Literal["bpr", "max_margin", "cosine_contrastive", "softmax", "alignment_uniformity"] = Field(
+        "bpr", description="the training loss (formulas in model/losses.py)")
     loss_options: dict[str, Any] = Field({}, description="the loss's own options, e.g. margin, negative_weight, "
                                          "temperature, gamma")
     contrast: ContrastConfig = ContrastConfig()
-    negatives: Literal["uniform", "popularity", "in_batch"] = "uniform"
-    num_negatives: int = Field(1, ge=1)
+    negatives: Literal["uniform", "popularity", "in_batch"] = Field(
+        "uniform", description="negative items: uniform, by degree^0.75, or the batch's other pairs' positives")
+    num_negatives: int = Field(1, ge=1, description="negatives per positive pair")
     negative_mixing: bool = Field(False, description="MixGCF: each pair's num_negatives negatives are candidates "
                                   "for one negative synthesized from them and the positive, layer by layer")
     init_from: Optional[str] = Field(None, description="a `gnnrec train` output to start from: its weights and "
@@ -94,8 +100,9 @@ class TrainConfig(Section):
     replay: float = Field(1.0, gt=0, le=1, description="init_from: an epoch visits the edges newer than its model's "
                           "and this share of the others, drawn anew each epoch (1: every edge)")
     hard_negatives: Optional[str] = Field(None, description="a `gnnrec mine` output: epoch n adds n - 1 of them per pair")
-    exclude_positives: bool = True
-    trainers_per_partition: int = Field(1, ge=1)
+    exclude_positives: bool = Field(True, description="a user's negatives are never its training items")
+    trainers_per_partition: int = Field(1, ge=1, description="Ray Train workers per partition (machine), each a "
+                                        "DistDGL client and DDP rank")
     use_gpu: Optional[bool] = Field(None, description="null = use GPUs when the cluster has them")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch threads per worker (null: the machine's "
                                          "cores shared by its workers, one left to each sampler thread)")
@@ -112,7 +119,7 @@ class TrainConfig(Section):
     validate_every: int = Field(1, ge=1, description="validate every N epochs (and after the last)")
     validate_users: Optional[int] = Field(None, ge=1, description="validate on a seeded sample of N users (null: all)")
     patience: int = Field(0, ge=0, description="stop after this many validations without a better NDCG@K (0: never)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the ID tables, batches, negatives and neighbourhoods")
 
     @field_validator("model_options")
     @classmethod

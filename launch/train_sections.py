@@ -108,8 +108,9 @@ class TrainConfig(Section):
                                          "cores shared by its workers, one left to each sampler thread)")
     prefetch: int = Field(2, ge=0, description="mini-batches sampled ahead of compute")
     record_visits: bool = Field(False, description="write the training edge ids each trainer visits (audit)")
-    tensorboard: Union[bool, str] = Field(False, description="TensorBoard event files of each epoch's loss, validation "
-                                          "metrics, edges/s and phases: true for {train.out}/tensorboard, or a directory")
+    tensorboard: Union[bool, str] = Field(False, description="TensorBoard event files of each epoch's loss, "
+                                          "validation metrics, edges/s and phases: true for {train.out}/tensorboard, "
+                                          "or a directory")
     checkpoints: str = Field("{workdir}/checkpoints", description="kept across runs: resume reads them")
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: at epoch ends only)")
     resume: bool = Field(False, description="continue from the newest checkpoint in `checkpoints`")

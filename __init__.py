@@ -42,8 +42,9 @@ def atomic_dir(path, overwrite=True):
     """Yield a temporary sibling directory that becomes `path` only when the block completes.
 
     A crash or error leaves nothing at `path` (and removes the temporary directory), so a directory
-    that exists under its final name is always complete; a second job writing `path` meanwhile is refused. What a killed run left (its temporary
-    directory, named after its host and pid) is removed by the next run writing `path` on that host.
+    that exists under its final name is always complete; a second job writing `path` meanwhile is
+    refused. What a killed run left (its temporary directory, named after its host and pid) is removed
+    by the next run writing `path` on that host.
     """
     if "://" in str(path):
         raise UserError(f"output {path}: outputs are written to local paths only")
@@ -96,7 +97,8 @@ def exclusive(path):
     try:
         yield
     finally:
-        os.unlink(lock)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
         os.close(fd)
 
 

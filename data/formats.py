@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,13 @@ class Partitions:
             parts = [meta[f"part-{i}"] for i in range(meta["num_parts"])]
             files = [part[kind] for part in parts for kind in PART_FILES]
             files += [name for part in parts for kind, name in part.items() if kind not in PART_FILES]
+            if not all(isinstance(name, str) for name in files + [meta["graph_name"]]):
+                raise TypeError("a file or graph name that is not a string")
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{self.config}: damaged partition config ({type(e).__name__}: {e})") from None
+        if not re.fullmatch(r"\w[\w.-]*", meta["graph_name"]):  # jobs name files and shared memory after it
+            raise UserError(f"{self.config}: graph_name {meta['graph_name']!r} is not a plain name (a damaged or "
+                            "tampered file)")
         for name in files:
             if not contained(self.path, name, self.config).is_file():
                 raise UserError(f"{self.path / name}: missing (named by {self.config}; partition again)")

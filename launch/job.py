@@ -162,7 +162,7 @@ def _out_of_memory(fit) -> str:
         return ""
     try:
         failure = ray.get(fit)
-        memory = failure is not None and "memory" in failure.message.lower()
+        memory = failure is not None and not failure.users and "memory" in failure.message.lower()
     except ray.exceptions.OutOfMemoryError:
         memory = True
     except Exception:  # noqa: BLE001 - any other end of `fit` says nothing of memory

@@ -16,7 +16,8 @@ def _one_part(path, edges: int) -> Partitions:
     files = {kind: f"part0/{kind}.dgl" for kind in ("part_graph", "node_feats", "edge_feats")}
     for name in files.values():
         (path / name).write_bytes(b"")
-    (path / "gnnrec.json").write_text(json.dumps({"num_parts": 1, "num_nodes": 70_000, "part-0": files}))
+    meta = {"num_parts": 1, "num_nodes": 70_000, "graph_name": "g", "part-0": files}
+    (path / "gnnrec.json").write_text(json.dumps(meta))
     (path / "partition_stats.json").write_text(json.dumps({"per_part": [{"nodes": 70_000, "edges": edges}]}))
     return Partitions(path)
 

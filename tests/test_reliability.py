@@ -57,13 +57,13 @@ def test_a_best_checkpoint_named_in_state_json_cannot_lead_out(tmp_path, how):
         checkpoint.best(tmp_path)
 
 
-def _partitions(tmp_path, part_graph="part0/graph.dgl") -> Partitions:
+def _partitions(tmp_path, part_graph="part0/graph.dgl", graph_name="gnnrec") -> Partitions:
     (tmp_path / "part0").mkdir()
     for name in ("graph.dgl", "node_feat.dgl", "edge_feat.dgl"):
         (tmp_path / "part0" / name).write_bytes(b"")
     (tmp_path / "partition_stats.json").write_text("{}")
     files = {"part_graph": part_graph, "node_feats": "part0/node_feat.dgl", "edge_feats": "part0/edge_feat.dgl"}
-    (tmp_path / "gnnrec.json").write_text(json.dumps({"num_parts": 1, "part-0": files}))
+    (tmp_path / "gnnrec.json").write_text(json.dumps({"num_parts": 1, "graph_name": graph_name, "part-0": files}))
     return Partitions(tmp_path)
 
 
@@ -73,6 +73,13 @@ def test_a_partition_config_cannot_name_files_outside_its_directory(tmp_path, ho
     (tmp_path / "part0" / "link.dgl").symlink_to("/etc/passwd")
     with pytest.raises(UserError, match=f"gnnrec.json: names '{how}', which is not inside"):
         partitions.meta
+
+
+@pytest.mark.parametrize("name", ["../../../tmp/x", "a/b", ""])
+def test_a_graph_name_that_is_not_a_plain_name_is_refused(tmp_path, name):
+    """Jobs name their files (/dev/shm, their runs directory) after the partition config's graph_name."""
+    with pytest.raises(UserError, match=f"gnnrec.json: graph_name '{name}' is not a plain name"):
+        _partitions(tmp_path, graph_name=name).meta
 
 
 def test_a_missing_partition_file_is_named_before_any_job_starts(tmp_path):
@@ -98,11 +105,14 @@ def _damage(model, kind: str) -> str:
         state.write_text(json.dumps({**json.loads(state.read_text()), "bogus": 1}))
     elif kind == "state: no trainers":
         state.write_text(json.dumps({**json.loads(state.read_text()), "world": 0}))
+    elif kind == "state: a number for a name":
+        state.write_text(json.dumps({**json.loads(state.read_text()), "best_checkpoint": 5}))
     return dense.name if kind.startswith("dense") else state.name
 
 
 @pytest.mark.parametrize("kind", ["dense: not a torch file", "dense: cut short", "dense: a link to another file",
-                                  "state: not JSON", "state: an unknown key", "state: no trainers"])
+                                  "state: not JSON", "state: an unknown key", "state: no trainers",
+                                  "state: a number for a name"])
 def test_a_damaged_checkpoint_file_is_one_line_naming_it(tmp_path, kind):
     tables, rows = _checkpoints(tmp_path, steps=(1,), dense=checkpoint.DenseState({"w": torch.randn(64, 64)}))
     name = _damage(checkpoint.latest(tmp_path), kind)
@@ -150,6 +160,21 @@ def test_a_second_training_job_leaves_the_first_ones_checkpoints_alone(tmp_path)
         holder.wait(timeout=60)
     assert checkpoint.latest(checkpoints).name == "step-000000005"
     assert not (tmp_path / "checkpoints.previous").exists()
+
+
+@pytest.mark.parametrize("ending, previous_kept", [(RuntimeError("a failure"), True), (KeyboardInterrupt(), False)])
+def test_a_fresh_run_ended_after_its_own_checkpoint(tmp_path, ending, previous_kept):
+    """A failure keeps the previous run's checkpoints aside (nothing lost); a stop on purpose (SIGINT,
+    SIGTERM) leaves its own, which a resume continues from."""
+    checkpoints = tmp_path / "checkpoints"
+    _checkpoints(checkpoints, steps=(3,))
+    with pytest.raises(type(ending)), _fresh_checkpoints(checkpoints, keep=False):
+        _checkpoints(checkpoints, steps=(8,))
+        (checkpoints / "step-000000009.tmp").mkdir()  # what a trainer was writing
+        raise ending
+    assert [p.name for p in checkpoints.iterdir()] == ["latest", "step-000000008"] or \
+        sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-000000008"]
+    assert (tmp_path / "checkpoints.previous").exists() == previous_kept
 
 
 def _limited(size: int):

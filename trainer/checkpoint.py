@@ -68,6 +68,7 @@ class TrainState:
         counts = {"epoch": 0, "step": 0, "global_step": 0, "loss_count": 0, "bad_epochs": 0, "round_start_epoch": 0,
                   "world": 1}
         bad = [k for k, least in counts.items() if type(getattr(state, k)) is not int or getattr(state, k) < least]
+        bad += [k for k in ("best_checkpoint", "hard_negatives") if not isinstance(getattr(state, k), str | None)]
         if bad or not isinstance(state.history, list) or not all(isinstance(m, dict) for m in state.history):
             raise UserError(f"{path}: damaged ({', '.join(bad) or 'history'} out of range)")
         return state
@@ -175,7 +176,8 @@ def save(directory: Path, state: TrainState, tables: dict, sparse_opt, dense: De
         if rank == 0:
             _save_torch(dense._asdict(), tmp / "dense.pt")
     except OSError as e:  # a full disk or quota: the user's to fix, and a restart would meet it again
-        shutil.rmtree(tmp, ignore_errors=True)
+        if world == 1:  # with several trainers the others may still write there: the driver removes it after
+            shutil.rmtree(tmp, ignore_errors=True)
         if e.errno not in OUTPUT_ERRORS:
             raise
         raise UserError(f"{e.filename or tmp}: {e.strerror} (writing the checkpoint {tmp}; free space, or "
@@ -223,9 +225,11 @@ def _load(path: Path):
     """A checkpoint file's tensors and plain containers; never other pickled objects (checkpoints are
     files users copy between machines, and unpickling runs whatever they name)."""
     try:
-        return torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True, map_location="cpu")  # saved from a GPU, read anywhere
     except FileNotFoundError:  # a copy that left a file behind: a restart would meet it again
         raise _missing(path) from None
+    except (PermissionError, MemoryError):  # the machine's, not the file's
+        raise
     except pickle.UnpicklingError as e:
         if "Unsupported operand" in str(e):  # bytes that are no pickle: damage, not a refused object
             raise _damaged(path, e) from None
@@ -261,9 +265,10 @@ def load_tables(path: Path) -> dict[str, torch.Tensor]:
 
 
 def init_rows(init, dataset, partitions, key: str) -> dict[str, np.ndarray]:
-    """train.init_from (`init`: inference/trained.TrainOutput): per node type, the row of `init`'s tables that holds each partition id of
-    `partitions` (the same dataset id), -1 for users and items `init`'s dataset did not have. UserError
-    naming `key` unless `init`'s dataset is where this `dataset` started (ingest.base)."""
+    """train.init_from (`init`: inference/trained.TrainOutput): per node type, the row of `init`'s tables
+    that holds each partition id of `partitions` (the same dataset id), -1 for users and items `init`'s
+    dataset did not have. UserError naming `key` unless `init`'s dataset is where this `dataset` started
+    (ingest.base)."""
     rows = {}
     for node_type in NODE_TYPES:
         old_raw, new_raw = init.dataset.raw_ids(node_type), dataset.raw_ids(node_type)

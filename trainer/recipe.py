@@ -69,11 +69,13 @@ def train_loop(config: dict) -> None:
     train_cfg = context.cfg.train
     with worker_session(context, train_cfg.dim, train_cfg.torch_threads, train_cfg.seed) as w:
         recipe = TrainingRecipe(w, context.job, Path(context.out))
-        while recipe.state.epoch < train_cfg.epochs and not recipe.state.stopped:
-            recipe.train_epoch()
-        recipe.write_record()
-        if recipe.board is not None:
-            recipe.board.close()
+        try:
+            while recipe.state.epoch < train_cfg.epochs and not recipe.state.stopped:
+                recipe.train_epoch()
+            recipe.write_record()
+        finally:
+            if recipe.board is not None:
+                recipe.board.close()
 
 
 class TrainingRecipe:
@@ -91,7 +93,9 @@ class TrainingRecipe:
             w, self.module.gnn, self.train_cfg, self.batches, self.inputs)
         if args.hard_negatives is not None and self.state.hard_negatives != args.hard_negatives:  # a new round
             self.state.hard_negatives, self.state.round_start_epoch = args.hard_negatives, self.state.epoch
-        self.board = SummaryWriter(args.tensorboard) if args.tensorboard and w.rank == 0 else None
+        self.board = None  # rank 0's; a restart drops the events after its checkpoint, as metrics.jsonl does
+        if args.tensorboard and w.rank == 0:
+            self.board = SummaryWriter(args.tensorboard, purge_step=self.state.epoch + 1 if args.resume else None)
 
     def _setup_model(self) -> None:
         w, train_cfg = self.w, self.train_cfg
@@ -159,8 +163,6 @@ class TrainingRecipe:
             h0 = self.sparse_opt.rows(batch.input_nodes, self.num_users, w.device, self.inputs)
         with phases("forward"):
             loss = self.model(batch.to(w.device), h0)
-            loss_value = loss.item()
-        _check_finite(loss_value, f"epoch {epoch + 1}, step {state.step + 1}", self.train_cfg)
         if self.dense_opt is not None:
             self.dense_opt.zero_grad()
         with phases("backward"):
@@ -170,6 +172,9 @@ class TrainingRecipe:
                 self.dense_opt.step()
         with phases("sparse update"):
             self.sparse_opt.step()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):  # stop before the values it made reach a checkpoint
+            raise _diverged(f"the loss is {loss_value}", f"epoch {epoch + 1}, step {state.step + 1}", self.train_cfg)
         state.loss_sum, state.loss_count = state.loss_sum + loss_value, state.loss_count + 1
         state.step, state.global_step, self.steps_run = state.step + 1, state.global_step + 1, self.steps_run + 1
         w.progress(f"epoch {epoch + 1}", state.step, self.steps, epoch=epoch, loss=state.loss_sum / state.loss_count)
@@ -190,7 +195,7 @@ class TrainingRecipe:
                    "edges_per_s": sum(len(c) for c in chunks) / seconds,
                    "input_rows_per_step": rows / max(done, 1),  # ID rows a batch pulls and updates
                    "phases": {**self.phases.per_step(done), **self.batches.phases.per_step(done, "sampler: ")}}
-        share = self.batches.neighborhoods and self.batches.neighborhoods.remote_share()
+        share = None if self.batches.neighborhoods is None else self.batches.neighborhoods.remote_share()
         if share is not None:  # since the run started, this rank's
             metrics["remote_sampling_share"] = share
         if self.args.hard_negatives is not None:
@@ -216,7 +221,7 @@ class TrainingRecipe:
         w, state = self.w, self.state
         w.progress("checkpoint", 0, 0)
         if not all(torch.isfinite(p).all() for p in self.module.parameters()):
-            _check_finite(float("nan"), f"step {state.global_step}", self.train_cfg, "the dense weights are")
+            raise _diverged("the dense weights are not finite", f"step {state.global_step}", self.train_cfg)
         dense = DenseState(self.module.state_dict(), self.dense_opt.state_dict() if self.dense_opt else None)
         checkpoint.save(self.checkpoints, state, w.tables, self.sparse_opt, dense if w.rank == 0 else None, w.rank,
                         w.world, protect=state.best_checkpoint)
@@ -275,11 +280,10 @@ def _all_sum(total: float, count: int) -> tuple[float, int]:
     return both[0].item(), int(both[1].item())
 
 
-def _check_finite(value: float, where: str, train_cfg, what: str = "the loss is") -> None:
-    """A diverged run stops here, before its non-finite values reach a checkpoint or an output."""
-    if not math.isfinite(value):
-        raise UserError(f"training diverged: {what} {value} at {where}; lower train.lr "
-                        f"(now {train_cfg.lr}) or train.dense_lr (now {train_cfg.dense_lr or train_cfg.lr})")
+def _diverged(what: str, where: str, train_cfg) -> UserError:
+    """The one line that stops a diverged run, before its non-finite values reach a checkpoint or an output."""
+    return UserError(f"training diverged: {what} at {where}; lower train.lr (now {train_cfg.lr}) or train.dense_lr "
+                     f"(now {train_cfg.dense_lr or train_cfg.lr})")
 
 
 def _early_stopping(state: TrainState, metrics: dict, train_cfg) -> None:

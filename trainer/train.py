@@ -97,9 +97,10 @@ def _tensorboard(cfg, out: Path) -> str | None:
 @contextlib.contextmanager
 def _fresh_checkpoints(checkpoints: Path, keep: bool):
     """The checkpoints directory of a run, locked for it (one job per directory); unless `keep` (a
-    resume), a previous run's checkpoints are moved aside to `<checkpoints>.previous` and removed once
-    this run has a checkpoint of its own, or put back if it fails before writing one. What a stopped
-    run's trainers were writing (`step-*.tmp`) is removed."""
+    resume), a previous run's checkpoints are moved aside to `<checkpoints>.previous`: put back if the run
+    ends before a checkpoint of its own, kept aside if it fails after one (nothing lost), removed once it
+    ends well or is stopped on purpose (SIGINT, SIGTERM: a resume continues from its own). What the
+    trainers were writing (`step-*.tmp`) is removed."""
     previous = checkpoints.with_name(checkpoints.name + ".previous")
     checkpoints.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(checkpoints):
@@ -107,15 +108,20 @@ def _fresh_checkpoints(checkpoints: Path, keep: bool):
             shutil.rmtree(previous, ignore_errors=True)
             os.rename(checkpoints, previous)
         checkpoints.mkdir(exist_ok=True)
+        stopped = True
         try:
             yield
+        except Exception:
+            stopped = False
+            raise
         finally:
             for partial in checkpoints.glob("step-*.tmp"):
                 shutil.rmtree(partial, ignore_errors=True)
-            if previous.exists() and checkpoint.latest(checkpoints) is None:
+            if previous.exists() and not (checkpoints / "latest").exists():
                 shutil.rmtree(checkpoints)
                 os.rename(previous, checkpoints)
-            shutil.rmtree(previous, ignore_errors=True)
+            elif stopped:  # ended well, or a KeyboardInterrupt
+                shutil.rmtree(previous, ignore_errors=True)
 
 
 def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:

@@ -38,7 +38,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from gnnrec import NODE_TYPES, JobFailed, UserError, faults
+from gnnrec import NODE_TYPES, OUTPUT_ERRORS, JobFailed, UserError, faults
 from gnnrec.launch.cluster import JobPlan
 
 
@@ -184,13 +184,19 @@ def _fit(trainer, kind: str) -> Failure | None:
 
 
 def classify(error: Exception, kind: str) -> Failure:
-    """What TorchTrainer.fit raised, as one line: the UserError a worker raised (the user's); an exception
-    of the workers' own code (not a lost peer's symptom), which a restart would raise again; the worker
-    that died, when Ray Train says which; else Ray's error, shortened. Only the last two may restart."""
+    """What TorchTrainer.fit raised, as one line: the UserError a worker raised, or a write its disk refused
+    (full, a quota: the user's); an exception of the workers' own code (not a lost peer's symptom), which a
+    restart would raise again; the worker that died, when Ray Train says which; else Ray's error, shortened.
+    Only the last two may restart."""
     failures = getattr(error, "worker_failures", None) or {}  # rank -> the exception raised, or Ray's error for a death
-    user_error = next((f for f in failures.values() if isinstance(f, UserError)), None)
-    if user_error is not None:  # a RayTaskError's cause: the message alone
-        return Failure(str(getattr(user_error, "cause", user_error)), restartable=False, users=True)
+    causes = [getattr(f, "cause", f) for f in failures.values()]  # a RayTaskError's cause: the exception alone
+    user_error = next((c for c in causes if isinstance(c, UserError)), None)
+    if user_error is not None:
+        return Failure(str(user_error), restartable=False, users=True)
+    refused = next((c for c in causes if isinstance(c, OSError) and c.errno in OUTPUT_ERRORS), None)
+    if refused is not None:
+        return Failure(f"{refused.filename or kind}: {refused.strerror} (a worker's write; free space or choose "
+                       "another output)", restartable=False, users=True)
     if failures and all(_repeats(f) for f in failures.values()):
         rank, raised = min(failures.items())
         return Failure(f"{worker_noun(kind)} rank {rank} raised {type(raised).__name__}: {_short(str(raised))} (not "

@@ -36,6 +36,9 @@ CASES = [  # what TorchTrainer.fit raised -> the job's failure
      Failure("WorkerGroupError: Training failed due to worker errors: peer", True)),
     (WorkerGroupError("disk", {0: OSError(5, "Input/output error")}),
      Failure("WorkerGroupError: Training failed due to worker errors: disk", True)),
+    (WorkerGroupError("full", {1: _task_error(OSError(28, "No space left on device", "/w/train/metrics.jsonl"))}),
+     Failure("/w/train/metrics.jsonl: No space left on device (a worker's write; free space or choose another "
+             "output)", restartable=False, users=True)),
     (WorkerGroupError(DIED.removeprefix("Training failed due to worker errors: "), {1: ray.exceptions.ActorDiedError()}),
      Failure("trainer rank 1 (pid 4242 on 10.0.0.2) died", True)),
     (ControllerError(RuntimeError("the controller lost its placement group")),

@@ -74,8 +74,7 @@ def train_loop(config: dict) -> None:
                 recipe.train_epoch()
             recipe.write_record()
         finally:
-            if recipe.board is not None:
-                recipe.board.close()
+            recipe.close()
 
 
 class TrainingRecipe:
@@ -225,6 +224,10 @@ class TrainingRecipe:
         dense = DenseState(self.module.state_dict(), self.dense_opt.state_dict() if self.dense_opt else None)
         checkpoint.save(self.checkpoints, state, w.tables, self.sparse_opt, dense if w.rank == 0 else None, w.rank,
                         w.world, protect=state.best_checkpoint)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
     def write_record(self) -> None:
         """ranks/rank{r}.json: steps, losses, dense-weight checksum, host, partition, peak RSS."""

@@ -56,11 +56,12 @@ def _train(cfg, partitions: Partitions) -> dict:
     t0 = time.perf_counter()
     with _fresh_checkpoints(checkpoints, keep=train_cfg.resume), atomic_dir(out) as tmp_dir:
         tmp = tmp_dir.resolve()  # workers run elsewhere: absolute paths only
+        board = _tensorboard(cfg, tmp)
         seen = len(TrainState.read(checkpoint.latest(checkpoints)).history) if train_cfg.resume else 0  # not news
         progress = Progress(tmp / "metrics.jsonl", seen)
         for attempt in range(train_cfg.max_failures + 1):
             args = TrainArgs(str(checkpoints.resolve()), train_cfg.resume or checkpoint.latest(checkpoints) is not None,
-                             hard, init, _tensorboard(cfg, tmp))
+                             hard, init, board)
             try:
                 run_workers("train", cfg, partitions, job, train_loop, args, tmp, progress)
                 break
@@ -108,11 +109,11 @@ def _fresh_checkpoints(checkpoints: Path, keep: bool):
             shutil.rmtree(previous, ignore_errors=True)
             os.rename(checkpoints, previous)
         checkpoints.mkdir(exist_ok=True)
-        stopped = True
+        drop_previous = True  # unless the run fails
         try:
             yield
         except Exception:
-            stopped = False
+            drop_previous = False
             raise
         finally:
             for partial in checkpoints.glob("step-*.tmp"):
@@ -120,7 +121,7 @@ def _fresh_checkpoints(checkpoints: Path, keep: bool):
             if previous.exists() and not (checkpoints / "latest").exists():
                 shutil.rmtree(checkpoints)
                 os.rename(previous, checkpoints)
-            elif stopped:  # ended well, or a KeyboardInterrupt
+            elif drop_previous:  # ended well, or a KeyboardInterrupt
                 shutil.rmtree(previous, ignore_errors=True)
 
 

@@ -311,12 +311,14 @@ class Progress:
 @dataclass
 class WorkerSession:
     """What a worker of any job kind has: its config, rank and world, device, the DistDGL client
-    (`graph`), the partitions and the distributed ID tables ({node type: DistTensor [n, dim]})."""
+    (`graph`), the partitions, the distributed ID tables ({node type: DistTensor [n, dim]}) and its share
+    of this machine's cores (`cores`)."""
     cfg: object
     rank: int
     world: int
     device: torch.device
     partitions: object
+    cores: int = 1
     graph: object = None
     tables: dict = field(default_factory=dict)
     where: dict = field(default_factory=lambda: {"desc": "starting", "step": 0, "steps": 0})
@@ -354,7 +356,8 @@ def worker_session(context: WorkerContext, dim: int, torch_threads: int | None, 
     faults.arm(context.fail_points)
     threading.Thread(target=_beat_forever, args=(context.heartbeats, w.rank, w.where), daemon=True).start()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(torch_threads or max(1, cores // ctx.get_local_world_size() - 1))
+    w.cores = max(1, cores // ctx.get_local_world_size())
+    torch.set_num_threads(torch_threads or max(1, w.cores - 1))
     torch.manual_seed(seed)
     w.graph = connect_client(context.client)
     try:

@@ -183,6 +183,19 @@ class LaunchConfig(Section):
     start_timeout_s: float = Field(300, gt=0, description="every worker of a job is up within this (DDP, DistDGL)")
 
 
+class IvfConfig(Section):
+    """infer.index=ivf: an inverted file, k-means cells of the items (ranking/index.py)."""
+    lists: Optional[int] = Field(None, ge=1, description="cells (null: 4 sqrt(items), at least 39 items a cell)")
+    probes: int = Field(32, ge=1, description="cells searched per user: a probes/lists share of the catalog")
+
+
+class HnswConfig(Section):
+    """infer.index=hnsw: a graph of the items, each linked to `m` near ones (ranking/index.py)."""
+    m: int = Field(32, ge=2, description="links per item")
+    ef_search: int = Field(256, ge=1, description="candidates a search keeps (more: slower, closer to exact)")
+    ef_construction: int = Field(40, ge=1, description="candidates kept while linking an item (build time)")
+
+
 class InferConfig(Section):
     """Embeddings of every user and item and each user's top-K, from a trained model (`train.out`)."""
     checkpoint: str = Field("{workdir}/train", description="the `gnnrec train` output (train.out) to infer with")
@@ -195,6 +208,15 @@ class InferConfig(Section):
     users: Optional[int] = Field(None, ge=1, description="top-K for a seeded sample of N users (null: all); "
                                  "embeddings are written for all")
     seed: int = Field(0, description="seed of the `users` sample")
+    index: Literal["auto", "exact", "ivf", "hnsw"] = Field(
+        "auto", description="top-K by exact scoring of every item, or from a FAISS index of the items (ivf, "
+        "hnsw; training items still masked); auto: ivf where the users ranked x items exceed 2e10, else exact")
+    ivf: IvfConfig = IvfConfig()
+    hnsw: HnswConfig = HnswConfig()
+    check_users: int = Field(1000, ge=0, description="an index's top-K against exact top-K for a seeded sample "
+                             "of this many users: manifest.json's index_recall")
+    related_items: bool = Field(False, description="also every item's top-K items by the same score, the item "
+                                "itself excluded: related/")
 
 
 class MineConfig(Section):
@@ -251,6 +273,8 @@ class PlanConfig(Section):
     machines: Optional[int] = Field(None, ge=1, description="default: the fewest whose memory holds the job")
     curve: Optional[str] = Field(None, description="a bench/scale.py scale.json to scale from (null: "
                                  "bench/results/scale.json)")
+    topk_curve: Optional[str] = Field(None, description="a bench/topk_index.py result for top-K of every user "
+                                      "(null: bench/results/topk_index.json)")
 
     @field_validator("edges", "users", "items", mode="before")
     @classmethod

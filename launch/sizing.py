@@ -6,7 +6,8 @@ ingest and partition run on one machine, so their seconds and memory grow with t
 and inference run on every machine, so their memory is the model's for one machine's partition and
 their seconds divide by the trainers. Per trainer, a training step costs what it cost at the curve's
 largest size: its fanouts bound a batch's frontier, which the curve's graphs fill more as they grow
-(it is capped by the graph at small sizes), so a larger graph costs no more per edge.
+(it is capped by the graph at small sizes), so a larger graph costs no more per edge. Top-K for every
+user is scaled from bench/topk_index.py (`plan.topk_curve`), exactly and through the IVF index.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ TRAINER_BYTES_PER_EDGE = 24  # per directed edge of its partition (its share): t
 BATCH_BYTES_PER_VALUE = 36  # per float of the batch's (user, positive, negatives) rows: the rows, the
 #                             model's outputs, their gradients and the prefetched blocks
 CURVE = Path(__file__).resolve().parent.parent / "bench" / "results" / "scale.json"
+TOPK_CURVE = CURVE.with_name("topk_index.json")
 
 
 def machine_bytes(part_edges: int, part_nodes: int, dim: int, batch_rows: int, trainers: int) -> int:
@@ -40,19 +42,38 @@ def machine_bytes(part_edges: int, part_nodes: int, dim: int, batch_rows: int, t
     return int(RAY_BYTES + server + trainers * trainer)
 
 
-def _curve(path) -> dict:
-    """The largest size of a bench/scale.py result."""
+def _curve(path, key: str, bench: str) -> dict:
+    """The largest size of a bench result (a list of rows with "edges")."""
     try:
         rows = json.loads(Path(path).read_text())
         return max(rows, key=lambda r: r["edges"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"plan.curve={path}: not a bench/scale.py result ({e})") from None
+        raise UserError(f"{key}={path}: not a {bench} result ({e})") from None
+
+
+def topk_hours(path, users: int, items: int, trainers: int) -> dict:
+    """Hours of top-K for every one of `users` over `items` on `trainers` trainers, exactly and through
+    the IVF index, from bench/topk_index.py's largest size: exact costs users x items scores at the rate it
+    measured; an IVF search (4 sqrt(items) cells, a fixed number probed) reads a share of the catalog
+    that shrinks as 1 / sqrt(items), so its cost per user grows as sqrt(items)."""
+    at = _curve(path, "plan.topk_curve", "bench/topk_index.py")
+    try:
+        exact, ivf = at["paths"]["exact"], at["paths"]["ivf"]
+        exact_rate = exact["users_ranked"] * at["items"] / exact["topk_seconds"]
+        ivf_user_s = ivf["topk_seconds"] / ivf["users_ranked"] * math.sqrt(items / at["items"])
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        raise UserError(f"plan.topk_curve={path}: not a bench/topk_index.py result ({e!r})") from None
+    return {"topk_all_users_hours (exact)": round(users * items / exact_rate / trainers / 3600, 2),
+            "topk_all_users_hours (ivf)": round(users * ivf_user_s / trainers / 3600, 2),
+            "topk_curve": f"bench/topk_index.py at {at['edges']:,} rows: exact {exact_rate:.3g} scores/s, ivf "
+                          f"{1 / ivf_user_s:,.0f} users/s per trainer (at {items:,} items), recall@20 vs exact "
+                          f"{ivf.get('index_recall')}"}
 
 
 def run(cfg) -> dict:
     """`gnnrec plan`: machines, partitions, memory per machine and hours per stage for `plan.edges` rows."""
     p, train_cfg = cfg.plan, cfg.train
-    at = _curve(cfg.path(p.curve) if p.curve else CURVE)
+    at = _curve(cfg.path(p.curve) if p.curve else CURVE, "plan.curve", "bench/scale.py")
     stages, data, scale = at["stages"], at["dataset"], p.edges / at["edges"]
     users, items = p.users or p.edges // 20, p.items or p.edges // 50
     nodes, train_edges = users + items, round(data["train_edges"] * scale)  # the curve's share after dedup + split
@@ -83,9 +104,10 @@ def run(cfg) -> dict:
         "ingest_memory_gb (one machine)": round(stages["ingest"]["peak_gb"] * scale, 1),
         "partition_hours": hours(k4["seconds"] * scale),
         "partition_memory_gb (one machine)": round(k4["peak_gb"] * scale, 1),
-        "infer_hours": hours(infer_node_s * nodes / (machines * trainers)),
+        "infer_embedding_hours": hours(infer_node_s * nodes / (machines * trainers)),
         "infer_memory_per_machine_gb": round(stages["infer"]["peak_gb"] * scale / machines, 1),
         "evaluate_hours (one process)": hours(stages["evaluate"]["seconds"] * scale),
         "evaluate_memory_gb (one process)": round(stages["evaluate"]["peak_gb"] * scale, 1),
         "curve": f"bench/scale.py at {at['edges']:,} rows: {per_trainer:,} training edges/s per trainer",
+        **topk_hours(cfg.path(p.topk_curve) if p.topk_curve else TOPK_CURVE, users, items, machines * trainers),
     }

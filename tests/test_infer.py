@@ -203,3 +203,29 @@ def test_a_window_outside_the_catalog_is_a_user_error(window):
 def test_non_positive_k_is_a_config_error():
     with pytest.raises(UserError, match="infer.k"):
         load_config(None, ["infer.k=0"])
+
+
+def test_an_index_searched_in_full_gives_exact_top_k_and_related_items(trained):
+    """infer.index=ivf probing every cell, 2 ranks reading the index rank 0 built: the exact top-K, and
+    every item's K related items as brute force ranks them (the item itself excluded)."""
+    work, _, _ = trained
+    summary = infer_stage(load_config(None, [f"workdir={work}", "infer.index=ivf", "infer.ivf.probes=1000",
+                                             "infer.related_items=true", "infer.out={workdir}/infer-ivf",
+                                             f"infer.k={K}"]))
+    assert summary["index"] == "ivf" and summary["index_recall"] == 1.0 and summary["short_users"] == 0
+    ranked = [_read(work / out / "topk").to_pandas().sort_values(["user_id", "rank"]) for out in ("infer", "infer-ivf")]
+    assert np.array_equal(ranked[0]["item_id"], ranked[1]["item_id"])
+    assert np.allclose(ranked[0]["score"], ranked[1]["score"], atol=1e-5)
+    related = _read(work / "infer-ivf" / "related")
+    item = _dataset_ids(work, "item", related["item_id"])
+    other = _dataset_ids(work, "item", related["related_id"])
+    I = _exported(work, "item", "infer-ivf")
+    S = I @ I.T
+    S.fill_diagonal_(float("-inf"))
+    want = torch.topk(S, K, dim=1).indices.numpy()
+    rank = related["rank"].to_numpy()
+    assert len(item) == I.shape[0] * K and np.array_equal(other, want[item, rank - 1])
+    manifest = json.loads((work / "infer-ivf" / "manifest.json").read_text())
+    assert manifest["related"]["rows"] == I.shape[0] * K and manifest["ivf_probes"] == manifest["ivf_lists"]
+    assert sorted(p.name for p in (work / "infer-ivf").iterdir()) == [
+        "config.yaml", "items", "manifest.json", "related", "topk", "users"]

@@ -141,16 +141,20 @@ def _curve(tmp_path, train_loop_edges_per_s=1000):
                       "partition_k4_random_walk": {"seconds": 20.0, "peak_gb": 1.0, "max_part_nodes": 35_000},
                       "train": {"train_loop_edges_per_s": train_loop_edges_per_s},
                       "infer": {"seconds": 70.0, "peak_gb": 2.0}, "evaluate": {"seconds": 5.0, "peak_gb": 1.0}}}
+    topk = {"edges": 1_000_000, "users": 50_000, "items": 20_000,  # exact: 1e8 scores/s; ivf 1,000 users/s
+            "paths": {"exact": {"users_ranked": 10_000, "topk_seconds": 2.0, "index": "exact"},
+                      "ivf": {"users_ranked": 50_000, "topk_seconds": 50.0, "index": "ivf", "index_recall": 0.97}}}
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "scale.json").write_text(json.dumps([row]))
+    (tmp_path / "bench" / "topk_index.json").write_text(json.dumps([topk]))
     return tmp_path / "bench" / "scale.json"
 
 
 def _plan(curve, *overrides):
     from gnnrec.launch.config import load_config
     from gnnrec.launch.sizing import run as plan_stage
-    return plan_stage(load_config(None, [f"plan.curve={curve}", "train.batch_size=8192", "train.num_negatives=4",
-                                         "train.dim=64", *overrides]))
+    return plan_stage(load_config(None, [f"plan.curve={curve}", f"plan.topk_curve={curve.with_name('topk_index.json')}",
+                                         "train.batch_size=8192", "train.num_negatives=4", "train.dim=64", *overrides]))
 
 
 def test_plan_of_the_curves_own_size_on_one_machine_agrees_with_the_train_plan_line(tmp_path, monkeypatch):
@@ -174,6 +178,9 @@ def test_plan_picks_the_fewest_machines_that_hold_the_job_and_scales_the_curve(t
     assert fits == [False, True] and plan["train_edges"] == 600_000_000
     assert plan["train_hours_per_epoch"] == round(600_000_000 / (k * 1000) / 3600, 2)
     assert plan["ingest_hours"] == round(10.0 * 1000 / 3600, 2) and plan["partition_memory_gb (one machine)"] == 1000
+    # top-K of all 50M users: exact at 1e8 scores/s over 20M items; ivf at 1,000 users/s x sqrt(1000) slower
+    assert plan["topk_all_users_hours (exact)"] == round(50_000_000 * 20_000_000 / 1e8 / k / 3600, 2)
+    assert plan["topk_all_users_hours (ivf)"] == round(50_000_000 / 1000 * 1000 ** 0.5 / k / 3600, 2)
     with pytest.raises(UserError, match="over plan.machine_memory_gb=64: fewer plan.machines"):
         _plan(curve, "plan.edges=1000000000", "plan.machines=1")
     with pytest.raises(UserError, match="plan.curve=.*missing.json: not a bench/scale.py result"):

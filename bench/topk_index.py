@@ -16,7 +16,7 @@ seeded sample of 10,000 users (those with test items), the same users for every 
 Exact top-20 for every user costs users x items dot products: past `--exact-users-over` (default 1e12,
 i.e. the 100M log's 4.9M x 2.0M) it is run on the 10,000 sampled users only (`infer.users`), and its
 all-user seconds are extrapolated from its ranking seconds per user (labelled `extrapolated`).
-Writes bench/results/topk_index.json.
+Writes bench/results/topk_index.json (a size's paths not in `--paths` kept from its earlier row).
 """
 from __future__ import annotations
 
@@ -26,12 +26,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import torch
 
 from scale import GNNREC, RESULTS, measured, stages
 from gnnrec.data.formats import Dataset
+from gnnrec.inference.evaluate import evaluate_exported
 from gnnrec.ranking.metrics import sample_users
 
 K, SAMPLE, SEED = 20, 10_000, 0
@@ -50,28 +49,14 @@ def prepare(work: Path, edges: int, args) -> None:
 
 
 def test_recall(work: Path, out: Path, users: np.ndarray) -> dict:
-    """Recall@20 and NDCG@20 on the test split of the sampled `users` (dataset ids) with test items."""
+    """Recall@20 and NDCG@20 of `out`'s top-20 on the test items of the sampled `users` (those with any),
+    by `gnnrec evaluate`'s code for exported lists."""
     dataset = Dataset(work / "dataset")
-    test = dataset.edges("test").numpy()
-    top = pa.concat_tables([pq.read_table(f) for f in sorted((out / "topk").glob("part-*.parquet"))])
-    ids = {n: pq.read_table(work / "dataset" / "ids" / f"{n}.parquet", columns=["raw_id"])["raw_id"]
-           for n in ("user", "item")}
-    user = pc.index_in(top["user_id"], value_set=ids["user"]).to_numpy(zero_copy_only=False)
-    item = pc.index_in(top["item_id"], value_set=ids["item"]).to_numpy(zero_copy_only=False)
-    rank = top["rank"].to_numpy()
-    n_items = dataset.num_items
-    truth = np.unique(test[0] * n_items + test[1])
-    hit = np.isin(user * n_items + item, truth)
-    chosen = np.zeros(dataset.num_users, bool)
-    chosen[users] = True
-    counts = np.bincount(test[0], minlength=dataset.num_users)
-    scored = chosen & (counts > 0)
-    hits = np.bincount(user[hit & scored[user]], minlength=dataset.num_users)
-    dcg = np.bincount(user[hit & scored[user]], 1 / np.log2(rank[hit & scored[user]] + 1), dataset.num_users)
-    idcg = np.cumsum(1 / np.log2(np.arange(2, K + 2)))[np.minimum(counts, K) - 1]
-    return {"test_users": int(scored.sum()),
-            "recall@20": round(float((hits[scored] / counts[scored]).mean()), 4),
-            "ndcg@20": round(float((dcg[scored] / idcg[scored]).mean()), 4)}
+    test = dataset.edges("test")
+    test = test[:, torch.from_numpy(np.isin(test[0].numpy(), users))]
+    metrics = evaluate_exported(out, dataset, test, (K,))
+    return {"test_users": int(test[0].unique().numel()), "recall@20": round(metrics["recall@20"], 4),
+            "ndcg@20": round(metrics["ndcg@20"], 4)}
 
 
 def run_path(work: Path, path: str, users: np.ndarray, all_users: bool) -> dict:
@@ -89,13 +74,15 @@ def run_path(work: Path, path: str, users: np.ndarray, all_users: bool) -> dict:
     return result
 
 
-def run_size(edges: int, args) -> dict:
+def run_size(edges: int, args, previous: dict | None) -> dict:
+    """The size's row: `--paths` measured, the other paths of an earlier row of the same size kept."""
     work = Path(args.workdir) / f"{edges:.0e}".replace("+", "")
     work.mkdir(parents=True, exist_ok=True)
     prepare(work, edges, args)
     dataset = Dataset(work / "dataset")
     users = sample_users(dataset.num_users, SAMPLE, SEED)
-    row = {"edges": edges, "users": dataset.num_users, "items": dataset.num_items, "paths": {}}
+    row = {"edges": edges, "users": dataset.num_users, "items": dataset.num_items,
+           "paths": (previous or {}).get("paths", {})}
     for path in args.paths:
         all_users = path != "exact" or dataset.num_users * dataset.num_items <= args.exact_users_over
         result = run_path(work, path, users, all_users)
@@ -125,7 +112,7 @@ def main():
     path = RESULTS / "topk_index.json"
     rows = {r["edges"]: r for r in json.loads(path.read_text())} if path.exists() else {}
     for size in args.sizes:
-        rows[int(size)] = run_size(int(size), args)
+        rows[int(size)] = run_size(int(size), args, rows.get(int(size)))
         path.write_text(json.dumps([rows[e] for e in sorted(rows)], indent=2) + "\n")
     print(path.read_text())
 

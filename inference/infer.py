@@ -85,6 +85,7 @@ def infer_loop(config: dict) -> None:
             vectors = final[node_type][torch.from_numpy(ids)].numpy()
             write(out / f"{node_type}s" / f"part-{w.rank:05d}.parquet",
                   {"id": raw[node_type].take(ids), "embedding": _vectors(vectors)})
+        inference.release()
         started = time.perf_counter()
         torch.set_num_threads(w.cfg.train.torch_threads or w.cores)  # no sampler thread from here on
         users = inference.shares["user"]
@@ -92,19 +93,21 @@ def infer_loop(config: dict) -> None:
             users = users[np.isin(users, sample_users(w.graph.num_nodes("user"), i.users, i.seed))]
         I = final["item"][torch.arange(w.graph.num_nodes("item"))]
         catalog = Catalog.open(i, I, w.graph.num_nodes("user"), out, w)
-        U, known = final["user"][torch.from_numpy(users)], known_items(w.graph, users)
+        user_rows = lambda ids: final["user"][torch.from_numpy(ids)]  # noqa: E731
+        known = lambda ids: known_items(w.graph, ids)  # noqa: E731
         part = f"part-{w.rank:05d}.parquet"
-        ranked.write(out / "topk" / part, catalog.rank(U, known), users, raw["user"], raw["item"],
+        ranked.write(out / "topk" / part, catalog.rank(users, user_rows, known), users, raw["user"], raw["item"],
                      ("user_id", "item_id"), lambda done, total: w.progress("top-k", done, total))
         short_users = catalog.short
         if i.related_items:  # each rank its share of the items, each item's own id excluded
             items = inference.shares["item"]
-            own = torch.from_numpy(np.stack([np.arange(len(items)), items]))
-            ranked.write(out / "related" / part, catalog.rank(I[torch.from_numpy(items)], own), items,
+            item_rows = lambda ids: I[torch.from_numpy(ids)]  # noqa: E731
+            itself = lambda ids: torch.from_numpy(np.stack([np.arange(len(ids)), ids]))  # noqa: E731
+            ranked.write(out / "related" / part, catalog.rank(items, item_rows, itself), items,
                          raw["item"], raw["item"], ("item_id", "related_id"),
                          lambda done, total: w.progress("related items", done, total))
         if w.rank == 0:
-            catalog.check(U, known, i.seed)
+            catalog.check(users, user_rows, known, i.seed)
         report = {"short_users": short_users, "topk_seconds": round(time.perf_counter() - started, 1)}
         if w.rank == 0:
             report.update(layer_seconds=inference.layer_seconds, **catalog.stats)

@@ -87,7 +87,7 @@ class LayerwiseInference:
             for node_type, ids, _ in self._batches():
                 index = torch.from_numpy(ids)
                 self.layers[0][node_type][index] = self.inputs(node_type, index, self.tables[node_type][index])
-            _barrier()
+            barrier()
         for index in range(num_layers):
             started = time.perf_counter()
             for step, (node_type, ids, nodes) in enumerate(self._batches()):
@@ -98,17 +98,23 @@ class LayerwiseInference:
                 self.layers[index + 1][node_type][torch.from_numpy(ids)] = h
             if progress is not None:  # done: the wait for the other workers below is not a stuck step
                 progress(f"inference layer {index + 1}/{num_layers}", batches, batches)
-            _barrier()
+            barrier()
             self.layer_seconds.append(time.perf_counter() - started)
         for node_type, ids, nodes in self._batches():
             layers = [self._rows(layer, nodes) for layer in self.layers]
             self.final[node_type][torch.from_numpy(ids)] = self.gnn.output(layers)
-        _barrier()
+        barrier()
         self.gnn.train(was_training)
         return self.final
 
+    def release(self) -> None:
+        """Free the servers' memory of the layers before the final one (a 100M-row log's two layers hold
+        3.5 GB); `run` cannot be called again. Every trainer calls it: deleting a distributed tensor is
+        collective (DGL deletes a tensor its owners no longer reference)."""
+        self.layers = self.layers[:1] if self.inputs is None else []  # layer 0 is then the ID tables
 
-def _barrier() -> None:
+
+def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
 

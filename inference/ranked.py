@@ -19,17 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from gnnrec.inference.layerwise import barrier
 from gnnrec.ranking import index as ann
 from gnnrec.ranking.metrics import sample_users
 from gnnrec.ranking.topk import top_k
 
 AUTO_INDEX_SCORES = 2e10
+BLOCK = 1 << 18  # queries whose rows and masked items are fetched at once
 INDEX_FILE = "items.faiss"
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def kind(infer_cfg, num_users: int, num_items: int) -> str:
@@ -58,7 +55,7 @@ class Catalog:
         w.progress(f"building the {chosen} index", 0, 0)
         if w.rank == 0:
             ann.ItemIndex.build(I, spec, threads).write(path)
-        _barrier()
+        barrier()
         index = ann.ItemIndex.read(path, I, spec, threads)
         stats = {"index": chosen, "index_seconds": round(time.perf_counter() - started, 1), **index.knobs}
         return cls(infer_cfg, I, index, stats)
@@ -69,23 +66,32 @@ class Catalog:
         return 0 if self.index is None else self.index.short
 
     def close(self, workdir: Path) -> None:
-        _barrier()  # every rank has read the index
+        barrier()  # every rank has read the index
         (workdir / INDEX_FILE).unlink(missing_ok=True)
 
-    def rank(self, Q: torch.Tensor, exclude, queries: torch.Tensor | None = None):
-        """(query rows, item ids [n, k], scores [n, k]) per chunk: ranking/topk.top_k's contract."""
+    def rank(self, ids: np.ndarray, vectors, known):
+        """(rows: positions in `ids`, item ids [n, k], scores [n, k]) per chunk of the queries `ids`
+        (ranking/topk.top_k's contract), taken BLOCK at a time so that memory stays bounded:
+        `vectors(block)` their rows [n, d], `known(block)` the [2, E] (position in block, item) to mask."""
         c = self.cfg
-        if self.index is None:
-            return top_k(Q, self.I, c.k, exclude, users=queries, user_chunk=c.user_chunk, item_chunk=c.item_chunk)
-        return self.index.search(Q, c.k, exclude, users=queries, user_chunk=c.user_chunk)
+        for start in range(0, len(ids), BLOCK):
+            block = ids[start:start + BLOCK]
+            Q, exclude = vectors(block), known(block)
+            if self.index is None:
+                chunks = top_k(Q, self.I, c.k, exclude, user_chunk=c.user_chunk, item_chunk=c.item_chunk)
+            else:
+                chunks = self.index.search(Q, c.k, exclude, user_chunk=c.user_chunk)
+            for rows, items, scores in chunks:
+                yield rows + start, items, scores
 
-    def check(self, U: torch.Tensor, exclude, seed: int) -> None:
-        """index_recall: the index's top-K against exact top-K, for a seeded sample of the rows of U."""
-        if self.index is None or not self.cfg.check_users or not len(U):
+    def check(self, ids: np.ndarray, vectors, known, seed: int) -> None:
+        """index_recall: the index's top-K against exact top-K for a seeded sample of the queries `ids`."""
+        if self.index is None or not self.cfg.check_users or not len(ids):
             return
-        sample = torch.from_numpy(sample_users(U.shape[0], self.cfg.check_users, seed))
-        approx = torch.cat([t for _, t, _ in self.index.search(U, self.cfg.k, exclude, users=sample)])
-        exact = torch.cat([t for _, t, _ in top_k(U, self.I, self.cfg.k, exclude, users=sample)])
+        sample = ids[np.sort(sample_users(len(ids), self.cfg.check_users, seed))]
+        Q, exclude, k = vectors(sample), known(sample), self.cfg.k
+        approx = torch.cat([t for _, t, _ in self.index.search(Q, k, exclude)])
+        exact = torch.cat([t for _, t, _ in top_k(Q, self.I, k, exclude)])
         self.stats.update(index_recall=round(ann.overlap(approx, exact), 4), index_recall_users=len(sample))
 
 

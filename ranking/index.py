@@ -65,7 +65,7 @@ def _faiss(threads: int):
 
 def _euclidean(items: np.ndarray) -> np.ndarray:
     """[I_i, sqrt(M^2 - |I_i|^2)]: every row of norm M, the largest item norm."""
-    squared = (items.astype(np.float64) ** 2).sum(1)
+    squared = np.einsum("ij,ij->i", items, items)
     extra = np.sqrt(np.maximum(squared.max(initial=0) - squared, 0))
     return np.ascontiguousarray(np.hstack([items, extra[:, None]]), dtype=np.float32)
 
@@ -90,6 +90,8 @@ class ItemIndex:
             n, d = vectors.shape
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, spec.ivf_lists(n))
             index.cp.seed = seed
+            index.cp.max_points_per_centroid = 64  # k-means on 64 items a cell, not 256: built 1.6x faster
+            #                                        at the same recall (0.9943 against 0.9942, the 10M log)
             index.train(vectors)
         elif spec.kind == "hnsw":
             index = faiss.IndexHNSWFlat(vectors.shape[1], spec.m, faiss.METRIC_INNER_PRODUCT)

@@ -1,12 +1,12 @@
 """Top-K for every user: exact scoring against each FAISS index of `infer.index`, as JSON.
 
-    python bench/topk_index.py [--sizes 1e7 1e8] [--workdir /tmp/gnnrec-scale] [--steps 240]
-                               [--paths exact ivf hnsw] [--exact-users-over 1e12]
+    python bench/topk_index.py [--sizes 1e7 1e8] [--workdir /tmp/gnnrec-scale] [--steps 240] [--batch 8192]
+                               [--model lightgcn] [--paths exact ivf hnsw] [--exact-users-over 1e12]
 
 For each size E, the synthetic log of bench/scale.py (E rows: E/20 users, E/50 items) is made, ingested,
-partitioned (K=1) and trained where the workdir lacks it (LightGCN, 2 layers, fanouts [10, 5], dim 64,
-batches of 8,192 with 4 negatives, lr 0.05, `--steps` steps in 3 epochs: models-synthetic-10m.json's
-recipe), then `gnnrec infer` runs once per path, top-20 for every user: wall seconds end to end
+partitioned (K=1) and trained where the workdir lacks it (`--model`, default LightGCN: 2 layers, fanouts
+[10, 5], dim 64, batches of `--batch` 8,192 with 4 negatives, lr 0.05, `--steps` steps in 3 epochs:
+models-synthetic-10m.json's recipe), then `gnnrec infer` runs once per path, top-20 for every user: wall seconds end to end
 (embeddings of every node included), the ranking's own seconds, peak memory of the whole process tree
 (PSS, as bench/scale.py measures it), and from the manifest the index's recall@20 against exact top-20 on
 its seeded 1,000 users (`infer.check_users`) and the users it left with fewer than 20.
@@ -42,7 +42,8 @@ def prepare(work: Path, edges: int, args) -> None:
     for name, argv, outputs in stages(edges, args):
         if name in ("synth", "ingest", "partition_k1", "train") and not (work / outputs[0]).exists():
             if name == "train":
-                argv = [*argv, *TRAIN, f"train.max_steps_per_epoch={-(-args.steps // 3)}"]
+                argv = [*argv, *TRAIN, f"train.model={args.model}", f"train.max_steps_per_epoch={-(-args.steps // 3)}",
+                        *(["train.layers=0", "train.fanouts=[]"] if args.model == "mf" else [])]
             print(json.dumps({"edges": edges, "prepare": name, **measured([GNNREC, argv[0], f"workdir={work}",
                                                                           *argv[1:]], work / f"{name}.log")}),
                   file=sys.stderr, flush=True)
@@ -103,7 +104,8 @@ def main():
     p.add_argument("--sizes", type=float, nargs="+", default=[1e7, 1e8])
     p.add_argument("--workdir", default="/tmp/gnnrec-scale")
     p.add_argument("--steps", type=int, default=240, help="training steps (3 epochs)")
-    p.add_argument("--batch", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=8192, help="training edges per step")
+    p.add_argument("--model", default="lightgcn", help="train.model of the model ranked")
     p.add_argument("--paths", nargs="+", default=["exact", "ivf", "hnsw"])
     p.add_argument("--exact-users-over", type=float, default=1e12,
                    help="users x items past which exact ranks the 10,000 sampled users only")

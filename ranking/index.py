@@ -19,8 +19,8 @@ those of highest score. Measured on the 10M log's LightGCN (bench/topk_index.py'
 directly gives 0.807 at 16k users/s (its cells, cut by k-means on the raw vectors, do not hold a
 user's best items). HNSW is the other way round: by inner product 0.860 at ef_search 128 (17k users/s),
 after the reduction 0.562 (every query lies far from the items, where its greedy walk goes astray), so
-it searches by inner product. Either way the candidates' scores are then computed exactly
-(U_u . I_i) and the best k kept, so the scores and their order are the model's.
+it searches by inner product. Either way the first k candidates left after masking are then
+scored exactly (U_u . I_i) and sorted by that score, so the scores and their order are the model's.
 
 An index cannot mask a user's training items, so each chunk of users asks for k + (the chunk's 99th
 percentile of known items) and drops the known ones; the few users left with fewer than k whose known
@@ -154,15 +154,18 @@ class ItemIndex:
         return self.index.search(np.ascontiguousarray(queries), fetch)[1]
 
     def _best(self, Uc: Tensor, ids: np.ndarray, k: int, rows: np.ndarray, items: np.ndarray):
-        """(item ids [n, k], exact scores [n, k], candidates left per user) of the candidates `ids`
-        after the known (row, item) pairs are dropped."""
-        n, num_items = ids.shape[0], self.index.ntotal
-        keys = np.arange(n, dtype=np.int64)[:, None] * num_items + ids
-        valid = torch.from_numpy((ids >= 0) & ~np.isin(keys, rows * num_items + items))
-        ids = torch.from_numpy(ids.astype(np.int64))
-        scores = torch.einsum("nd,nfd->nf", Uc, self.items[ids.clamp(min=0)]).masked_fill_(~valid, float("-inf"))
-        val, pos = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        top, val = k_columns(ids.gather(1, pos), val, k)
+        """(item ids [n, k], exact scores [n, k], candidates left per user) of the candidates `ids` (best
+        first, as the index ranks them) after the known (row, item) pairs are dropped: the first k left,
+        scored exactly and sorted by that score."""
+        n, fetch = ids.shape
+        keys = np.arange(n, dtype=np.int64)[:, None] * self.index.ntotal + ids
+        valid = torch.from_numpy((ids >= 0) & ~np.isin(keys, rows * self.index.ntotal + items))
+        order = torch.where(valid, torch.arange(fetch), fetch)  # the index's rank of each candidate left
+        pos = torch.topk(order, min(k, fetch), dim=1, largest=False).indices
+        top = torch.from_numpy(ids.astype(np.int64)).gather(1, pos).masked_fill_(~valid.gather(1, pos), -1)
+        scores = torch.einsum("nd,nkd->nk", Uc, self.items[top.clamp(min=0)]).masked_fill_(top < 0, float("-inf"))
+        val, by_score = torch.sort(scores, dim=1, descending=True)
+        top, val = k_columns(top.gather(1, by_score), val, k)
         return top, val, valid.sum(1).numpy()
 
 

@@ -31,6 +31,7 @@ import torch
 from scale import GNNREC, RESULTS, measured, stages
 from gnnrec.data.formats import Dataset
 from gnnrec.inference.evaluate import evaluate_exported
+from gnnrec.inference.trained import TrainOutput
 from gnnrec.ranking.metrics import sample_users
 
 K, SAMPLE, SEED = 20, 10_000, 0
@@ -82,7 +83,10 @@ def run_size(edges: int, args, previous: dict | None) -> dict:
     prepare(work, edges, args)
     dataset = Dataset(work / "dataset")
     users = sample_users(dataset.num_users, SAMPLE, SEED)
+    t = TrainOutput(work / "train").config.train
     row = {"edges": edges, "users": dataset.num_users, "items": dataset.num_items,
+           "model": {"model": t.model, "layers": t.layers, "batch_size": t.batch_size, "lr": t.lr,
+                     "steps": t.max_steps_per_epoch and t.epochs * t.max_steps_per_epoch},
            "paths": (previous or {}).get("paths", {})}
     for path in args.paths:
         all_users = path != "exact" or dataset.num_users * dataset.num_items <= args.exact_users_over

@@ -1,8 +1,10 @@
 """The infer stage's rankings: top-K items of users (or of items) by exact scoring or a FAISS index of the
 items, written as Parquet in raw IDs, streamed chunk by chunk.
 
-    catalog = Catalog.open(infer_cfg, items, tmp, w)      # the index: built by rank 0, read by every worker
-    stats = catalog.write(path, catalog.rank(U, known, users), queries, raw_queries, raw_items, names, progress)
+    catalog = Catalog.open(infer_cfg, I, num_users, tmp, w)  # an index: built by rank 0, read by every rank
+    write(path, catalog.rank(users, user_rows, known), users, raw_users, raw_items, names, progress)
+    catalog.check(users, user_rows, known, seed)              # rank 0: the index's recall against exact
+    catalog.close(tmp)                                        # every rank: the index file removed
 
 `infer.index=auto` picks the IVF index where the users ranked x items exceed AUTO_INDEX_SCORES: exact
 top-K scores ~3e8 (user, item) pairs a second with the 2 cores of this project's machine (1,546 users/s
@@ -96,17 +98,16 @@ class Catalog:
 
 
 def write(path: Path, chunks, queries: np.ndarray, raw_queries: pa.Array, raw_items: pa.Array,
-          names: tuple[str, str], progress) -> int:
+          names: tuple[str, str], progress) -> None:
     """Stream `chunks` of (rows: positions in `queries`, item ids, scores) into Parquet rows (query, rank,
-    item, score) in raw IDs, empty slots dropped; `progress(done, total)` after each. Returns rows written."""
+    item, score) in raw IDs, empty slots dropped; `progress(done, total)` after each."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    written, writer = 0, None
+    writer = None
     try:
         for rows, items, scores in chunks:
             table = _table(queries[rows.numpy()], items.numpy(), scores.numpy(), raw_queries, raw_items, names)
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
-            written += table.num_rows
             progress(int(rows[-1]) + 1, len(queries))
         if writer is None:  # no queries: an empty table of the same columns
             pq.write_table(_table(np.zeros(0, np.int64), np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32),
@@ -114,7 +115,6 @@ def write(path: Path, chunks, queries: np.ndarray, raw_queries: pa.Array, raw_it
     finally:
         if writer is not None:
             writer.close()
-    return written
 
 
 def _table(queries: np.ndarray, items: np.ndarray, scores: np.ndarray, raw_queries, raw_items, names) -> pa.Table:

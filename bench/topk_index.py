@@ -43,8 +43,7 @@ def prepare(work: Path, edges: int, args) -> None:
     for name, argv, outputs in stages(edges, args):
         if name in ("synth", "ingest", "partition_k1", "train") and not (work / outputs[0]).exists():
             if name == "train":
-                argv = [*argv, *TRAIN, f"train.model={args.model}", f"train.max_steps_per_epoch={-(-args.steps // 3)}",
-                        *(["train.layers=0", "train.fanouts=[]"] if args.model == "mf" else [])]
+                argv = [*argv, *TRAIN, f"train.model={args.model}", f"train.max_steps_per_epoch={-(-args.steps // 3)}"]
             print(json.dumps({"edges": edges, "prepare": name, **measured([GNNREC, argv[0], f"workdir={work}",
                                                                           *argv[1:]], work / f"{name}.log")}),
                   file=sys.stderr, flush=True)

@@ -59,7 +59,7 @@ class TrainConfig(Section):
     model: str = Field("lightgcn", description="lightgcn, ngcf, graphsage, pinsage, gat, gcn, socialgcn or mf "
                        "(model/models.py)")
     dim: int = Field(64, ge=1, description="embedding dimension")
-    layers: int = Field(2, ge=0, description="message-passing layers (0 for mf)")
+    layers: int = Field(2, ge=0, description="message-passing layers (mf: always 0, its fanouts [])")
     model_options: dict[str, Any] = Field({}, description="the model's own options, e.g. residual, edge_dropout, "
                                           "node_dropout, combine, aggr, normalize, heads, attn_dropout, attention, "
                                           "dropout")
@@ -145,10 +145,13 @@ class TrainConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _pinsage_walks(cls, data):
-        """PinSage trains on random-walk blocks unless train.sampler says otherwise."""
+    def _model_defaults(cls, data):
+        """PinSage trains on random-walk blocks unless train.sampler says otherwise; MF has no layers, so
+        the layers and fanouts a config gives a GNN (the quickstart's [10, 5]) do not apply to it."""
         if isinstance(data, dict) and data.get("model") == "pinsage" and "sampler" not in data:
             data = {**data, "sampler": "random_walk"}
+        if isinstance(data, dict) and data.get("model") == "mf":
+            data = {**data, "layers": 0, "fanouts": []}
         return data
 
     @model_validator(mode="after")
@@ -159,8 +162,6 @@ class TrainConfig(Section):
             raise ValueError("contrast: ngcf's output (every layer concatenated) is no view of one layer")
         if self.negative_mixing and self.negatives == "in_batch":
             raise ValueError("negative_mixing mixes sampled candidates: negatives=in_batch has none")
-        if self.model == "mf" and self.layers:
-            raise ValueError("mf has no layers: set train.layers=0")
         if self.sampler == "neighbor" and len(self.fanouts) != self.layers:
             raise ValueError(f"fanouts has {len(self.fanouts)} entries but layers={self.layers}")
         if any(f == 0 or f < -1 for f in self.fanouts):

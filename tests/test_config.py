@@ -180,3 +180,10 @@ def test_time_decay_is_per_timestamp_second_from_the_newest_and_needs_timestamps
     with pytest.raises(UserError, match="weighs the edges of sampled blocks, not train.sampler=random_walk"):
         time_decay(walks, SimpleNamespace(stats={"newest_timestamp": 1}, path="p"))
     assert time_decay(load_config(None, []).train, SimpleNamespace(stats={}, path="p")) is None  # off
+
+
+def test_mf_takes_no_layers_whatever_the_config_gives_a_gnn():
+    """`gnnrec train train.model=mf` on the quickstart (layers 2, fanouts [10, 5]) is MF: no layers."""
+    for cfg in (load_config(None, ["train.model=mf"]), load_config(QUICKSTART, ["train.model=mf", "train.layers=3"])):
+        assert cfg.train.layers == 0 and cfg.train.fanouts == []
+    assert load_config(QUICKSTART).train.layers == 2

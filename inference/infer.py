@@ -35,7 +35,6 @@ from gnnrec.inference.trained import TrainOutput
 from gnnrec.inference.layerwise import known_items
 from gnnrec.inference import ranked
 from gnnrec.inference.model_job import model_job, model_session
-from gnnrec.inference.ranked import Catalog
 
 TABLES = ("users", "items", "topk")
 
@@ -92,7 +91,7 @@ def infer_loop(config: dict) -> None:
         if i.users is not None:  # the same seeded sample on every rank, each scoring its share of it
             users = users[np.isin(users, sample_users(w.graph.num_nodes("user"), i.users, i.seed))]
         I = final["item"][torch.arange(w.graph.num_nodes("item"))]
-        catalog = Catalog.open(i, I, w.graph.num_nodes("user"), out, w)
+        catalog = ranked.Catalog.open(i, I, w.graph.num_nodes("user"), out, w)
         user_rows = lambda ids: final["user"][torch.from_numpy(ids)]  # noqa: E731
         known = lambda ids: known_items(w.graph, ids)  # noqa: E731
         part = f"part-{w.rank:05d}.parquet"

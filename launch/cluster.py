@@ -129,10 +129,12 @@ class JobPlan:
         return "plan: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
 
 
-def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0) -> JobPlan:
+def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows: int = 0,
+         full_graph: bool = False) -> JobPlan:
     """Machines, trainers, GPUs and estimated memory per machine of a job on `partitions`
     (data/formats.Partitions); UserError when it cannot fit.
-    batch_rows: embedding rows one training batch scores (batch_size x (2 + num_negatives))."""
+    batch_rows: embedding rows one training batch scores (batch_size x (2 + num_negatives)); full_graph:
+    train.sampler=full_graph (sizing.machine_bytes)."""
     parts, stats = partitions.meta["num_parts"], partitions.stats
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if len(nodes) != parts:  # a trainer on a node without a server finds no partition in shared memory
@@ -148,7 +150,7 @@ def plan(partitions, trainers_per_partition: int, dim: int, use_gpu, batch_rows:
     if use_gpu and gpus < parts * trainers_per_partition:
         raise UserError(f"train.use_gpu: {parts * trainers_per_partition} trainers need as many GPUs; "
                         f"the cluster has {gpus}")
-    need = max(machine_bytes(p["edges"], p["nodes"], dim, batch_rows, trainers_per_partition)
+    need = max(machine_bytes(p["edges"], p["nodes"], dim, batch_rows, trainers_per_partition, full_graph)
                for p in stats["per_part"])
     # Ray's memory resource is a scheduling quota (~70% of the machine); its object store's share lies
     # unused by these jobs, and Ray's monitor kills only at 95% of the machine

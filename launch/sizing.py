@@ -30,15 +30,25 @@ TRAINER_BYTES_PER_EDGE = 24  # per directed edge of its partition (its share): t
 #                              their endpoints (12 B), the local in-edge lists (8 B), an epoch's order (4 B)
 BATCH_BYTES_PER_VALUE = 36  # per float of the batch's (user, positive, negatives) rows: the rows, the
 #                             model's outputs, their gradients and the prefetched blocks
+# train.sampler=full_graph, per trainer: the whole-graph block (int64 src and dst, a float coefficient per
+# directed edge) and the training pairs' key set; every node's h0, layer outputs and their gradients at
+# once (a 100M-edge log's shape in pure torch, 2 layers, dim 64, 1M pairs: peak 17.7 GB, ~3 GB of it the
+# test's own arrays)
+FULL_GRAPH_BYTES_PER_EDGE = 28
+FULL_GRAPH_BYTES_PER_VALUE = 24
 CURVE = Path(__file__).resolve().parent.parent / "bench" / "results" / "scale.json"
 TOPK_CURVE = CURVE.with_name("topk_index.json")
 
 
-def machine_bytes(part_edges: int, part_nodes: int, dim: int, batch_rows: int, trainers: int) -> int:
+def machine_bytes(part_edges: int, part_nodes: int, dim: int, batch_rows: int, trainers: int,
+                  full_graph: bool = False) -> int:
     """Memory of one machine of a training job: its graph server (a partition of `part_edges` directed
-    edges and `part_nodes` nodes, their ID rows and Adam state), `trainers` trainers, Ray's own."""
+    edges and `part_nodes` nodes, their ID rows and Adam state), `trainers` trainers (each propagating the
+    whole partition with `full_graph`), Ray's own."""
     server = part_edges * BYTES_PER_EDGE + part_nodes * (BYTES_PER_NODE + dim * BYTES_PER_ID_VALUE)
     trainer = TRAINER_BYTES + part_edges // trainers * TRAINER_BYTES_PER_EDGE + batch_rows * dim * BATCH_BYTES_PER_VALUE
+    if full_graph:
+        trainer += part_edges * FULL_GRAPH_BYTES_PER_EDGE + part_nodes * dim * FULL_GRAPH_BYTES_PER_VALUE
     return int(RAY_BYTES + server + trainers * trainer)
 
 

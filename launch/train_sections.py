@@ -66,10 +66,11 @@ class TrainConfig(Section):
     inputs: Literal["id", "id+features", "features"] = Field(
         "id", description="a node's input embedding where its type has features (ingest.*_features): its ID "
         "embedding, plus its projected features, or its projected features alone (types without: the ID)")
-    sampler: Literal["neighbor", "random_walk", "node", "cluster", "saint", "none"] = Field(
+    sampler: Literal["neighbor", "random_walk", "node", "cluster", "saint", "full_graph", "none"] = Field(
         "neighbor", description="blocks: uniform `fanouts` per layer, random walks (`random_walk`, pinsage's default), "
         "FastGCN's importance sampling (`node`), Cluster-GCN's subgraph of the batch's clusters (`cluster`; "
-        "needs partition.clusters) or GraphSAINT's of sampled nodes (`saint`)")
+        "needs partition.clusters), GraphSAINT's of sampled nodes (`saint`) or the whole graph every step "
+        "(`full_graph`: one partition; the fastest per training edge at scale, with large batches)")
     random_walk: RandomWalkConfig = RandomWalkConfig()
     node_sampling: NodeSamplingConfig = NodeSamplingConfig()
     saint: SaintConfig = SaintConfig()
@@ -120,6 +121,8 @@ class TrainConfig(Section):
     validate_every: int = Field(1, ge=1, description="validate every N epochs (and after the last)")
     validate_users: Optional[int] = Field(None, ge=1, description="validate on a seeded sample of N users (null: all)")
     patience: int = Field(0, ge=0, description="stop after this many validations without a better NDCG@K (0: never)")
+    max_minutes: Optional[float] = Field(None, gt=0, description="stop after the first epoch that ends past this "
+                                         "many minutes of training (validation not counted; null: never)")
     seed: int = Field(0, description="seed of the ID tables, batches, negatives and neighbourhoods")
 
     @field_validator("model_options")

@@ -71,6 +71,8 @@ class Block:
         return self._sorted[key]
 
     def to(self, device, non_blocking: bool = False) -> "Block":
+        if _on(self.src, torch.device(device)):  # itself, with what it cached (a whole graph's matrices)
+            return self
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         moved = dataclasses.replace(self, src=move(self.src), dst=move(self.dst), weight=move(self.weight),
                                     etype=move(self.etype), deg=move(self.deg))
@@ -116,6 +118,10 @@ class Batch:
         moved = {id(b): b.to(device, non_blocking) for b in {id(b): b for b in self.blocks}.values()}
         return Batch(move(self.input_nodes), [moved[id(b)] for b in self.blocks],  # a shared block moves once
                      move(self.users), move(self.pos_items), move(self.neg_items))
+
+
+def _on(t: Tensor, device: torch.device) -> bool:
+    return t.device.type == device.type and device.index in (None, t.device.index)
 
 
 def stable_order(index: Tensor, num: int) -> Tensor:

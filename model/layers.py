@@ -87,6 +87,14 @@ def _matrix(block: Block, by: str, coef: Tensor, dtype) -> Tensor:
     return cached[1]
 
 
+def share_transpose(block: Block) -> None:
+    """A block of a whole graph whose every edge also runs the other way (users <-> items): its
+    sym_norm adjacency is its own transpose, so `propagate`'s backward reuses the forward's matrix (no
+    by-src sort and no second matrix: 2.4 GB of a 100M-edge log's 121M entries)."""
+    coef = sym_norm(block)
+    block._matrices["src"] = block._matrices["dst"] = coef, _csr(block, "dst", coef)
+
+
 def _csr(block: Block, by: str, values: Tensor) -> Tensor:
     """A sparse CSR matrix of the block with one entry per edge: [dst, src] by "dst", [src, dst] by "src"."""
     order, crow = block.by_dst() if by == "dst" else block.by_src()

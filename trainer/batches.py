@@ -8,6 +8,7 @@ import torch
 
 from gnnrec import UserError, dgl_adapter
 from gnnrec.model.blocks import Batch
+from gnnrec.samplers.full_graph import FullGraphSampler
 from gnnrec.samplers.importance import NodeSampler
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
 from gnnrec.samplers.neighbor import NeighborSampler, TimeDecay
@@ -40,7 +41,7 @@ def time_decay(train_cfg, partitions) -> TimeDecay | None:
     training timestamp; None when off. A UserError when the training edges have no timestamps."""
     if not train_cfg.time_decay.rate:
         return None
-    if train_cfg.sampler in ("random_walk", "none"):
+    if train_cfg.sampler in ("random_walk", "full_graph", "none"):
         raise UserError(f"train.time_decay.rate={train_cfg.time_decay.rate}: weighs the edges of sampled blocks, not "
                         f"train.sampler={train_cfg.sampler}")
     if "newest_timestamp" not in partitions.stats:
@@ -63,7 +64,7 @@ def block_sampler(train_cfg, graph, num_users: int, num_items: int, inference: b
         walks = w.inference_walks if inference else w.walks
         return RandomWalkSampler(graph, train_cfg.layers, num_users, num_items, walks=walks, length=w.length,
                                  restart_prob=w.restart_prob, neighbors=w.neighbors, seed=train_cfg.seed, **options)
-    if train_cfg.sampler in ("node", "cluster", "saint") and inference:  # the exact layers the samples estimate
+    if train_cfg.sampler in ("node", "cluster", "saint", "full_graph") and inference:  # the exact layers the samples estimate
         return NeighborSampler(graph, [-1] * train_cfg.layers, num_users, num_items, seed=train_cfg.seed, **options)
     if train_cfg.sampler == "node":
         return NodeSampler(graph, [train_cfg.node_sampling.nodes] * train_cfg.layers, num_users, num_items,
@@ -98,9 +99,13 @@ class BatchMaker:
         self.num_clusters = partitions.stats.get("clusters", 0)
         blocks = train_cfg.sampler != "none" and train_cfg.layers
         self.time_decay = time_decay(train_cfg, partitions) if blocks else None
-        if blocks or train_cfg.exclude_positives:
+        if train_cfg.sampler == "full_graph":  # its own graph and positives, once
+            csr, own = dgl_adapter.local_in_csr(graph)
+            self.sampler = FullGraphSampler(csr, own, self.num_users, self.num_items, self.negatives,
+                                            train_cfg.num_negatives, train_cfg.layers, train_cfg.exclude_positives)
+        elif blocks or train_cfg.exclude_positives:
             self.neighborhoods = served(graph, social, times=self.time_decay is not None)
-        if blocks:
+        if blocks and self.sampler is None:
             self.sampler = block_sampler(train_cfg, self.neighborhoods, self.num_users, self.num_items,
                                          clusters=self.clusters,
                                          time_decay=self.time_decay, negatives=self.negatives,
@@ -125,7 +130,7 @@ class BatchMaker:
 
     def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
         """The batch of positive pairs (users[j], items[j])."""
-        if self.train_cfg.exclude_positives:
+        if self.train_cfg.exclude_positives and self.neighborhoods is not None:
             with self.phases("positives"):
                 their_users, their_items = self.neighborhoods.items_of(np.unique(users))
                 self.negatives.positives = Positives(their_users, their_items, self.num_items)

@@ -15,6 +15,7 @@ every trainer (the sparse optimizer is a collective). A checkpoint is written ev
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -38,6 +39,7 @@ from gnnrec.trainer import checkpoint
 from gnnrec.trainer.batches import BatchMaker, node_inputs
 from gnnrec.trainer.checkpoint import DenseState, TrainState
 from gnnrec.inference.layerwise import LayerwiseInference, sharded_metrics
+from gnnrec.samplers.full_graph import FullGraphSampler
 from gnnrec.trainer.phases import Phases
 from gnnrec.trainer.row_adam import RowAdam
 
@@ -203,6 +205,8 @@ class TrainingRecipe:
             metrics.update(self.validate())
             _early_stopping(state, metrics, train_cfg)
         state.history.append(metrics)
+        if train_cfg.max_minutes and _all_max(sum(m["seconds"] for m in state.history)) >= 60 * train_cfg.max_minutes:
+            state.stopped = True
         state.epoch, state.step, state.loss_sum, state.loss_count = epoch + 1, 0, 0.0, 0
         if self.w.rank == 0:
             with open(self.out / "metrics.jsonl", "a") as f:
@@ -283,6 +287,15 @@ def _all_sum(total: float, count: int) -> tuple[float, int]:
     return both[0].item(), int(both[1].item())
 
 
+def _all_max(value: float) -> float:
+    """The largest of a value over trainers (their decisions from it agree)."""
+    if not torch.distributed.is_initialized():
+        return value
+    both = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+    return both.item()
+
+
 def _diverged(what: str, where: str, train_cfg) -> UserError:
     """The one line that stops a diverged run, before its non-finite values reach a checkpoint or an output."""
     return UserError(f"training diverged: {what} at {where}; lower train.lr (now {train_cfg.lr}) or train.dense_lr "
@@ -305,14 +318,26 @@ def _validator(w, gnn, train_cfg, batches, inputs):
     """A function computing this epoch's validation metrics (the same numbers on every trainer), over
     the graph back-end of the trainer's BatchMaker when it has one, with its edge weights and the model's
     `inputs` (trainer/batches.node_inputs)."""
-    inference = LayerwiseInference(w, gnn, train_cfg, neighborhoods=batches.neighborhoods,
-                                   time_decay=batches.time_decay, inputs=inputs)
     held_out = sample_truth(*w.partitions.held_out(train_cfg.validate_split), train_cfg.validate_users,
                             train_cfg.seed)  # the same on every rank
     k = train_cfg.validate_k
+    if isinstance(batches.sampler, FullGraphSampler):  # one pass over the block it trains on
+        my_users = dgl_adapter.dist_node_split(w.graph, "user", w.rank, w.world)
+        final = functools.partial(batches.sampler.final, gnn, functools.partial(_all_rows, w, inputs))
+    else:
+        inference = LayerwiseInference(w, gnn, train_cfg, neighborhoods=batches.neighborhoods,
+                                       time_decay=batches.time_decay, inputs=inputs)
+        my_users, final = inference.shares["user"], functools.partial(inference.run, w.progress)
 
     def validate() -> dict:
-        result = sharded_metrics(w.graph, inference.run(w.progress), inference.shares["user"], held_out, [k])
+        result = sharded_metrics(w.graph, final(), my_users, held_out, [k])
         return {f"recall@{k}": result[f"recall@{k}"], f"ndcg@{k}": result[f"ndcg@{k}"],
                 "validated_users": result["num_users"]}
     return validate
+
+
+def _all_rows(w, inputs, node_type: str) -> torch.Tensor:
+    """h0 of every node of a type: its ID rows, or the model's inputs of them (trainer/batches.node_inputs)."""
+    ids = torch.arange(w.graph.num_nodes(node_type))
+    rows = w.tables[node_type][ids]
+    return rows if inputs is None else inputs(node_type, ids, rows)

@@ -46,8 +46,9 @@ def run(cfg) -> dict:
 
 def _train(cfg, partitions: Partitions) -> dict:
     train_cfg = cfg.train
+    full_graph = train_cfg.sampler == "full_graph"  # its negatives' rows are the graph's: no blocks of their own
     job = plan(partitions, train_cfg.trainers_per_partition, train_cfg.dim, train_cfg.use_gpu,
-               train_cfg.batch_size * (2 + train_cfg.num_negatives))
+               train_cfg.batch_size * (2 + (0 if full_graph else train_cfg.num_negatives)), full_graph)
     print(job.line())
     out, checkpoints = cfg.path(train_cfg.out), cfg.path(train_cfg.checkpoints)
     _check_inputs(cfg, partitions, checkpoints)
@@ -139,6 +140,11 @@ def _check_inputs(cfg, partitions: Partitions, checkpoints: Path) -> None:
     time_decay(train_cfg, partitions)  # refused here, not in every worker
     if train_cfg.sampler == "cluster":
         partitions.clusters()
+    if train_cfg.sampler == "full_graph" and len(partitions.stats["per_part"]) > 1:
+        raise UserError(f"train.sampler=full_graph: {partitions.path} has {len(partitions.stats['per_part'])} "
+                        "partitions; it propagates the whole graph on each machine (partition.parts=1)")
+    if train_cfg.sampler == "full_graph" and train_cfg.model == "socialgcn":
+        raise UserError("train.sampler=full_graph: propagates the interactions only, not socialgcn's social ties")
     if train_cfg.inputs != "id" and not partitions.stats.get("feature_dims"):
         raise UserError(f"train.inputs={train_cfg.inputs}: the partitions {partitions.path} have no node features "
                         "(ingest.item_features or ingest.user_features, then partition again)")

@@ -119,15 +119,20 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, ks) -> dict:
-    """Full-ranking metrics of `my_users` against every item, summed across trainers."""
+def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, ks, also_known: tuple | None = None) -> dict:
+    """Full-ranking metrics of `my_users` against every item, summed across trainers; their training items
+    are masked, and the (user, item) pairs `also_known` (validation's, when testing)."""
     num_users, num_items = graph.num_nodes("user"), graph.num_nodes("item")
     position = np.full(num_users, -1, np.int64)
     position[my_users] = np.arange(len(my_users))
-    users, items = held_out
-    keep = position[users] >= 0
-    truth = torch.from_numpy(np.stack([position[users[keep]], items[keep]]))
-    known = known_items(graph, my_users)
+
+    def mine(pairs: tuple) -> torch.Tensor:
+        users, items = pairs
+        keep = position[users] >= 0
+        return torch.from_numpy(np.stack([position[users[keep]], items[keep]]))
+    truth, known = mine(held_out), known_items(graph, my_users)
+    if also_known is not None:
+        known = torch.cat([known, mine(also_known)], 1)
     U = final["user"][torch.from_numpy(my_users)]
     I = final["item"][torch.arange(num_items)]
     stats = RankingStats(ks, num_items)

@@ -253,6 +253,9 @@ class EvaluateConfig(Section):
     ks: list[int] = Field([10, 20], description="cut-offs K of the metrics @K (Recall, NDCG, ...)")
     users: Optional[int] = Field(None, ge=1, description="evaluate a seeded sample of N users (null: all)")
     recommendations: Optional[str] = Field(None, description="also evaluate the top-K lists of this `gnnrec infer` output")
+    sharded: bool = Field(False, description="rank in the workers of a job over the graph servers, each its share of "
+                          "the users, the metrics summed (no process holds the graph or every training pair: for logs "
+                          "too large for one process); false: one process")
 
     @model_validator(mode="after")
     def _check(self):

@@ -118,6 +118,10 @@ def run(cfg) -> dict:
         "infer_memory_per_machine_gb": round(stages["infer"]["peak_gb"] * scale / machines, 1),
         "evaluate_hours (one process)": hours(stages["evaluate"]["seconds"] * scale),
         "evaluate_memory_gb (one process)": round(stages["evaluate"]["peak_gb"] * scale, 1),
+        # evaluate.sharded: infer's layer-wise inference, then the one-process ranking split over the trainers
+        "evaluate_hours (sharded)": hours((infer_node_s * nodes + stages["evaluate"]["seconds"] * scale)
+                                          / (machines * trainers)),
+        "evaluate_memory_per_machine_gb (sharded)": round(stages["infer"]["peak_gb"] * scale / machines, 1),
         "curve": f"bench/scale.py at {at['edges']:,} rows: {per_trainer:,} training edges/s per trainer",
         **topk_hours(cfg.path(p.topk_curve) if p.topk_curve else TOPK_CURVE, users, items, machines * trainers),
     }

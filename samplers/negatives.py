@@ -46,17 +46,18 @@ class NegativeSampler:
         neg = self.draw(users, pos_items, k, rng)
         if self.positives is None:
             return neg
-        row_users = np.repeat(users, k).reshape(neg.shape)
+        rows = np.arange(len(users))  # those still to check: only redrawn rows are checked again
         for _ in range(self.max_redraws):
-            bad = self.positives.contains(row_users, neg)
-            if not bad.any():
+            bad = self.positives.contains(np.repeat(users[rows], k).reshape(-1, k), neg[rows])
+            redrawn = bad.any(axis=1)
+            if not redrawn.any():
                 break
-            rows = np.flatnonzero(bad.any(axis=1))
-            redraw = self.draw(users[rows], pos_items[rows], k, rng)
-            neg[rows] = np.where(bad[rows], redraw, neg[rows])
+            rows, bad = rows[redrawn], bad[redrawn]
+            neg[rows] = np.where(bad, self.draw(users[rows], pos_items[rows], k, rng), neg[rows])
         else:  # users whose positives cover most of the catalog: fall back to uniform over the rest
-            for r, c in zip(*np.nonzero(self.positives.contains(row_users, neg))):
-                neg[r, c] = self._uniform_non_positive(users[r], rng)
+            bad = self.positives.contains(np.repeat(users[rows], k).reshape(-1, k), neg[rows])
+            for r, c in zip(*np.nonzero(bad)):
+                neg[rows[r], c] = self._uniform_non_positive(users[rows[r]], rng)
         return neg
 
     def _uniform_non_positive(self, user, rng) -> int:

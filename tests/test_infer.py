@@ -125,6 +125,22 @@ def test_exported_top_k_masks_training_items_and_reproduces_validation(trained):
     assert results["exported_top_k"]["recall@20"] == pytest.approx(summary["recall@20"], abs=2e-3)
 
 
+def test_sharded_evaluate_gives_the_one_process_metrics(trained):
+    """evaluate.sharded: 2 workers over the graph servers, each ranking its share of the users (test: the
+    validation items masked too), give the one-process stage's numbers."""
+    work = trained[0]
+    results = {}
+    for sharded in ("false", "true"):
+        evaluate_stage(load_config(None, [f"workdir={work}", "evaluate.ks=[10, 20]", f"evaluate.sharded={sharded}",
+                                          f"evaluate.out={{workdir}}/evaluate-{sharded}"]))
+        results[sharded] = json.loads((work / f"evaluate-{sharded}" / "metrics.json").read_text())["results"]
+    one, sharded = results["false"], results["true"]
+    assert sharded["lightgcn"] == pytest.approx(one["lightgcn"], abs=1e-4) and one["lightgcn"]["recall@20"] > 0
+    assert sharded["popularity"]["num_users"] == one["popularity"]["num_users"]
+    # popularity's ties between equal degrees fall by item id, and partition ids are not dataset ids
+    assert sharded["popularity"]["recall@20"] == pytest.approx(one["popularity"]["recall@20"], abs=0.02)
+
+
 def test_infer_users_ranks_a_seeded_sample_and_embeds_every_node(trained_social):
     work = trained_social
     manifest = json.loads((work / "infer-social" / "manifest.json").read_text())

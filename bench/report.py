@@ -30,6 +30,7 @@ $VENV/bin/python bench/incremental.py                         # init_from yester
 $VENV/bin/python bench/cold_start.py train.epochs=4 train.validate_split=none  # 500 unseen Gowalla users vs popularity
 $VENV/bin/python bench/scale.py --sizes 1e6 1e7 1e8             # every stage, seconds / peak GB / disk vs reading the log
 $VENV/bin/python bench/topk_index.py --sizes 1e7 1e8           # top-K for every user: exact vs FAISS ivf / hnsw
+$VENV/bin/python bench/scale_quality.py --sizes 1e7 --minutes 10 # recall vs training seconds vs plain-PyTorch MF
 python3 bench/device.py --device cuda                          # on a GPU: models, losses, top-K, NCCL DDP vs CPU and plain torch
 ```
 
@@ -49,6 +50,8 @@ MEASURED = {  # results file -> what it measured, and how (the command list abov
     "models-lastfm": "Every model at LastFM's budget (`bench/models.py --config configs/lastfm_social.yaml`).",
     "models-synthetic-10m": "Every training strategy on a synthetic 10M-row log, 240 steps each (`--samplers`).",
     "ray_job": "The multi-node recipe as a Ray job on one machine (`bench/ray_job.py`): a good job, a bad key.",
+    "scale_quality": "Time to quality at scale (`bench/scale_quality.py`): test Recall@20 against seconds of "
+    "training, one trainer, the plain-PyTorch MF-BPR anchor and gnnrec's paths; `scale_quality.png`.",
     "scale": "Every stage at 1M, 10M and 100M rows: seconds, peak GB (PSS of its process tree), disk; `scale.png`.",
     "topk_index": "Top-20 for every user at 10M and 100M rows (`bench/topk_index.py`): exact against each "
     "`infer.index`; seconds end to end, peak GB, the index's recall@20 against exact, test Recall@20 through it.",

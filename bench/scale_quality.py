@@ -104,7 +104,7 @@ def _ranked(U, I, known, truth) -> dict:
     for split, pairs in truth.items():
         metrics = evaluate(U, I, pairs, known, ks=(K,))
         prefix = "" if split == "test" else "val_"
-        out.update({f"{prefix}recall@20": round(metrics["recall@20"], 4), f"{prefix}ndcg@20": round(metrics["ndcg@20"], 4)})
+        out.update({f"{prefix}{name}": round(metrics[name], 4) for name in ("recall@20", "ndcg@20")})
     return out
 
 

@@ -119,7 +119,8 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, ks, also_known: tuple | None = None) -> dict:
+def sharded_metrics(graph, final: dict, my_users: np.ndarray, held_out: tuple, ks,
+                    also_known: tuple | None = None) -> dict:
     """Full-ranking metrics of `my_users` against every item, summed across trainers; their training items
     are masked, and the (user, item) pairs `also_known` (validation's, when testing)."""
     num_users, num_items = graph.num_nodes("user"), graph.num_nodes("item")

@@ -36,8 +36,7 @@ def whole_graph(user_items: tuple[np.ndarray, np.ndarray], item_users: tuple[np.
     degree = crow.diff()
     num_nodes = len(degree)
     dst = torch.repeat_interleave(torch.arange(num_nodes), degree)
-    block = Block(src, dst, num_nodes, num_nodes, deg=degree.float())
-    block._sorted["dst"] = None, crow  # the edges come by dst
+    block = Block(src, dst, num_nodes, num_nodes, deg=degree.float())  # its edges come by dst
     share_transpose(block)
     return block
 
@@ -57,8 +56,7 @@ class FullGraphSampler:
         self.num_users, self.num_items, self.layers = num_users, num_items, layers
         self.block = whole_graph(csr["interacted_by"][:2], csr["interacts"][:2], num_users)
         if exclude_positives:
-            user_ptr, items = csr["interacted_by"][:2]
-            negatives.positives = Positives(np.repeat(np.arange(num_users), np.diff(user_ptr)), items, num_items)
+            negatives.positives = Positives.of_users(*csr["interacted_by"][:2], num_items)
         self.negatives, self.num_negatives = negatives, num_negatives
         self.rng = np.random.default_rng(0)
         self.nodes = torch.arange(num_users + num_items)

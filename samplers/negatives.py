@@ -29,6 +29,11 @@ class Positives:
         self.num_items = num_items
         self.pairs = KeySet(np.asarray(user, np.int64) * num_items + item)
 
+    @classmethod
+    def of_users(cls, indptr: np.ndarray, items: np.ndarray, num_items: int) -> "Positives":
+        """From every user's items, an in-CSR (indptr over users, their items)."""
+        return cls(np.repeat(np.arange(len(indptr) - 1), np.diff(indptr)), items, num_items)
+
     def contains(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         return self.pairs.contains(np.asarray(user, np.int64) * self.num_items + item)
 

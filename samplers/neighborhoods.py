@@ -267,6 +267,13 @@ class LocalFirstNeighborhoods:
             out[~mine] = self.remote.sample_one(nodes[~mine], step, rng)
         return out
 
+    def user_items(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every user's training items as an in-CSR (indptr over users, items), from local memory, when
+        this machine's partition owns every user (one partition); else None."""
+        if self.own["user"] != (0, self.remote.graph.num_nodes("user")):
+            return None
+        return self.local.csr["interacted_by"]
+
     def items_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (user, item) training pair of the (unique) `users`."""
         mine = self._mine(users, "user")

@@ -12,7 +12,7 @@ from gnnrec.samplers.full_graph import FullGraphSampler
 from gnnrec.samplers.importance import NodeSampler
 from gnnrec.samplers.negatives import NEGATIVES, HardNegatives, Positives, WithHard
 from gnnrec.samplers.neighbor import NeighborSampler, TimeDecay
-from gnnrec.samplers.neighborhoods import served
+from gnnrec.samplers.neighborhoods import LocalFirstNeighborhoods, served
 from gnnrec.samplers.prefetch import Prefetcher
 from gnnrec.samplers.random_walk import RandomWalkSampler
 from gnnrec.samplers.subgraph import ClusterSampler, SaintSampler, epoch_order
@@ -64,7 +64,7 @@ def block_sampler(train_cfg, graph, num_users: int, num_items: int, inference: b
         walks = w.inference_walks if inference else w.walks
         return RandomWalkSampler(graph, train_cfg.layers, num_users, num_items, walks=walks, length=w.length,
                                  restart_prob=w.restart_prob, neighbors=w.neighbors, seed=train_cfg.seed, **options)
-    if train_cfg.sampler in ("node", "cluster", "saint", "full_graph") and inference:  # the exact layers the samples estimate
+    if train_cfg.sampler in ("node", "cluster", "saint", "full_graph") and inference:  # the layers they estimate
         return NeighborSampler(graph, [-1] * train_cfg.layers, num_users, num_items, seed=train_cfg.seed, **options)
     if train_cfg.sampler == "node":
         return NodeSampler(graph, [train_cfg.node_sampling.nodes] * train_cfg.layers, num_users, num_items,
@@ -105,11 +105,22 @@ class BatchMaker:
                                             train_cfg.num_negatives, train_cfg.layers, train_cfg.exclude_positives)
         elif blocks or train_cfg.exclude_positives:
             self.neighborhoods = served(graph, social, times=self.time_decay is not None)
+        self.positives_per_batch = train_cfg.exclude_positives and not self._positives_once()
         if blocks and self.sampler is None:
             self.sampler = block_sampler(train_cfg, self.neighborhoods, self.num_users, self.num_items,
                                          clusters=self.clusters,
                                          time_decay=self.time_decay, negatives=self.negatives,
                                          num_negatives=train_cfg.num_negatives)
+
+    def _positives_once(self) -> bool:
+        """Every user's training items as the negatives' positives, once, where this machine's partition holds
+        them all (or the full-graph sampler gave its own); False: each batch fetches its users' items."""
+        if isinstance(self.sampler, FullGraphSampler):
+            return True
+        if not isinstance(self.neighborhoods, LocalFirstNeighborhoods) or self.neighborhoods.user_items() is None:
+            return False
+        self.negatives.positives = Positives.of_users(*self.neighborhoods.user_items(), self.num_items)
+        return True
 
     def start_epoch(self, round_epoch: int) -> None:
         """PinSage's curriculum: epoch n of a hard-negative round (0-based) adds n mined negatives."""
@@ -130,7 +141,7 @@ class BatchMaker:
 
     def make(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> Batch:
         """The batch of positive pairs (users[j], items[j])."""
-        if self.train_cfg.exclude_positives and self.neighborhoods is not None:
+        if self.positives_per_batch:
             with self.phases("positives"):
                 their_users, their_items = self.neighborhoods.items_of(np.unique(users))
                 self.negatives.positives = Positives(their_users, their_items, self.num_items)

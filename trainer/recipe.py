@@ -205,7 +205,8 @@ class TrainingRecipe:
             metrics.update(self.validate())
             _early_stopping(state, metrics, train_cfg)
         state.history.append(metrics)
-        if train_cfg.max_minutes and _all_max(sum(m["seconds"] for m in state.history)) >= 60 * train_cfg.max_minutes:
+        trained = sum(m["seconds"] for m in state.history)  # training seconds of every epoch so far
+        if train_cfg.max_minutes and _all_max(trained) >= 60 * train_cfg.max_minutes:
             state.stopped = True
         state.epoch, state.step, state.loss_sum, state.loss_count = epoch + 1, 0, 0.0, 0
         if self.w.rank == 0:
@@ -291,9 +292,9 @@ def _all_max(value: float) -> float:
     """The largest of a value over trainers (their decisions from it agree)."""
     if not torch.distributed.is_initialized():
         return value
-    both = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
-    return both.item()
+    largest = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+    return largest.item()
 
 
 def _diverged(what: str, where: str, train_cfg) -> UserError:

@@ -8,9 +8,9 @@ The logs are bench/scale.py's (synth, ingest, partition K=1, made where missing)
 would write first: matrix factorization with BPR in plain PyTorch (an nn.Embedding(sparse=True) per
 node type, torch.optim.SparseAdam, one uniform negative, batch 8,192, no regularization), over the same
 training edges, ranked by the same code (ranking.metrics.evaluate: every item, the user's training
-items masked). Its learning rate is chosen on validation: each of ANCHOR_LRS trains for the budget with
-validation and test measured at the same points, and the one with the best validation Recall@20 at the
-budget's end is reported. gnnrec's paths are `gnnrec train` with their settings in PATHS (not tuned
+items masked). Its learning rate is chosen on validation: each of `--anchor-lrs` trains for the budget
+with validation and test measured at the same points, and the one with the best validation Recall@20 at
+the budget's end is reported. gnnrec's paths are `gnnrec train` with their settings in PATHS (not tuned
 here), validated on the test split every `slice` steps (`train.validate_split=test`: its metrics.jsonl
 is the curve; validation time is not training time) until `train.max_minutes`. JSON rows to stdout
 and bench/results/scale_quality.json, a plot beside it (one panel per size).
@@ -57,7 +57,7 @@ def peak_rss_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
-def anchor(work: Path, minutes: float, points: int) -> dict:
+def anchor(work: Path, minutes: float, points: int, lrs=ANCHOR_LRS) -> dict:
     """The plain-PyTorch MF-BPR curve of the learning rate with the best validation recall at the end."""
     partitions = Partitions(work / "partitions")
     user_ids, item_ids = partitions.partition_ids("user"), partitions.partition_ids("item")
@@ -67,7 +67,7 @@ def anchor(work: Path, minutes: float, points: int) -> dict:
     truth = {split: torch.from_numpy(np.stack(sample_truth(*partitions.held_out(split), USERS, SEED)))
              for split in ("val", "test")}
     runs = [_anchor_run(users, items, known, truth, lr, minutes, points, len(user_ids), len(item_ids))
-            for lr in ANCHOR_LRS]
+            for lr in lrs]
     best = max(runs, key=lambda r: r["curve"][-1]["val_recall@20"])
     return {**best, "lrs_tried": {r["lr"]: r["curve"][-1]["val_recall@20"] for r in runs}}
 
@@ -154,6 +154,7 @@ def main():
     p.add_argument("--minutes", type=float, default=10, help="training budget of every path")
     p.add_argument("--points", type=int, default=10, help="the anchor's evaluations over the budget")
     p.add_argument("--paths", nargs="+", default=["anchor", *PATHS])
+    p.add_argument("--anchor-lrs", nargs="+", type=float, default=ANCHOR_LRS, help="the anchor's choices")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale_quality.json"))
     p.add_argument("--batch", type=int, default=8192)  # bench/scale.py's stages take these two
     p.add_argument("--steps", type=int, default=30)
@@ -167,8 +168,9 @@ def main():
         work = Path(args.workdir) / f"{edges:.0e}".replace("+", "")
         prepare(work, int(edges), args)
         for name in args.paths:
-            run = anchor(work, args.minutes, args.points) if name == "anchor" else gnnrec_path(work, name, args.minutes)
-            row = {"edges": edges, "path": name, "minutes": args.minutes, **run,
+            run = (anchor(work, args.minutes, args.points, args.anchor_lrs) if name == "anchor"
+                   else gnnrec_path(work, name, args.minutes))
+            row = {"run": f"{name}, {edges:.0e} rows", "edges": edges, "path": name, "minutes": args.minutes, **run,
                    **{f"recall@20 at {m} min": at_minutes(run["curve"], m) for m in (10, 30, 60) if m <= args.minutes}}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from gnnrec import NODE_TYPES, UserError, atomic_dir, dgl_adapter
 from gnnrec.data.formats import Dataset
-from gnnrec.inference.model_job import model_job
+from gnnrec.inference.layerwise import sharded_metrics
+from gnnrec.inference.model_job import model_job, model_session
 from gnnrec.inference.trained import TrainedModel, TrainOutput
 from gnnrec.model.models import Popularity
 from gnnrec.ranking.metrics import evaluate, evaluate_topk, sample_truth
@@ -77,9 +78,6 @@ def evaluate_loop(config: dict) -> None:
     """A worker of `evaluate.sharded`: layer-wise inference, then the model and popularity rank every item
     for the worker's share of the users (partition ids; a sample of `evaluate.users` drawn over them), the
     metrics summed across workers; rank 0 writes them (metrics.json)."""
-    from gnnrec.inference.layerwise import sharded_metrics
-    from gnnrec.inference.model_job import model_session
-
     context = config["context"]
     with model_session(context) as (w, inference):
         e, graph = w.cfg.evaluate, w.graph
@@ -89,10 +87,10 @@ def evaluate_loop(config: dict) -> None:
         also = w.partitions.held_out("val") if e.split == "test" else None
         users, num_items = inference.shares["user"], graph.num_nodes("item")
         degree = dgl_adapter.dist_node_in_degrees(graph, "item", np.arange(num_items))
-        popularity = {"user": torch.ones(graph.num_nodes("user"), 1), "item": torch.from_numpy(degree).float()[:, None]}
+        popularity = {"user": torch.ones(graph.num_nodes("user"), 1), "item": torch.from_numpy(degree)[:, None].float()}
+        model_name = TrainOutput(context.job.trained).config.train.model
         results = {name: sharded_metrics(graph, embeddings, users, truth, e.ks, also)
-                   for name, embeddings in ((TrainOutput(context.job.trained).config.train.model, final),
-                                            ("popularity", popularity))}
+                   for name, embeddings in ((model_name, final), ("popularity", popularity))}
         if w.rank == 0:
             (Path(context.out) / "metrics.json").write_text(json.dumps({"results": results}))
 

@@ -117,9 +117,11 @@ class BatchMaker:
         them all (or the full-graph sampler gave its own); False: each batch fetches its users' items."""
         if isinstance(self.sampler, FullGraphSampler):
             return True
-        if not isinstance(self.neighborhoods, LocalFirstNeighborhoods) or self.neighborhoods.user_items() is None:
+        local = isinstance(self.neighborhoods, LocalFirstNeighborhoods)
+        user_items = self.neighborhoods.user_items() if local else None
+        if user_items is None:
             return False
-        self.negatives.positives = Positives.of_users(*self.neighborhoods.user_items(), self.num_items)
+        self.negatives.positives = Positives.of_users(*user_items, self.num_items)
         return True
 
     def start_epoch(self, round_epoch: int) -> None:
